@@ -1,0 +1,42 @@
+"""Shared fixtures.
+
+Real WIDER FACE data and published weights are research-only and live in ../shared beside the
+clone (never in the repo). Tests that need them use the fixtures below: without ../shared they
+skip with a message on a user's machine, and fail under CI=true, where the data must be there.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("FACENAS_SHARED", REPO.parent / "shared"))
+
+
+def _need(path: Path, what: str) -> Path:
+    if path.exists():
+        return path
+    message = f"{what} not found at {path} (research-only data lives in ../shared beside the clone)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(message + "; CI must have it")
+    pytest.skip(message)
+
+
+@pytest.fixture(scope="session")
+def widerface_mini() -> Path:
+    """Root of the real widerface-mini subset in the official WIDER FACE layout."""
+    return _need(SHARED / "data" / "widerface-mini", "widerface-mini")
+
+
+@pytest.fixture(scope="session")
+def scrfd_onnx() -> Path:
+    """The published SCRFD-2.5GF-bnkps ONNX model."""
+    return _need(SHARED / "models" / "scrfd_2.5g_bnkps.onnx", "scrfd_2.5g_bnkps.onnx")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO
