@@ -1,0 +1,295 @@
+"""Retraining configs: a detector spec plus a training recipe, in one YAML file.
+
+    spec: models/scrfd_0.5g.yaml     # a path relative to this file, or an inline mapping
+    recipe:                          # any subset; omitted keys keep the SCRFD defaults below
+      train_size: 640
+      batch_size: 32
+      schedule: {lr: 0.01, unit: epochs, total: 640, milestones: [440, 544]}
+      augmentation: {crop_choices: [0.3, 0.45, 0.6, 0.8, 1.0, 1.2, 1.4, 1.6, 1.8, 2.0]}
+
+The defaults are the published SCRFD recipe (insightface detection/scrfd/configs/scrfd/*.py):
+SGD lr 0.01, momentum 0.9, weight decay 5e-4, linear warm-up over 1500 iterations from
+lr x 0.001, step decay x0.1 at epochs 440 and 544 of 640, 8 images per GPU on 4 GPUs (32),
+640x640 training crops with sample redistribution, flip, photometric distortion, QFL (beta 2),
+DIoU (weight 2), smooth-L1 keypoints (beta 1/9, weight 0.1), ATSS top-9, test at 640 with
+score 0.02 / NMS 0.45. Budget presets (`apply_budget`) scale a recipe without editing it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping
+
+import yaml
+
+from detectors.errors import UserError
+
+if TYPE_CHECKING:  # imported lazily so recipes work without building anything
+    from detectors.spec import DetectorSpec
+
+__all__ = [
+    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Recipe",
+    "TrainConfig", "load_config", "BUDGETS", "apply_budget", "BASELINE_CROPS", "SR_CROPS",
+    "schedule_in_iterations",
+]
+
+BASELINE_CROPS = (0.3, 0.45, 0.6, 0.8, 1.0)
+# Sample redistribution (SCRFD sec. 3.1): crops up to 2x the short edge make faces smaller.
+SR_CROPS = BASELINE_CROPS + (1.2, 1.4, 1.6, 1.8, 2.0)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """SGD with linear warm-up and step decay. `total` and `milestones` count `unit`s
+    ('epochs' or 'iterations'); the warm-up always counts iterations (as mmdet)."""
+
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    unit: str = "epochs"
+    total: int = 640
+    milestones: tuple[int, ...] = (440, 544)
+    gamma: float = 0.1
+    warmup_iters: int = 1500
+    warmup_ratio: float = 0.001
+
+    def __post_init__(self) -> None:
+        if self.unit not in ("epochs", "iterations"):
+            raise UserError(f"schedule.unit must be 'epochs' or 'iterations', not {self.unit!r}")
+        if self.total < 1 or self.lr <= 0 or self.warmup_iters < 0:
+            raise UserError("schedule: total must be >= 1, lr > 0 and warmup_iters >= 0")
+        if list(self.milestones) != sorted(self.milestones) or any(
+            m < 0 or m > self.total for m in self.milestones
+        ):
+            raise UserError(f"schedule.milestones {list(self.milestones)} must be increasing "
+                            f"and within 0..total ({self.total})")
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training-time data augmentation (see detectors.data.transforms)."""
+
+    crop_choices: tuple[float, ...] = SR_CROPS
+    flip: bool = True
+    photometric: bool = True
+    min_face: float = 0.0  # faces smaller than this (px, after resize) become ignore regions
+
+    def __post_init__(self) -> None:
+        if not self.crop_choices or any(c <= 0 for c in self.crop_choices):
+            raise UserError("augmentation.crop_choices must be a non-empty list of positive scales")
+
+
+@dataclass(frozen=True)
+class LossWeights:
+    """Quality focal loss (beta), DIoU box loss and smooth-L1 keypoint loss weights."""
+
+    qfl_beta: float = 2.0
+    cls_weight: float = 1.0
+    box_weight: float = 2.0
+    kps_weight: float = 0.1
+    kps_beta: float = 1.0 / 9.0
+
+
+@dataclass(frozen=True)
+class AssignerConfig:
+    """ATSS: top-k candidates per pyramid level by centre distance."""
+
+    topk: int = 9
+
+    def __post_init__(self) -> None:
+        if self.topk < 1:
+            raise UserError(f"assigner.topk must be >= 1, not {self.topk}")
+
+
+@dataclass(frozen=True)
+class TestConfig:
+    """Test-time settings: long side resized to `size`, score threshold, NMS IoU, detections
+    kept per image (None: all, as SCRFD's max_per_img=-1)."""
+
+    size: int = 640
+    score_thresh: float = 0.02
+    iou_thresh: float = 0.45
+    max_det: int | None = None
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything about training except the architecture."""
+
+    train_size: int = 640
+    batch_size: int = 32  # total per optimiser step (SCRFD: 8 per GPU x 4 GPUs)
+    workers: int = 2  # data-loading processes (0: load in the training process)
+    seed: int = 0
+    schedule: Schedule = field(default_factory=Schedule)
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    loss: LossWeights = field(default_factory=LossWeights)
+    assigner: AssignerConfig = field(default_factory=AssignerConfig)
+    test: TestConfig = field(default_factory=TestConfig)
+
+    def __post_init__(self) -> None:
+        if self.train_size < 32 or self.train_size % 32:
+            raise UserError(f"recipe.train_size must be a multiple of 32 (>= 32), not {self.train_size}")
+        if self.batch_size < 1 or self.workers < 0:
+            raise UserError("recipe.batch_size must be >= 1 and recipe.workers >= 0")
+
+    def to_dict(self) -> dict:
+        return _plain(dataclasses.asdict(self))
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A retraining config: what to build (`spec`) and how to train it (`recipe`)."""
+
+    spec: DetectorSpec
+    recipe: Recipe = field(default_factory=Recipe)
+
+    def to_dict(self) -> dict:
+        return {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict()}
+
+    def to_yaml(self) -> str:
+        """Self-contained YAML (spec inline) that `load_config` reads back to an equal config."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def _plain(value: Any) -> Any:
+    """Tuples -> lists, recursively, so YAML stays plain."""
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _convert(value: Any, hint: Any, where: str) -> Any:
+    """Check and convert one YAML value to the dataclass field type `hint`."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _from_mapping(hint, value, where)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        hint = next(a for a in args if a is not type(None))
+        return _convert(value, hint, where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"{where} must be a list, not {value!r}")
+        return tuple(_convert(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"{where} must be true or false, not {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"{where} must be an integer, not {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise UserError(f"{where} must be a number, not {value!r}")
+        return float(value)
+    if hint is str and not isinstance(value, str):
+        raise UserError(f"{where} must be a string, not {value!r}")
+    return value
+
+
+def _from_mapping(cls: type, mapping: Any, where: str) -> Any:
+    """Build dataclass `cls` from a (partial) mapping; unknown keys raise UserError."""
+    if mapping is None:
+        mapping = {}
+    if not isinstance(mapping, Mapping):
+        raise UserError(f"{where} must be a mapping, not {mapping!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in fields(cls)]
+    unknown = [k for k in mapping if k not in names]
+    if unknown:
+        raise UserError(f"unknown key {where}.{unknown[0]} (valid: {', '.join(names)})")
+    kwargs = {k: _convert(v, hints[k], f"{where}.{k}") for k, v in mapping.items()}
+    return cls(**kwargs)
+
+
+def recipe_from_dict(mapping: Mapping[str, Any] | None, where: str = "recipe") -> Recipe:
+    """A Recipe from a (partial) mapping; omitted keys keep the published SCRFD defaults."""
+    return _from_mapping(Recipe, mapping, where)
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a retraining config YAML (see module docstring). Mistakes raise UserError naming
+    the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"config {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
+    if not isinstance(data, Mapping) or "spec" not in data:
+        raise UserError(f"{path}: a retraining config is a mapping with keys 'spec' and 'recipe'")
+    unknown = [k for k in data if k not in ("spec", "recipe")]
+    if unknown:
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (valid: spec, recipe)")
+    try:
+        spec = _load_spec(data["spec"], path)
+        recipe = recipe_from_dict(data.get("recipe"))
+    except UserError as err:
+        message = str(err)
+        raise UserError(message if str(path) in message else f"{path}: {message}") from None
+    return TrainConfig(spec=spec, recipe=recipe)
+
+
+def _load_spec(value: Any, config_path: Path) -> DetectorSpec:
+    from detectors.spec import DetectorSpec
+
+    if isinstance(value, str):
+        spec_path = (config_path.parent / value).resolve()
+        if not spec_path.is_file():
+            raise UserError(f"key spec: spec file {value} not found (looked in {spec_path})")
+        return DetectorSpec.from_yaml(spec_path)
+    if isinstance(value, Mapping):
+        return DetectorSpec.from_dict(dict(value))
+    raise UserError("key spec must be a path to a spec YAML or an inline mapping")
+
+
+def schedule_in_iterations(schedule: Schedule, iters_per_epoch: int) -> tuple[int, tuple[int, ...]]:
+    """(total iterations, milestone iterations) of a schedule, given the epoch length."""
+    scale = iters_per_epoch if schedule.unit == "epochs" else 1
+    return schedule.total * scale, tuple(m * scale for m in schedule.milestones)
+
+
+# Budget presets: what each one overrides in any recipe (everything else is kept).
+# quick: minutes on a 2-core CPU (scrfd_0.5g at 320 px: ~10 img/s -> 8 x 600 its ~ 8 min).
+# smoke: seconds, for tests (a handful of tiny iterations, no worker processes).
+_BUDGET_OVERRIDES: dict[str, dict[str, Any]] = {
+    "smoke": {"train_size": 128, "batch_size": 2, "workers": 0,
+              "schedule": {"unit": "iterations", "total": 4, "milestones": (3,),
+                           "warmup_iters": 1},
+              "test": {"size": 256}},
+    "quick": {"train_size": 320, "batch_size": 8, "workers": 1,
+              "schedule": {"unit": "iterations", "total": 600, "milestones": (450, 550),
+                           "warmup_iters": 50},
+              "test": {"size": 640}},
+    "paper": {},
+}
+BUDGETS = tuple(_BUDGET_OVERRIDES)
+
+
+def apply_budget(config: TrainConfig, budget: str) -> TrainConfig:
+    """The config with its recipe scaled to `budget` ('smoke' | 'quick' | 'paper').
+
+    `paper` keeps the recipe as written (the published schedule); `quick` and `smoke` replace
+    the training size, batch size and schedule length (warm-up, total, milestones, in
+    iterations) and keep lr, momentum, augmentation, losses, assigner and seed.
+    """
+    if budget not in _BUDGET_OVERRIDES:
+        raise UserError(f"unknown budget {budget!r} (valid: {', '.join(BUDGETS)})")
+    recipe = config.recipe
+    changes: dict[str, Any] = {}
+    for key, value in _BUDGET_OVERRIDES[budget].items():
+        current = getattr(recipe, key)
+        changes[key] = replace(current, **value) if isinstance(value, dict) else value
+    return replace(config, recipe=replace(recipe, **changes))
