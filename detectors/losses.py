@@ -1,0 +1,109 @@
+"""SCRFD / GFL training losses: quality focal loss, DIoU box loss, smooth-L1 keypoints.
+
+`detection_loss` turns head outputs and an ATSS assignment into the loss parts, normalised as
+mmdet's GFL head does (SCRFD's scrfd_head.py):
+
+- classification: QFL (beta 2) on every anchor that is not ignored; the target of a positive
+  is the IoU between its decoded (detached) prediction and its face box, 0 for negatives;
+  summed and divided by the number of positives in the batch (at least 1);
+- box: DIoU loss (torchvision) of positives, each weighted by its detached predicted score,
+  divided by the sum of those weights; times the box weight (2);
+- keypoints: smooth-L1 (beta 1/9) on the offsets (stride units) of positives whose face has
+  valid landmarks, weighted by the predicted score like the box loss, divided by the sum of
+  those weights; times the keypoint weight (0.1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torchvision.ops import distance_box_iou_loss
+
+__all__ = ["quality_focal_loss", "aligned_iou", "Targets", "detection_loss"]
+
+
+def quality_focal_loss(logits: Tensor, quality: Tensor, beta: float = 2.0) -> Tensor:
+    """Element-wise QFL (Li et al., GFL): BCE(sigmoid(x), q) * |sigmoid(x) - q|^beta.
+
+    logits, quality: same shape; quality in [0, 1] (0 for negatives). Returns that shape.
+    """
+    scale = (logits.sigmoid() - quality).abs().pow(beta)
+    return F.binary_cross_entropy_with_logits(logits, quality, reduction="none") * scale
+
+
+def aligned_iou(a: Tensor, b: Tensor) -> Tensor:
+    """IoU of row i of `a` with row i of `b`; (M, 4) xyxy each -> (M,). Degenerate boxes
+    (x2 < x1) count as empty."""
+    lt = torch.maximum(a[:, :2], b[:, :2])
+    rb = torch.minimum(a[:, 2:], b[:, 2:])
+    inter = (rb - lt).clamp(min=0).prod(1)
+    area_a = (a[:, 2:] - a[:, :2]).clamp(min=0).prod(1)
+    area_b = (b[:, 2:] - b[:, :2]).clamp(min=0).prod(1)
+    return inter / (area_a + area_b - inter).clamp(min=1e-6)
+
+
+@dataclass
+class Targets:
+    """Per-anchor targets for the positives of a batch (P positives in all).
+
+    boxes: (P, 4) xyxy pixels; keypoints: (P, 5, 2) pixels; keypoints_valid: (P,) bool;
+    points: (P, 2) anchor points (x, y) pixels; strides: (P,) stride of each positive's level.
+    """
+
+    boxes: Tensor
+    keypoints: Tensor
+    keypoints_valid: Tensor
+    points: Tensor
+    strides: Tensor
+
+
+def detection_loss(
+    cls_logits: Tensor,
+    box_dists: Tensor,
+    kps_offsets: Tensor | None,
+    positive: Tensor,
+    ignored: Tensor,
+    targets: Targets,
+    *,
+    qfl_beta: float = 2.0,
+    cls_weight: float = 1.0,
+    box_weight: float = 2.0,
+    kps_weight: float = 0.1,
+    kps_beta: float = 1.0 / 9.0,
+) -> dict[str, Tensor]:
+    """Loss parts {'cls', 'box', 'kps', 'total'} (scalars) for one batch.
+
+    cls_logits (B, A), box_dists (B, A, 4) in stride units, kps_offsets (B, A, 10) or None,
+    all levels concatenated; positive / ignored (B, A) bool from the assigner; `targets` holds
+    the positives in `positive.nonzero()` order.
+    """
+    cls_logits, box_dists = cls_logits.float(), box_dists.float()
+    pos_logits = cls_logits[positive]
+    strides = targets.strides.unsqueeze(1)
+    # Decode the positives' boxes: anchor point -/+ distance * stride.
+    dists = box_dists[positive] * strides
+    pred_boxes = torch.cat([targets.points - dists[:, :2], targets.points + dists[:, 2:]], 1)
+    quality = torch.zeros_like(cls_logits)
+    quality[positive] = aligned_iou(pred_boxes.detach(), targets.boxes).clamp(0, 1)
+    num_pos = max(int(positive.sum()), 1)
+    keep = ~ignored
+    loss_cls = quality_focal_loss(cls_logits[keep], quality[keep], qfl_beta).sum() / num_pos
+    weight = pos_logits.detach().sigmoid()
+    zero = cls_logits.sum() * 0  # keeps the graph and device when there are no positives
+    loss_box, loss_kps = zero, zero
+    if pos_logits.numel():
+        # DIoU is scale-free; compute it in stride units so magnitudes match SCRFD.
+        diou = distance_box_iou_loss(pred_boxes / strides, targets.boxes / strides, reduction="none")
+        loss_box = (diou * weight).sum() / weight.sum().clamp(min=1e-6)
+    if kps_offsets is not None and bool(targets.keypoints_valid.any()):
+        valid = targets.keypoints_valid
+        pred = kps_offsets.float()[positive][valid]  # (V, 10)
+        goal = (targets.keypoints[valid] - targets.points[valid, None]) / strides[valid, None]
+        per_anchor = F.smooth_l1_loss(pred, goal.reshape(-1, 10), beta=kps_beta, reduction="none").sum(1)
+        loss_kps = (per_anchor * weight[valid]).sum() / weight[valid].sum().clamp(min=1e-6)
+    parts = {"cls": cls_weight * loss_cls, "box": box_weight * loss_box, "kps": kps_weight * loss_kps}
+    parts["total"] = parts["cls"] + parts["box"] + parts["kps"]
+    return parts
