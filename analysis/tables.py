@@ -24,6 +24,7 @@ __all__ = [
     "load_results",
     "ok_rows",
     "present_quantities",
+    "SHAPES",
     "atomic_path",
 ]
 

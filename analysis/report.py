@@ -1,0 +1,178 @@
+"""`analyze_run`: bootstrap a search run's results table, draw its plots, write its report.
+
+Writes RUN_DIR/analysis/: ranges.csv (all successful trials), ranges_step1.csv and
+ranges_step2.csv (when the table holds both steps of a two-step search), PNG plots and
+report.md (the plots embedded, the ranges stated in words). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from analysis.bootstrap import bootstrap_ranges, write_ranges_csv
+from analysis.edf import edf_summary
+from analysis.plots import (plot_computation_bars, plot_edfs, plot_quantities, quantity_label,
+                            save_figure)
+from analysis.tables import (BACKBONE_RATIOS, DETECTOR_RATIOS, SHAPES, atomic_path,
+                             load_results, ok_rows)
+from detectors.errors import UserError
+
+__all__ = ["analyze_run", "describe_range", "Population"]
+
+# Plot groups: file stem -> (title, quantities).
+GROUPS = {
+    "ratios_backbone": ("computation within the backbone", BACKBONE_RATIOS),
+    "ratios_detector": ("computation within the detector", DETECTOR_RATIOS),
+    "shapes": ("stage widths and depths, neck and head", SHAPES),
+}
+
+
+@dataclass
+class Population:
+    """A named set of successful trials with its bootstrap ranges and written plots."""
+
+    name: str
+    suffix: str  # file-name suffix: "" for the whole run, "_step1" ...
+    rows: pd.DataFrame
+    ranges: pd.DataFrame
+    images: list[tuple[str, str]] = field(default_factory=list)  # (caption, file name)
+
+
+_PLACES = {"ratio_stem": "the stem", "ratio_shallow": "the shallow stages (stem+C2+C3)",
+           "ratio_backbone": "the backbone", "ratio_neck": "the neck", "ratio_head": "the head"}
+
+
+def describe_range(quantity: str, r: pd.Series) -> str:
+    """One sentence stating a quantity's likely range among the best models."""
+    title, _ = quantity_label(quantity)
+    if not np.isfinite(r["best"]):
+        return f"{title}: no value among the winners"
+    if quantity in BACKBONE_RATIOS or quantity in DETECTOR_RATIOS:
+        whole = "backbone" if quantity in BACKBONE_RATIOS else "detector"
+        place = _PLACES.get(quantity, title)
+        return (f"the best models put {r['low']:.2f}–{r['high']:.2f} of {whole} compute in "
+                f"{place} (best {r['best']:.2f})")
+    return f"the best models have {title} in {r['low']:g}–{r['high']:g} (best {r['best']:g})"
+
+
+def _populations(rows: pd.DataFrame, ranges: pd.DataFrame, metric: str, n_boot: int,
+                 seed: int) -> list[Population]:
+    """The whole run, then step 1 and step 2 separately when both are present."""
+    pops = [Population("all trials", "", rows, ranges)]
+    if "step" in rows.columns:
+        steps = sorted(pd.to_numeric(rows["step"], errors="coerce").dropna().unique())
+        if {1, 2} <= set(int(s) for s in steps):
+            for s in (1, 2):
+                part = rows[pd.to_numeric(rows["step"], errors="coerce") == s]
+                r = bootstrap_ranges(part, metric, n_boot=n_boot, seed=seed)
+                pops.append(Population(f"step {s}", f"_step{s}", part, r))
+    return pops
+
+
+def _varying(rows: pd.DataFrame, quantities: list[str]) -> list[str]:
+    return [q for q in quantities if q in rows.columns and rows[q].nunique(dropna=True) > 1]
+
+
+def _plan_figures(pops: list[Population], other: pd.DataFrame | None, other_name: str,
+                  metric: str) -> list[tuple[Population | None, str, str, Callable]]:
+    """(population, caption, file name, draw()) for every figure to write."""
+    jobs = []
+    for pop in pops[1:] or pops:  # with two steps, each step's own plots (SCRFD Fig. 5, Fig. 9)
+        for stem, (title, quantities) in GROUPS.items():
+            qs = _varying(pop.rows, quantities)
+            if qs:
+                caption = f"{title} ({pop.name})"
+                jobs.append((pop, caption, f"{stem}{pop.suffix}.png",
+                             lambda p=pop, q=qs, c=caption: plot_quantities(p.rows, p.ranges, q, metric, c)))
+    edf_pops = {p.name: p.rows[metric] for p in (pops[1:] or pops)}
+    if other is not None:
+        edf_pops = {"this run": pops[0].rows[metric], other_name: other[metric]}
+    jobs.append((None, "error EDF", "edf.png", lambda: plot_edfs(edf_pops, metric)))
+    if any(c.startswith("gflops_") for c in pops[0].rows.columns):
+        jobs.append((None, "computation of the best specs", "computation.png",
+                     lambda: plot_computation_bars(pops[0].rows, metric)))
+    return jobs
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = atomic_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _markdown_table(ranges: pd.DataFrame) -> list[str]:
+    lines = ["| quantity | low | best | high | n_models |", "|---|---|---|---|---|"]
+    for q, r in ranges.iterrows():
+        lines.append(f"| {q} | {r['low']:.4g} | {r['best']:.4g} | {r['high']:.4g} | {int(r['n_models'])} |")
+    return lines
+
+
+def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_images,
+            metric: str, n_boot: int, seed: int, other) -> str:
+    rows = pops[0].rows
+    failed = int((table.get("status", pd.Series(dtype=str)).astype(str) != "ok").sum())
+    out = [f"# Design-space analysis: {run_dir.name}", "",
+           f"Results table `{table.attrs.get('source')}`: {len(table)} trials, {len(rows)} "
+           f"successful with a finite `{metric}`, {failed} failed or unfinished.",
+           f"Empirical bootstrap: {n_boot} resamples of {max(1, round(0.25 * len(rows)))} models "
+           f"(25%, with replacement); the winner of each is the model with the highest "
+           f"`{metric}`; ranges are the 2.5th–97.5th percentiles of the winners' values, best "
+           f"is the median (seed {seed}).", ""]
+    for pop in pops:
+        out += [f"## Likely ranges: {pop.name} ({len(pop.rows)} models)", ""]
+        out += [f"- {describe_range(q, r)}." for q, r in pop.ranges.iterrows()
+                if q in _varying(pop.rows, list(pop.ranges.index))]
+        out += [""] + _markdown_table(pop.ranges) + [""]
+        out += [f"![{c}]({f})" for c, f in pop.images] + [""]
+    out += ["## Populations and the best specs", ""]
+    for name, ap in other or []:
+        out.append(f"- {edf_summary(ap).label(name)}: error = 1 − {metric}.")
+    out += [""] + [f"![{c}]({f})" for c, f in extra_images] + [""]
+    return "\n".join(out)
+
+
+def analyze_run(run_dir: str | os.PathLike, metric: str = "ap_hard",
+                compare_dir: str | os.PathLike | None = None, seed: int = 0,
+                n_boot: int = 2500) -> pd.DataFrame:
+    """Bootstrap, plot and report a search run; return the ranges of all successful trials.
+
+    Reads RUN_DIR/trials.parquet (or .csv), writes RUN_DIR/analysis/ (ranges*.csv, *.png,
+    report.md). compare_dir: a second run whose error EDF is drawn against this one's.
+    Raises UserError for a missing run dir, an empty table, a missing metric column, or a
+    table without a successful trial.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserError(f"run directory {run_dir} does not exist")
+    table = load_results(run_dir)
+    rows = ok_rows(table, metric)
+    other = ok_rows(load_results(compare_dir), metric) if compare_dir is not None else None
+    out = run_dir / "analysis"
+    out.mkdir(exist_ok=True)
+    ranges = bootstrap_ranges(rows, metric, n_boot=n_boot, seed=seed)
+    write_ranges_csv(ranges, out / "ranges.csv")
+    pops = _populations(rows, ranges, metric, n_boot, seed)
+    for pop in pops[1:]:
+        write_ranges_csv(pop.ranges, out / f"ranges{pop.suffix}.csv")
+    other_name = Path(compare_dir).name if compare_dir is not None else ""
+    extra = []
+    for pop, caption, name, draw in tqdm(_plan_figures(pops, other, other_name, metric),
+                                         desc="analyze: plots", unit="fig", disable=None):
+        save_figure(draw(), out / name)
+        (pop.images if pop is not None else extra).append((caption, name))
+    edf_named = [(p.name, p.rows[metric]) for p in (pops[1:] or pops)]
+    if other is not None:
+        edf_named = [("this run", rows[metric]), (other_name, other[metric])]
+    _write_text(out / "report.md",
+                _report(run_dir, table, pops, extra, metric, n_boot, seed, edf_named))
+    return ranges
