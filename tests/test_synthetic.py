@@ -1,0 +1,165 @@
+"""The embedded synthetic dataset: deterministic, official layout, consistent labels."""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import multiprocessing as mp
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.io
+from PIL import Image
+
+from detectors.data import synthetic
+from detectors.errors import UserError
+
+SMALL = dict(num_train=6, num_val=4, image_size=320)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory) -> Path:
+    return synthetic.generate(tmp_path_factory.mktemp("syn") / "root", seed=3, progress=False, **SMALL)
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def _parse_bbx(path: Path) -> dict[str, np.ndarray]:
+    """Independent minimal reader of the official text format: path -> (K, 10) ints."""
+    lines = path.read_text().splitlines()
+    out, i = {}, 0
+    while i < len(lines):
+        name, n = lines[i], int(lines[i + 1])
+        rows = [list(map(int, line.split())) for line in lines[i + 2:i + 2 + max(n, 1)]]
+        out[name] = np.array(rows[:n], dtype=int).reshape(-1, 10)
+        i += 2 + max(n, 1)
+    return out
+
+
+def test_same_seed_gives_identical_bytes_and_other_seed_differs(root, tmp_path):
+    again = synthetic.generate(tmp_path / "again", seed=3, progress=False, **SMALL)
+    assert _files(root) == _files(again)
+    assert len(_files(root)) == 10 + 4 + 4 + 1 + 1  # images, txt+mat x2, 4 eval mats, label.txt, marker
+    for rel in _files(root):
+        assert filecmp.cmp(root / rel, again / rel, shallow=False), rel
+    other = synthetic.generate(tmp_path / "other", seed=4, progress=False, **SMALL)
+    jpgs = [r for r in _files(root) if r.suffix == ".jpg"]
+    assert all(not filecmp.cmp(root / r, other / r, shallow=False) for r in jpgs)
+
+
+def test_official_layout_and_mat_nesting(root):
+    assert (root / "wider_face_split" / "wider_face_train_bbx_gt.txt").is_file()
+    gt = root / "eval_tools" / "ground_truth"
+    full = scipy.io.loadmat(gt / "wider_face_val.mat")
+    text = _parse_bbx(root / "wider_face_split" / "wider_face_val_bbx_gt.txt")
+    assert full["event_list"].shape == (len(synthetic.EVENTS), 1)
+    seen = 0
+    for e in range(len(synthetic.EVENTS)):
+        event = str(full["event_list"][e, 0][0])
+        files, boxes = full["file_list"][e, 0], full["face_bbx_list"][e, 0]
+        for j in range(files.shape[0]):
+            name = f"{event}/{files[j, 0][0]}.jpg"
+            assert (root / "WIDER_val" / "images" / name).is_file()
+            np.testing.assert_array_equal(boxes[j, 0], text[name][:, :4])
+            invalid = full["invalid_label_list"][e, 0][j, 0][:, 0]
+            np.testing.assert_array_equal(invalid, text[name][:, 7])
+            seen += 1
+    assert seen == SMALL["num_val"] == len(text)
+
+
+def test_easy_medium_hard_are_nested_and_follow_documented_rules(root):
+    gt = root / "eval_tools" / "ground_truth"
+    sets = {s: scipy.io.loadmat(gt / f"wider_{s}_val.mat") for s in ("easy", "medium", "hard")}
+    text = _parse_bbx(root / "wider_face_split" / "wider_face_val_bbx_gt.txt")
+    scale = SMALL["image_size"] / 640
+    counts = dict.fromkeys(sets, 0)
+    for e in range(len(synthetic.EVENTS)):
+        event = str(sets["hard"]["event_list"][e, 0][0])
+        for j in range(sets["hard"]["file_list"][e, 0].shape[0]):
+            name = f"{event}/{sets['hard']['file_list'][e, 0][j, 0][0]}.jpg"
+            keep = {s: set(sets[s]["gt_list"][e, 0][j, 0].astype(int).ravel()) for s in sets}
+            assert keep["easy"] <= keep["medium"] <= keep["hard"]
+            rows = text[name]
+            # hard: every valid face of height >= 8 px (scaled), recomputed from the text labels
+            expect_hard = {i + 1 for i, r in enumerate(rows) if r[7] == 0 and r[3] >= 8 * scale}
+            assert keep["hard"] == expect_hard
+            for s in sets:
+                counts[s] += len(keep[s])
+    assert 0 < counts["easy"] < counts["medium"] < counts["hard"]
+    info = json.loads((root / synthetic.MARKER).read_text())
+    assert {s: info["val"][s] for s in sets} == counts
+
+
+def test_faces_are_mostly_small_and_keypoints_sit_on_drawn_features(tmp_path):
+    r = synthetic.generate(tmp_path / "kp", num_train=24, num_val=1, image_size=640, seed=0, progress=False)
+    text = _parse_bbx(r / "wider_face_split" / "wider_face_train_bbx_gt.txt")
+    heights = np.concatenate([v[:, 3] for v in text.values()])
+    assert (heights < 32).mean() > 0.6 and heights.max() >= 60  # WIDER-like: many tiny, some large
+    darker, total = 0, 0
+    for line in (r / "retinaface_gt" / "train" / "label.txt").read_text().splitlines():
+        if line.startswith("#"):
+            name, k = line[2:], 0
+            img = np.asarray(Image.open(r / "WIDER_train" / "images" / name).convert("L"), float)
+            continue
+        v = np.array(line.split(), float)
+        labels, k = text[name][k], k + 1
+        np.testing.assert_array_equal(v[:4], labels[:4])  # same faces, same order as the txt
+        kps, flags = v[4:19].reshape(5, 3)[:, :2], v[4:19].reshape(5, 3)[:, 2]
+        if v[3] < 40 or kps[0, 0] < 0 or flags.any() or labels[4] > 0:  # big, unblurred, visible
+            continue
+        x, y, w, h = v[:4]
+        assert np.all((kps >= [x - 1, y - 1]) & (kps <= [x + w + 1, y + h + 1]))
+        # eye pupils are dark; halfway between an eye and its mouth corner is skin
+        cheek = (kps[0] + kps[3]) / 2
+        eye = img[int(kps[0, 1]), int(kps[0, 0])]
+        skin = img[int(cheek[1]), int(cheek[0])]
+        darker += eye < skin - 20
+        total += 1
+    assert total >= 10 and darker / total > 0.8
+
+
+def test_generate_refuses_existing_dir_and_bad_sizes(tmp_path):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(UserError, match="already exists"):
+        synthetic.generate(tmp_path / "full", progress=False, **SMALL)
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    with pytest.raises(UserError, match="image size"):
+        synthetic.generate(tmp_path / "bad", num_train=2, image_size=10, progress=False)
+    assert not (tmp_path / "bad").exists() and [p.name for p in tmp_path.iterdir()] == ["full"]
+
+
+def _default_root_worker(cache: str) -> str:
+    import os
+
+    os.environ["FACENAS_CACHE"] = cache
+    return str(synthetic.default_root(num_train=3, num_val=2, image_size=256, seed=1, progress=False))
+
+
+def test_default_root_concurrent_callers_share_one_complete_root(tmp_path):
+    with mp.get_context("spawn").Pool(2) as pool:
+        roots = pool.map(_default_root_worker, [str(tmp_path)] * 2)
+    assert roots[0] == roots[1]
+    root = Path(roots[0])
+    assert root.parent == tmp_path and "v1-n3-v2-s256-seed1" in root.name
+    assert [p.name for p in tmp_path.iterdir()] == [root.name]  # the loser's copy is gone
+    assert (root / synthetic.MARKER).is_file()
+    ref = synthetic.generate(tmp_path.parent / "ref_default", num_train=3, num_val=2, image_size=256,
+                             seed=1, progress=False)
+    assert all(filecmp.cmp(root / r, ref / r, shallow=False) for r in _files(ref))
+
+
+def test_cli_synth_writes_root_and_reports_user_errors(tmp_path):
+    cmd = [sys.executable, "-m", "nas.cli", "data", "synth", str(tmp_path / "d"), "--images", "3",
+           "--val-images", "2", "--image-size", "256", "--seed", "2"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "train 3 images" in done.stdout and (tmp_path / "d" / synthetic.MARKER).is_file()
+    again = subprocess.run(cmd, capture_output=True, text=True)
+    assert again.returncode == 2 and "already exists" in again.stderr
+    assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
