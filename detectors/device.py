@@ -1,0 +1,89 @@
+"""Where and how to train: device choice, numeric mode, CPU threads.
+
+On CUDA: mixed precision (bf16 autocast when the GPU supports it, else fp16 with a GradScaler).
+On CPU: channels_last + bf16 autocast when the CPU computes bf16 natively (AVX512-BF16 / AMX,
+probed through oneDNN); otherwise plain fp32 NCHW, which is what the measured CPU here
+(AVX2 only) runs fastest (benchmarks/train_speed.py).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from detectors.errors import UserError
+
+__all__ = ["TrainingMode", "select_device", "training_mode", "set_threads", "cpu_supports_bf16"]
+
+
+@dataclass(frozen=True)
+class TrainingMode:
+    """How to run forward/backward on a device.
+
+    autocast_dtype: None for fp32; grad_scaler: use torch.amp.GradScaler (fp16 only).
+    """
+
+    device: torch.device
+    channels_last: bool
+    autocast_dtype: torch.dtype | None
+    grad_scaler: bool
+
+    def describe(self) -> str:
+        dtype = "fp32" if self.autocast_dtype is None else str(self.autocast_dtype).replace("torch.", "")
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{self.device.type} {dtype} {layout}"
+
+    def autocast(self) -> torch.autocast:
+        """Context manager for the forward pass (a disabled autocast in fp32 mode)."""
+        dtype = self.autocast_dtype or torch.float32
+        return torch.autocast(self.device.type, dtype=dtype, enabled=self.autocast_dtype is not None)
+
+
+def select_device(prefer: str | torch.device | None = None) -> torch.device:
+    """`prefer` if given ('cpu', 'cuda', 'cuda:1'), else CUDA when present, else CPU."""
+    if prefer is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(prefer)
+    except RuntimeError:
+        raise UserError(f"unknown device {prefer!r} (use cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {prefer!r} requested but CUDA is not available here")
+    return device
+
+
+def cpu_supports_bf16() -> bool:
+    """True when this CPU has native bf16 arithmetic (oneDNN's own check)."""
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(probe()) if probe is not None else False
+    except RuntimeError:
+        return False
+
+
+def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
+    """The fastest sound numeric mode for `device` (`fp32=True` forces fp32 NCHW)."""
+    if fp32:
+        return TrainingMode(device, False, None, False)
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return TrainingMode(device, True, torch.bfloat16, False)
+        return TrainingMode(device, True, torch.float16, True)
+    if device.type == "cpu" and cpu_supports_bf16():
+        return TrainingMode(device, True, torch.bfloat16, False)
+    return TrainingMode(device, False, None, False)
+
+
+def set_threads(n: int | None = None) -> int:
+    """torch.set_num_threads to `n` (e.g. a Ray trial's CPUs) or to the CPUs this process may
+    run on (its affinity mask, not the machine's core count). Returns the number set."""
+    if n is None:
+        try:
+            n = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            n = os.cpu_count() or 1
+    n = max(1, int(n))
+    torch.set_num_threads(n)
+    return n
