@@ -1,0 +1,70 @@
+"""Anchor points and anchor boxes in the row order of the model outputs.
+
+Row order per level: y-major, then x, then anchor a (a = ratio index * len(scales) + scale
+index). The point of cell (y, x) at stride s is (x * s, y * s): SCRFD uses no half-cell offset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from detectors.spec import AnchorSpec, DetectorSpec
+
+__all__ = ["feature_sizes", "anchor_points", "anchor_boxes", "anchor_strides"]
+
+
+def feature_sizes(spec: DetectorSpec, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
+    """(H_l, W_l) per level for an input of input_hw, as the model computes them.
+
+    Every stride-2 step in the network rounds up (3x3/s2 convs with padding 1 and ceil-mode
+    pools), except the deep stem's 2x2 max-pool, which rounds down; for inputs divisible by the
+    largest stride all of this is simply H / s. Prefer the sizes the model reports
+    (`HeadOutputs.feature_sizes`) when you have them.
+    """
+    from detectors.cost import level_sizes
+
+    return level_sizes(spec, input_hw)
+
+
+def anchor_points(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
+                  device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per level a float32 tensor (H_l * W_l * A, 2) of anchor centres (x, y) in pixels."""
+    a = anchor_spec.num_anchors
+    out = []
+    for (h, w), s in zip(sizes, anchor_spec.strides):
+        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                                torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+        pts = torch.stack([xs, ys], dim=-1).reshape(-1, 1, 2) * s  # (H*W, 1, 2), y-major
+        out.append(pts.expand(-1, a, -1).reshape(-1, 2))
+    return out
+
+
+def _base_wh(anchor_spec: AnchorSpec, level: int) -> torch.Tensor:
+    """(A, 2) anchor (width, height) at one level, in anchor order."""
+    base = anchor_spec.base_sizes[level]
+    whs = []
+    for r in anchor_spec.ratios:
+        hr = math.sqrt(r)
+        for sc in anchor_spec.scales:
+            whs.append((base * sc / hr, base * sc * hr))
+    return torch.tensor(whs, dtype=torch.float32)
+
+
+def anchor_boxes(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
+                 device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per level (H_l * W_l * A, 4) xyxy anchor boxes: centre +/- (w/2, h/2), w = h = base*scale
+    for ratio 1. Rows match `anchor_points` (the ATSS assigner's anchors)."""
+    out = []
+    for lvl, pts in enumerate(anchor_points(anchor_spec, sizes, device)):
+        wh = _base_wh(anchor_spec, lvl).to(pts.device).repeat(pts.shape[0] // anchor_spec.num_anchors, 1)
+        out.append(torch.cat([pts - wh / 2, pts + wh / 2], dim=1))
+    return out
+
+
+def anchor_strides(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
+                   device: torch.device | str | None = None) -> list[torch.Tensor]:
+    """Per level a float32 tensor (H_l * W_l * A,) filled with that level's stride."""
+    return [torch.full((h * w * anchor_spec.num_anchors,), float(s), device=device)
+            for (h, w), s in zip(sizes, anchor_spec.strides)]

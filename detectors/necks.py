@@ -1,0 +1,70 @@
+"""Feature pyramids built from a `NeckSpec`: FPN and PAFPN (mmdet's, as SCRFD uses them).
+
+All convs have a bias and no norm or activation (mmdet FPN defaults). Module names follow
+mmdet (`lateral_convs.i.conv`, `fpn_convs.i.conv`, `downsample_convs.i.conv`,
+`pafpn_convs.i.conv`) so published weights map by name.
+
+- fpn:   P_i = fpn_conv_i(L_i + upsample(L_{i+1}) ...), L_i = lateral 1x1 conv of C_i.
+- pafpn: FPN outputs N_i, then bottom-up N_{i+1} += downsample_conv_i(N_i) (3x3/s2), outputs
+         [N_0, pafpn_conv_0(N_1), pafpn_conv_1(N_2), ...] (no extra conv on the finest level).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectors.backbones import ConvNormAct
+from detectors.spec import NeckSpec
+
+__all__ = ["FPN", "PAFPN", "NECK_TYPES", "build_neck"]
+
+
+def _convs(cins: list[int], cout: int, k: int, stride: int = 1) -> nn.ModuleList:
+    return nn.ModuleList(ConvNormAct(c, cout, k, stride, norm=None, act=False) for c in cins)
+
+
+class FPN(nn.Module):
+    """[C_l for l in in_levels] -> same-length list of (N, channels, H_l, W_l) maps."""
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__()
+        self.lateral_convs = _convs(in_channels, channels, 1)
+        self.fpn_convs = _convs([channels] * len(in_channels), channels, 3)
+
+    def top_down(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        laterals = [conv(f) for conv, f in zip(self.lateral_convs, feats)]
+        for i in range(len(laterals) - 1, 0, -1):
+            # upsample to the finer map's exact size (odd inputs: sizes are not exact doubles)
+            up = F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:], mode="nearest")
+            laterals[i - 1] = laterals[i - 1] + up
+        return [conv(x) for conv, x in zip(self.fpn_convs, laterals)]
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        return self.top_down(feats)
+
+
+class PAFPN(FPN):
+    """FPN plus a bottom-up path (3x3/s2 downsample convs and 3x3 output convs)."""
+
+    def __init__(self, in_channels: list[int], channels: int) -> None:
+        super().__init__(in_channels, channels)
+        n = len(in_channels) - 1
+        self.downsample_convs = _convs([channels] * n, channels, 3, stride=2)
+        self.pafpn_convs = _convs([channels] * n, channels, 3)
+
+    def forward(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
+        inter = self.top_down(feats)
+        for i, conv in enumerate(self.downsample_convs):
+            inter[i + 1] = inter[i + 1] + conv(inter[i])
+        return [inter[0]] + [conv(x) for conv, x in zip(self.pafpn_convs, inter[1:])]
+
+
+NECK_TYPES: dict[str, type[FPN]] = {"fpn": FPN, "pafpn": PAFPN}
+
+
+def build_neck(spec: NeckSpec, backbone_channels: tuple[int, ...]) -> FPN:
+    """backbone_channels: channels of C2..C5; the neck reads spec.in_levels of them."""
+    cins = [backbone_channels[lv - 2] for lv in spec.in_levels]
+    return NECK_TYPES[spec.type](cins, spec.channels)
