@@ -1,0 +1,144 @@
+"""WIDER FACE samples for torch: dataset, collate, reproducible endless training loader.
+
+`WiderFaceDataset(root, split, transform)` reads a root in the official layout (real WIDER
+FACE, widerface-mini or the synthetic default) through detectors.data.widerface and yields the
+samples of docs/architecture.md ("Data samples"): invalid faces and zero-size boxes become
+ignore regions (neither positive nor negative), never positives.
+
+Reproducibility: `make_train_loader` feeds the dataset keys (index, sample_seed); the sample's
+augmentation draws only from a generator seeded by sample_seed, which is a function of (seed,
+stream position). So batches are identical whatever the number of workers and whichever worker
+loads a sample, and a run restarted at iteration i (`start_iter`) sees the batches an
+uninterrupted run saw. Plain integer keys draw from NumPy's global state instead.
+
+Decoding uses PIL (Pillow-SIMD-free): on this project's 2-core CPU it measured faster than
+torchvision.io.decode_jpeg for WIDER-size JPEGs (benchmarks/data_speed.py --decoders).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from detectors.data.transforms import SR_CROPS, build_train_transform
+from detectors.data.widerface import ImageRecord, load_split, read_image
+
+__all__ = ["WiderFaceDataset", "collate", "make_train_loader", "sample_seed", "decode_image"]
+
+
+def decode_image(path: Path, decoder: str = "pil", listed_at: str = "") -> np.ndarray:
+    """uint8 (H, W, 3) RGB. decoder: 'pil' or 'torchvision' (torchvision.io.decode_image)."""
+    if decoder == "pil":
+        return read_image(path, listed_at)
+    if decoder == "torchvision":
+        from torchvision.io import ImageReadMode, decode_image as tv_decode, read_file
+
+        return tv_decode(read_file(str(path)), mode=ImageReadMode.RGB).permute(1, 2, 0).numpy()
+    raise ValueError(f"unknown decoder {decoder!r}; valid: pil, torchvision")
+
+
+def _raw_sample(record: ImageRecord, image: np.ndarray) -> dict[str, Any]:
+    """Untransformed sample: boxes xyxy float32, ignore = invalid | zero-size."""
+    k = len(record.boxes)
+    if record.keypoints is not None:
+        kps = record.keypoints.astype(np.float32).reshape(k, 5, 2)
+        valid = np.asarray(record.keypoints_valid, bool).reshape(k)
+    else:
+        kps, valid = np.zeros((k, 5, 2), np.float32), np.zeros(k, bool)
+    return {"image": image, "boxes": record.boxes_xyxy().astype(np.float32).reshape(k, 4),
+            "ignore": record.invalid | record.zero_size, "keypoints": kps, "keypoints_valid": valid,
+            "image_id": record.image_id}
+
+
+class WiderFaceDataset(Dataset):
+    """One split of a WIDER-layout root; item = transform(raw sample).
+
+    landmarks: None (keypoints all invalid), 'auto' (root/retinaface_gt/<split>/label.txt when
+    present) or a label.txt path. transform: a callable (sample, rng) -> sample, e.g.
+    build_train_transform(); None returns the raw sample (image uint8 (H, W, 3), numpy targets).
+    Key: an int index, or (index, sample_seed) to draw augmentation from that seed.
+    """
+
+    def __init__(self, root: str | os.PathLike, split: str, transform: Callable | None = None,
+                 landmarks: str | os.PathLike | None = None, decoder: str = "pil") -> None:
+        self.split = load_split(root, split, landmarks=landmarks)
+        self.records = self.split.records
+        self.transform = transform
+        self.decoder = decoder
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
+        index, seed = key if isinstance(key, tuple) else (key, None)
+        record = self.records[index]
+        image = decode_image(record.path, self.decoder, f"{record.source}:{record.line}")
+        sample = _raw_sample(record, image)
+        if self.transform is None:
+            return sample
+        rng = np.random.default_rng(seed) if seed is not None else None
+        return self.transform(sample, rng)
+
+
+def collate(samples: Sequence[dict]) -> dict[str, Any]:
+    """Batch: `image` (B, 3, H, W) stacked; boxes, ignore, keypoints, keypoints_valid, image_id
+    (and scale, when present) as per-image lists."""
+    out: dict[str, Any] = {"image": torch.stack([torch.as_tensor(s["image"]) for s in samples])}
+    for key in ("boxes", "ignore", "keypoints", "keypoints_valid"):
+        out[key] = [torch.as_tensor(s[key]) for s in samples]
+    out["image_id"] = [s["image_id"] for s in samples]
+    if all("scale" in s for s in samples):
+        out["scale"] = [s["scale"] for s in samples]
+    return out
+
+
+def sample_seed(seed: int, position: int) -> int:
+    """Augmentation seed of stream position `position` (63-bit, from NumPy's SeedSequence)."""
+    return int(np.random.SeedSequence([seed, position, 7]).generate_state(1, np.uint64)[0] >> np.uint64(1))
+
+
+class _StreamSampler(Sampler):
+    """Batches of (index, sample_seed) from per-epoch permutations seeded by (seed, epoch)."""
+
+    def __init__(self, n: int, batch_size: int, seed: int, start_iter: int, infinite: bool) -> None:
+        self.n, self.batch_size, self.seed = n, batch_size, seed
+        self.start_iter, self.infinite = start_iter, infinite
+
+    def __len__(self) -> int:
+        return -(-self.n // self.batch_size)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        it, perm, perm_epoch = self.start_iter, None, -1
+        while self.infinite or it < len(self):
+            batch = []
+            for pos in range(it * self.batch_size, (it + 1) * self.batch_size):
+                epoch, offset = divmod(pos, self.n)
+                if epoch != perm_epoch:
+                    perm, perm_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
+                batch.append((int(perm[offset]), sample_seed(self.seed, pos)))
+            yield batch
+            it += 1
+
+
+def make_train_loader(root: str | os.PathLike, batch_size: int, train_size: int = 640,
+                      crop_choices: Sequence[float] = SR_CROPS, workers: int = 2, seed: int = 0,
+                      min_face: float = 0.0, landmarks: str | os.PathLike | None = "auto",
+                      infinite: bool = True, start_iter: int = 0, flip: bool = True,
+                      photometric: bool = True, decoder: str = "pil") -> DataLoader:
+    """Training batches (see `collate`) of root's train split, reproducible by `seed`.
+
+    infinite=True: an endless iterator (the trainer counts iterations); batch i holds stream
+    positions [i * batch_size, (i + 1) * batch_size) over successive epoch permutations, and
+    start_iter resumes at batch i. infinite=False: ceil(N / batch_size) batches (one epoch; the
+    last batch is topped up from the next epoch's permutation, so every batch is full).
+    """
+    transform = build_train_transform(train_size, crop_choices, min_face, flip, photometric)
+    dataset = WiderFaceDataset(root, "train", transform, landmarks=landmarks, decoder=decoder)
+    sampler = _StreamSampler(len(dataset), batch_size, seed, start_iter, infinite)
+    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
+                      persistent_workers=workers > 0, prefetch_factor=2 if workers else None)

@@ -1,0 +1,264 @@
+"""Training and test transforms on face samples, boxes and keypoints carried through each.
+
+A sample is a dict: `image` uint8 (H, W, 3) RGB (numpy, or a torch tensor on input), `boxes`
+float32 (K, 4) x1, y1, x2, y2 in pixels (continuous coordinates: pixel i covers [i, i + 1)),
+`ignore` bool (K,), `keypoints` float32 (K, 5, 2) (x, y) in pixels (order: left eye, right eye,
+nose, left mouth corner, right mouth corner), `keypoints_valid` bool (K,), plus pass-through
+keys (`image_id`). Every transform is a callable `t(sample, rng=None) -> sample`; random ones
+draw from `rng` (a numpy Generator) or, when it is None, from a Generator seeded from NumPy's
+global state, so seeding the global RNGs per sample (detectors.batches) makes them exact.
+The last step, `Normalize`, gives the contract of docs/architecture.md ("Data samples").
+
+The square crop follows SCRFD (Guo et al. 2021, sec. 3.1; its RandomSquareCrop): a side of
+`scale * short edge`, scale drawn from the crop choices; baseline [0.3, 0.45, 0.6, 0.8, 1.0],
+sample redistribution adds [1.2, 1.4, 1.6, 1.8, 2.0]; a crop beyond the image is filled with
+the image's mean colour; faces whose centre leaves the crop are dropped, the others clipped.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["BASELINE_CROPS", "SR_CROPS", "FLIP_ORDER", "Compose", "RandomSquareCrop", "Resize",
+           "ResizeLongSide", "RandomFlip", "PhotoMetricDistortion", "MarkSmallIgnore", "Normalize",
+           "build_train_transform", "build_test_transform"]
+
+BASELINE_CROPS: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8, 1.0)
+SR_CROPS: tuple[float, ...] = BASELINE_CROPS + (1.2, 1.4, 1.6, 1.8, 2.0)
+FLIP_ORDER = (1, 0, 2, 4, 3)  # keypoints after a horizontal flip: eyes and mouth corners swap
+
+Sample = dict[str, Any]
+
+
+def _rng(rng: np.random.Generator | None) -> np.random.Generator:
+    # from NumPy's global state, so per-sample global seeding (detectors.batches) is exact
+    return rng if rng is not None else np.random.default_rng(np.random.randint(0, 2**31 - 1))
+
+
+def _image(sample: Sample) -> np.ndarray:
+    img = sample["image"]
+    return img.numpy() if isinstance(img, torch.Tensor) else np.asarray(img)
+
+
+def _with(sample: Sample, **changes: Any) -> Sample:
+    out = dict(sample)
+    out.update(changes)
+    return out
+
+
+def _keep(sample: Sample, mask: np.ndarray) -> dict:
+    return {k: np.asarray(sample[k])[mask] for k in ("boxes", "ignore", "keypoints", "keypoints_valid")}
+
+
+class Compose:
+    """Apply transforms in order, sharing one generator."""
+
+    def __init__(self, transforms: Sequence[Callable]) -> None:
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        rng = _rng(rng)
+        for t in self.transforms:
+            sample = t(sample, rng)
+        return sample
+
+
+class RandomSquareCrop:
+    """SCRFD square crop: side = choice(crop_choices) * short edge, mean-colour fill outside.
+
+    Up to `max_tries` positions (each with a new scale) are drawn until one keeps the centre of
+    at least one non-ignored face; if none does, the last one is used (it may hold no face).
+    """
+
+    def __init__(self, crop_choices: Sequence[float] = SR_CROPS, max_tries: int = 50) -> None:
+        self.crop_choices = tuple(float(c) for c in crop_choices)
+        self.max_tries = max_tries
+
+    def _patch(self, h: int, w: int, rng: np.random.Generator) -> tuple[int, int, int]:
+        side = max(1, int(rng.choice(self.crop_choices) * min(h, w)))
+        left = int(rng.integers(min(0, w - side), max(0, w - side) + 1))
+        top = int(rng.integers(min(0, h - side), max(0, h - side) + 1))
+        return left, top, side
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        rng = _rng(rng)
+        img = _image(sample)
+        h, w = img.shape[:2]
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        wanted = ~np.asarray(sample["ignore"], bool)
+        if not wanted.any():
+            wanted = np.ones(len(boxes), bool)
+        for _ in range(self.max_tries):
+            left, top, side = self._patch(h, w, rng)
+            inside = ((centres[:, 0] > left) & (centres[:, 0] < left + side)
+                      & (centres[:, 1] > top) & (centres[:, 1] < top + side))
+            if not len(boxes) or (inside & wanted).any():
+                break
+        return self.crop(sample, left, top, side, inside)
+
+    @staticmethod
+    def crop(sample: Sample, left: int, top: int, side: int, keep: np.ndarray) -> Sample:
+        """Cut the square [left, left + side) x [top, top + side); keep the faces in `keep`."""
+        img = _image(sample)
+        h, w = img.shape[:2]
+        if left >= 0 and top >= 0 and left + side <= w and top + side <= h:
+            out = img[top:top + side, left:left + side].copy()
+        else:
+            out = np.empty((side, side, 3), np.uint8)
+            out[:] = np.round(img.reshape(-1, 3).mean(0)).astype(np.uint8)
+            x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
+            out[y0 - top:y1 - top, x0 - left:x1 - left] = img[y0:y1, x0:x1]
+        kept = _keep(sample, keep)
+        shift = np.array([left, top], np.float32)
+        boxes = np.clip(kept["boxes"] - np.tile(shift, 2), 0, side).astype(np.float32)
+        kps = (kept["keypoints"] - shift).astype(np.float32)
+        return _with(sample, image=out, boxes=boxes, ignore=kept["ignore"], keypoints=kps,
+                     keypoints_valid=kept["keypoints_valid"])
+
+
+class Resize:
+    """Resize to (size, size) (bilinear); boxes and keypoints scale with the axes."""
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        img = _image(sample)
+        h, w = img.shape[:2]
+        fx, fy = self.size / w, self.size / h
+        out = np.asarray(Image.fromarray(img).resize((self.size, self.size), Image.BILINEAR))
+        scale = np.array([fx, fy], np.float32)
+        # clip only removes float rounding: boxes inside the image stay inside
+        boxes = np.clip(np.asarray(sample["boxes"], np.float32) * np.tile(scale, 2), 0, self.size)
+        return _with(sample, image=out, boxes=boxes, keypoints=np.asarray(sample["keypoints"], np.float32) * scale)
+
+
+class ResizeLongSide:
+    """Test-time resize keeping the aspect ratio: the long side becomes `size`.
+
+    Adds `scale` (float): divide predicted coordinates by it to return to the original image.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.size = int(size)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        img = _image(sample)
+        h, w = img.shape[:2]
+        f = self.size / max(h, w)
+        nw, nh = max(1, round(w * f)), max(1, round(h * f))
+        out = np.asarray(Image.fromarray(img).resize((nw, nh), Image.BILINEAR))
+        scale = np.array([nw / w, nh / h], np.float32)
+        return _with(sample, image=out, scale=f, boxes=np.asarray(sample["boxes"], np.float32) * np.tile(scale, 2),
+                     keypoints=np.asarray(sample["keypoints"], np.float32) * scale)
+
+
+class RandomFlip:
+    """Horizontal flip with probability p: x -> W - x, keypoint left/right order swapped."""
+
+    def __init__(self, p: float = 0.5) -> None:
+        self.p = p
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        if _rng(rng).random() >= self.p:
+            return sample
+        return self.flip(sample)
+
+    @staticmethod
+    def flip(sample: Sample) -> Sample:
+        img = _image(sample)
+        w = img.shape[1]
+        boxes = np.asarray(sample["boxes"], np.float32).copy()
+        boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
+        kps = np.asarray(sample["keypoints"], np.float32)[:, list(FLIP_ORDER)].copy()
+        kps[..., 0] = w - kps[..., 0]
+        return _with(sample, image=np.ascontiguousarray(img[:, ::-1]), boxes=boxes, keypoints=kps)
+
+
+class PhotoMetricDistortion:
+    """mmdet's PhotoMetricDistortion: each step with probability 1/2, in this order:
+    brightness (+-delta), contrast (x U(range)) either first or last, saturation (x U(range),
+    HSV), hue (+-delta degrees, HSV)."""
+
+    def __init__(self, brightness_delta: float = 32, contrast_range: tuple[float, float] = (0.5, 1.5),
+                 saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18) -> None:
+        self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
+        self.contrast_range, self.saturation_range = contrast_range, saturation_range
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        rng = _rng(rng)
+        img = _image(sample).astype(np.float32)
+        if rng.random() < 0.5:
+            img += rng.uniform(-self.brightness_delta, self.brightness_delta)
+        contrast_first = rng.random() < 0.5
+        if contrast_first and rng.random() < 0.5:
+            img *= rng.uniform(*self.contrast_range)
+        sat = rng.uniform(*self.saturation_range) if rng.random() < 0.5 else 1.0
+        hue = rng.uniform(-self.hue_delta, self.hue_delta) if rng.random() < 0.5 else 0.0
+        img = np.clip(img, 0, 255)
+        if sat != 1.0 or hue != 0.0:
+            # PIL's HSV (all channels 0..255) is C-fast; hue wraps around
+            hsv = np.asarray(Image.fromarray(np.round(img).astype(np.uint8)).convert("HSV"), np.float32)
+            hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0, 255)
+            hsv[..., 0] = np.mod(hsv[..., 0] + hue * 256 / 360, 256)
+            img = np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"), np.float32)
+        if not contrast_first and rng.random() < 0.5:
+            img = np.clip(img * rng.uniform(*self.contrast_range), 0, 255)
+        return _with(sample, image=np.round(img).astype(np.uint8))
+
+
+class MarkSmallIgnore:
+    """Faces whose shorter box side is below `min_face` px become ignore regions."""
+
+    def __init__(self, min_face: float) -> None:
+        self.min_face = float(min_face)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
+        small = np.minimum(boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]) < self.min_face
+        return _with(sample, ignore=np.asarray(sample["ignore"], bool) | small)
+
+
+class Normalize:
+    """To the sample contract: image float32 (3, H, W) = (RGB - 127.5) / 128, targets as tensors.
+
+    `pad_to` pads the image bottom/right with zeros (the normalised mean) to a square.
+    """
+
+    def __init__(self, pad_to: int | None = None) -> None:
+        self.pad_to = pad_to
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        img = torch.from_numpy(np.array(_image(sample), np.uint8)).permute(2, 0, 1).float()
+        img = (img - 127.5) / 128.0
+        if self.pad_to is not None:
+            img = torch.nn.functional.pad(img, (0, self.pad_to - img.shape[2], 0, self.pad_to - img.shape[1]))
+        return _with(sample, image=img,
+                     boxes=torch.as_tensor(np.asarray(sample["boxes"], np.float32).reshape(-1, 4)),
+                     ignore=torch.as_tensor(np.asarray(sample["ignore"], bool)),
+                     keypoints=torch.as_tensor(np.asarray(sample["keypoints"], np.float32).reshape(-1, 5, 2)),
+                     keypoints_valid=torch.as_tensor(np.asarray(sample["keypoints_valid"], bool)))
+
+
+def build_train_transform(train_size: int = 640, crop_choices: Sequence[float] = SR_CROPS,
+                          min_face: float = 0.0, flip: bool = True, photometric: bool = True,
+                          max_tries: int = 50) -> Compose:
+    """SCRFD training pipeline: square crop -> resize to train_size -> photometric -> flip ->
+    mark faces under `min_face` px as ignore -> normalise. Output image (3, S, S)."""
+    steps: list[Callable] = [RandomSquareCrop(crop_choices, max_tries), Resize(train_size)]
+    if photometric:
+        steps.append(PhotoMetricDistortion())
+    if flip:
+        steps.append(RandomFlip(0.5))
+    steps += [MarkSmallIgnore(min_face), Normalize()]
+    return Compose(steps)
+
+
+def build_test_transform(test_size: int = 640) -> Compose:
+    """Long side -> test_size (aspect kept), zero-pad to (3, test_size, test_size); adds `scale`."""
+    return Compose([ResizeLongSide(test_size), Normalize(pad_to=test_size)])
