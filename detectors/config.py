@@ -72,7 +72,11 @@ class Schedule:
 
 @dataclass(frozen=True)
 class Augmentation:
-    """Training-time data augmentation (see detectors.data.transforms)."""
+    """Training-time data augmentation (see detectors.data.transforms and detectors.batches).
+
+    crop_choices: SCRFD square-crop scales of the short edge (BASELINE_CROPS, or SR_CROPS for
+    sample redistribution); empty = no crop (long side resized to train_size, padded).
+    """
 
     crop_choices: tuple[float, ...] = SR_CROPS
     flip: bool = True
@@ -80,8 +84,8 @@ class Augmentation:
     min_face: float = 0.0  # faces smaller than this (px, after resize) become ignore regions
 
     def __post_init__(self) -> None:
-        if not self.crop_choices or any(c <= 0 for c in self.crop_choices):
-            raise UserError("augmentation.crop_choices must be a non-empty list of positive scales")
+        if any(c <= 0 for c in self.crop_choices):
+            raise UserError("augmentation.crop_choices must be positive scales (or empty: no crop)")
 
 
 @dataclass(frozen=True)
@@ -230,9 +234,10 @@ def load_config(path: str | Path) -> TrainConfig:
         raise UserError(f"{path}{line}: not valid YAML ({getattr(err, 'problem', err)})") from None
     if not isinstance(data, Mapping) or "spec" not in data:
         raise UserError(f"{path}: a retraining config is a mapping with keys 'spec' and 'recipe'")
-    unknown = [k for k in data if k not in ("spec", "recipe")]
+    # `run:` is the provenance a training run records in its config.yaml; it is not an input.
+    unknown = [k for k in data if k not in ("spec", "recipe", "run")]
     if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} (valid: spec, recipe)")
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (valid: spec, recipe, run)")
     try:
         spec = _load_spec(data["spec"], path)
         recipe = recipe_from_dict(data.get("recipe"))
