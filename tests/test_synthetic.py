@@ -163,3 +163,48 @@ def test_cli_synth_writes_root_and_reports_user_errors(tmp_path):
     again = subprocess.run(cmd, capture_output=True, text=True)
     assert again.returncode == 2 and "already exists" in again.stderr
     assert "Traceback" not in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+
+def test_root_loads_with_the_official_layout_readers(root):
+    from detectors.data.widerface import load_eval_ground_truth, load_split
+
+    info = json.loads((root / synthetic.MARKER).read_text())
+    for split in ("train", "val"):
+        s = load_split(root, split, landmarks="auto")
+        assert (s.images, s.faces, s.invalid_faces) == tuple(info[split][k] for k in ("images", "faces", "invalid"))
+        assert all(r.path.is_file() for r in s.records)
+    train = load_split(root, "train", landmarks="auto")
+    assert train.faces_with_keypoints > 0 and train.unmatched_landmark_faces == 0
+    gt = load_eval_ground_truth(root)
+    assert {k: gt.faces(k) for k in ("easy", "medium", "hard")} == {k: info["val"][k] for k in ("easy", "medium", "hard")}
+
+
+def test_trivial_detectors_score_low_and_ground_truth_scores_one(tmp_path):
+    """A real detection task: dense multi-scale grid boxes or random boxes (random scores) get
+    near-zero AP, while the ground truth itself gets AP 1 through the official protocol."""
+    from detectors.data.widerface import load_eval_ground_truth
+    from detectors.evaluate import evaluate
+
+    r = synthetic.generate(tmp_path / "task", num_train=1, num_val=12, image_size=640, seed=9, progress=False)
+    gt = load_eval_ground_truth(r)
+    rng = np.random.default_rng(0)
+
+    def grid(image_id: str) -> np.ndarray:
+        w, h = Image.open(r / "WIDER_val" / "images" / f"{image_id}.jpg").size
+        b = np.array([[x, y, s, 1.25 * s] for s in (8, 16, 32, 64, 128)
+                      for y in range(0, h - s + 1, s) for x in range(0, w - s + 1, s)], float)
+        return np.c_[b, rng.random(len(b))]
+
+    def random_boxes(image_id: str) -> np.ndarray:
+        w, h = Image.open(r / "WIDER_val" / "images" / f"{image_id}.jpg").size
+        s = np.exp(rng.uniform(np.log(6), np.log(200), 1000))
+        return np.c_[rng.uniform(0, w - s), rng.uniform(0, h - s), s, 1.25 * s, rng.random(1000)]
+
+    def truth(image_id: str) -> np.ndarray:
+        return np.c_[gt.boxes[image_id], rng.uniform(0.5, 1.0, len(gt.boxes[image_id]))]
+
+    for baseline in (grid, random_boxes):
+        ap = evaluate({i: baseline(i) for i in gt.image_ids}, gt, progress=False).as_dict()
+        assert max(ap.values()) < 0.02, (baseline.__name__, ap)
+    ap = evaluate({i: truth(i) for i in gt.image_ids}, gt, progress=False).as_dict()
+    assert all(v > 0.999 for v in ap.values()), ap
