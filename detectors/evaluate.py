@@ -22,9 +22,12 @@ images (each image once, not once per threshold).
 protocol='matlab' (default) reproduces the official MATLAB arithmetic bit for bit: its score
 normalisation runs in single precision (max/min start from realmin/realmax('single'), and
 MATLAB's single-double arithmetic yields single). protocol='python' follows the common Python
-port (WiderFace-Evaluation, used by RetinaFace/SCRFD repos): double precision, with the
-normalisation range widened to include [0, 1]. They differ only for scores that land within
-float32 rounding of a threshold (e.g. scores written with 3 decimals).
+port (WiderFace-Evaluation, used by RetinaFace/SCRFD repos): double precision, the
+normalisation range widened to include [0, 1] and taken over every predicted image (also those
+not in the ground truth). They differ only for scores that land within float32 rounding of a
+threshold (e.g. scores written with 3 decimals) or outside [0, 1]. Unlike the port, which
+assumes files are already sorted and crashes on a missing file, both protocols sort by score
+(as the MATLAB code does) and score a missing file as no detections (as MATLAB does).
 """
 
 from __future__ import annotations
@@ -218,8 +221,6 @@ def evaluate(
     x, y, w, h, score} (x, y top-left, pixels of the original image). gt_dir: the dataset root,
     its eval_tools/ground_truth directory, or a loaded EvalGroundTruth.
     """
-    from tqdm import tqdm
-
     gt = gt_dir if isinstance(gt_dir, EvalGroundTruth) else load_eval_ground_truth(gt_dir)
     preds = _as_predictions(predictions, progress)
     extra = sorted(set(preds) - set(gt.boxes))
@@ -232,7 +233,18 @@ def evaluate(
     ranked = _sorted_predictions(gt, preds)
     if not ranked:
         raise UserError("no predicted boxes to evaluate: every prediction file is empty")
-    _, _, norm = normalise_scores(np.concatenate([p[:, 4] for p in ranked.values()]), protocol)
+    pool = list(ranked.values())
+    if protocol == "python":  # the Python port normalises over every file in the directory
+        pool += [preds[i] for i in extra if len(preds[i])]
+    _, _, norm = normalise_scores(np.concatenate([p[:, 4] for p in pool]), protocol)
+    parts = _per_image_flags(gt, ranked, norm, progress)
+    return _result(gt, parts, ranked, missing, extra, protocol)
+
+
+def _per_image_flags(gt: EvalGroundTruth, ranked: dict, norm, progress: bool) -> dict:
+    """setting -> (normalised scores, counted-proposal flags, TP flags), lists of per-image arrays."""
+    from tqdm import tqdm
+
     parts = {s: ([], [], []) for s in SETTINGS}
     for image_id, p in tqdm(ranked.items(), desc="evaluating", disable=None if progress else True, leave=False):
         boxes = gt.boxes[image_id]
@@ -244,7 +256,7 @@ def evaluate(
             prop, tp = _flags(best, hit, gt.keep[s][image_id], len(boxes))
             for acc, v in zip(parts[s], (scores, prop, tp)):
                 acc.append(v)
-    return _result(gt, parts, ranked, missing, extra, protocol)
+    return parts
 
 
 def _result(gt, parts, ranked, missing, extra, protocol) -> EvalResult:

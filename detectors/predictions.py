@@ -104,6 +104,15 @@ def read_prediction_file(path: str | os.PathLike) -> np.ndarray:
     rows = lines[2:]
     if count != len(rows):
         raise UserError(f"{path}:{number}: the count says {count} boxes but {len(rows)} box lines follow")
+    fields = [t.split() for _, t in rows]
+    if all(len(f) == 5 for f in fields):
+        try:  # fast path: one conversion for the whole file
+            values = np.array([v for f in fields for v in f], dtype=np.float64).reshape(-1, 5)
+            if np.isfinite(values).all():
+                return values
+        except ValueError:
+            pass
+    # slow path: per line, to name the offending line (or accept extra trailing columns)
     return np.asarray([_parse_row(path, n, t) for n, t in rows], dtype=np.float64).reshape(-1, 5)
 
 

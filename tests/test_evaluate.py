@@ -182,7 +182,8 @@ def _reference(preds, gt, setting, protocol):
         p = [list(r) for r in preds.get(i, [])]
         if p:
             ranked[i] = sorted(p, key=lambda r: -r[4])  # Python's sort is stable
-    norm = _ref_normalise([[r[4] for r in v] for v in ranked.values()], protocol)
+    pool = ranked.values() if protocol == "matlab" else preds.values()  # port: every file
+    norm = _ref_normalise([[r[4] for r in v] for v in pool], protocol)
     curve, faces = np.zeros((1000, 2)), 0
     for i in gt.image_ids:
         keep = set(gt.keep[setting][i].tolist())
@@ -225,6 +226,8 @@ def _random_case(rng):
         jitter = src + rng.normal(0, 2.5, src.shape).round(1)
         score = rng.choice([rng.random(len(src)).round(2), rng.random(len(src))]) * 2
         preds[image_id] = np.c_[jitter, score]
+    # an image not in the ground truth: unscored, but the Python port normalises with it
+    preds["ev9/stray"] = np.c_[rng.integers(0, 80, (3, 4)), [rng.random(), 2.5, 3.0]]
     gt = EvalGroundTruth(None, list(boxes), boxes, keep)
     return preds, gt
 
