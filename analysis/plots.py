@@ -129,7 +129,8 @@ def plot_computation_bars(rows: pd.DataFrame, metric: str = "ap_hard", top_k: in
     top = rows.sort_values(metric, ascending=False).head(top_k)
     gflops = top[[f"gflops_{c}" for c in comps]].to_numpy(dtype=float)
     shares = gflops / gflops.sum(axis=1, keepdims=True)
-    names = top["spec_id"].astype(str).str[:8] if "spec_id" in top.columns else top.index.astype(str)
+    ids = top["spec_id"] if "spec_id" in top.columns else pd.Series(top.index)
+    names = ids.astype(str).str[:8]
     labels = [f"{s}  {v:.3f}" for s, v in zip(names, top[metric])]
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(4.6, 0.6 + 0.28 * len(top)), layout="constrained")
@@ -144,7 +145,8 @@ def plot_computation_bars(rows: pd.DataFrame, metric: str = "ap_hard", top_k: in
         ax.set_xlabel("share of detector GFLOPs")
         ax.grid(axis="y", visible=False)
         ax.set_title(f"computation of the top {len(top)} specs (by {metric})")
-        ax.legend(ncols=len(comps), loc="upper center", bbox_to_anchor=(0.5, -0.25 - 0.1 / max(len(top), 1)),
+        below = -0.25 - 0.1 / max(len(top), 1)  # under the x label, whatever the bar count
+        ax.legend(ncols=len(comps), loc="upper center", bbox_to_anchor=(0.5, below),
                   frameon=False, fontsize=6, handlelength=1.0, columnspacing=0.8)
     return fig
 

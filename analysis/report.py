@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
@@ -80,7 +81,7 @@ def _varying(rows: pd.DataFrame, quantities: list[str]) -> list[str]:
     return [q for q in quantities if q in rows.columns and rows[q].nunique(dropna=True) > 1]
 
 
-def _plan_figures(pops: list[Population], other: pd.DataFrame | None, other_name: str,
+def _plan_figures(pops: list[Population], edf_pops: dict[str, pd.Series],
                   metric: str) -> list[tuple[Population | None, str, str, Callable]]:
     """(population, caption, file name, draw()) for every figure to write."""
     jobs = []
@@ -89,16 +90,25 @@ def _plan_figures(pops: list[Population], other: pd.DataFrame | None, other_name
             qs = _varying(pop.rows, quantities)
             if qs:
                 caption = f"{title} ({pop.name})"
-                jobs.append((pop, caption, f"{stem}{pop.suffix}.png",
-                             lambda p=pop, q=qs, c=caption: plot_quantities(p.rows, p.ranges, q, metric, c)))
-    edf_pops = {p.name: p.rows[metric] for p in (pops[1:] or pops)}
-    if other is not None:
-        edf_pops = {"this run": pops[0].rows[metric], other_name: other[metric]}
-    jobs.append((None, "error EDF", "edf.png", lambda: plot_edfs(edf_pops, metric)))
+                draw = partial(plot_quantities, pop.rows, pop.ranges, qs, metric, caption)
+                jobs.append((pop, caption, f"{stem}{pop.suffix}.png", draw))
+    jobs.append((None, "error EDF", "edf.png", partial(plot_edfs, edf_pops, metric)))
     if any(c.startswith("gflops_") for c in pops[0].rows.columns):
         jobs.append((None, "computation of the best specs", "computation.png",
-                     lambda: plot_computation_bars(pops[0].rows, metric)))
+                     partial(plot_computation_bars, pops[0].rows, metric)))
     return jobs
+
+
+def _compared(run_dir: Path, compare_dir, metric: str, n_boot: int, seed: int,
+              rows: pd.DataFrame) -> tuple[Population, dict[str, pd.Series]]:
+    """The compared run as a population, and the EDF populations of both runs."""
+    other_rows = ok_rows(load_results(compare_dir), metric)
+    names = [run_dir.name, Path(compare_dir).name]
+    if names[0] == names[1]:  # two runs with one name: tell them apart by path
+        names = [str(run_dir), str(compare_dir)]
+    other = Population(names[1], "", other_rows,
+                       bootstrap_ranges(other_rows, metric, n_boot=n_boot, seed=seed))
+    return other, {names[0]: rows[metric], names[1]: other_rows[metric]}
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -113,12 +123,25 @@ def _write_text(path: Path, text: str) -> None:
 def _markdown_table(ranges: pd.DataFrame) -> list[str]:
     lines = ["| quantity | low | best | high | n_models |", "|---|---|---|---|---|"]
     for q, r in ranges.iterrows():
-        lines.append(f"| {q} | {r['low']:.4g} | {r['best']:.4g} | {r['high']:.4g} | {int(r['n_models'])} |")
+        lines.append(f"| {q} | {r['low']:.4g} | {r['best']:.4g} | {r['high']:.4g} "
+                     f"| {int(r['n_models'])} |")
     return lines
 
 
+def _comparison(pop: Population, other: Population) -> list[str]:
+    out = [f"## Compared with {other.name} ({len(other.rows)} models)", "",
+           f"| quantity | this run: best (likely range) | {other.name}: best (likely range) |",
+           "|---|---|---|"]
+    for q in pop.ranges.index.intersection(other.ranges.index):
+        a, b = pop.ranges.loc[q], other.ranges.loc[q]
+        out.append(f"| {q} | {a['best']:.3g} ({a['low']:.3g}–{a['high']:.3g}) "
+                   f"| {b['best']:.3g} ({b['low']:.3g}–{b['high']:.3g}) |")
+    return out + [""]
+
+
 def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_images,
-            metric: str, n_boot: int, seed: int, other) -> str:
+            metric: str, n_boot: int, seed: int, edf_pops: dict[str, pd.Series],
+            other: Population | None) -> str:
     rows = pops[0].rows
     failed = int((table.get("status", pd.Series(dtype=str)).astype(str) != "ok").sum())
     out = [f"# Design-space analysis: {run_dir.name}", "",
@@ -134,8 +157,10 @@ def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_im
                 if q in _varying(pop.rows, list(pop.ranges.index))]
         out += [""] + _markdown_table(pop.ranges) + [""]
         out += [f"![{c}]({f})" for c, f in pop.images] + [""]
+    if other is not None:
+        out += _comparison(pops[0], other)
     out += ["## Populations and the best specs", ""]
-    for name, ap in other or []:
+    for name, ap in edf_pops.items():
         out.append(f"- {edf_summary(ap).label(name)}: error = 1 − {metric}.")
     out += [""] + [f"![{c}]({f})" for c, f in extra_images] + [""]
     return "\n".join(out)
@@ -156,23 +181,21 @@ def analyze_run(run_dir: str | os.PathLike, metric: str = "ap_hard",
         raise UserError(f"run directory {run_dir} does not exist")
     table = load_results(run_dir)
     rows = ok_rows(table, metric)
-    other = ok_rows(load_results(compare_dir), metric) if compare_dir is not None else None
-    out = run_dir / "analysis"
-    out.mkdir(exist_ok=True)
     ranges = bootstrap_ranges(rows, metric, n_boot=n_boot, seed=seed)
-    write_ranges_csv(ranges, out / "ranges.csv")
     pops = _populations(rows, ranges, metric, n_boot, seed)
-    for pop in pops[1:]:
+    edf_pops = {p.name: p.rows[metric] for p in (pops[1:] or pops)}
+    other = None
+    if compare_dir is not None:
+        other, edf_pops = _compared(run_dir, compare_dir, metric, n_boot, seed, rows)
+    out = run_dir / "analysis"  # created only once every input has been checked
+    out.mkdir(exist_ok=True)
+    for pop in pops:
         write_ranges_csv(pop.ranges, out / f"ranges{pop.suffix}.csv")
-    other_name = Path(compare_dir).name if compare_dir is not None else ""
     extra = []
-    for pop, caption, name, draw in tqdm(_plan_figures(pops, other, other_name, metric),
+    for pop, caption, name, draw in tqdm(_plan_figures(pops, edf_pops, metric),
                                          desc="analyze: plots", unit="fig", disable=None):
         save_figure(draw(), out / name)
         (pop.images if pop is not None else extra).append((caption, name))
-    edf_named = [(p.name, p.rows[metric]) for p in (pops[1:] or pops)]
-    if other is not None:
-        edf_named = [("this run", rows[metric]), (other_name, other[metric])]
-    _write_text(out / "report.md",
-                _report(run_dir, table, pops, extra, metric, n_boot, seed, edf_named))
+    _write_text(out / "report.md", _report(run_dir, table, pops, extra, metric, n_boot, seed,
+                                           edf_pops, other))
     return ranges

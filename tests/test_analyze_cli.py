@@ -52,6 +52,7 @@ def test_cli_two_step_run_with_compare_writes_ranges_plots_report(tmp_path):
     c2 = read_ranges_csv(out / "ranges_step1.csv").loc["ratio_c2"]
     assert f"put {c2.low:.2f}–{c2.high:.2f} of backbone compute in C2 (best {c2.best:.2f})" in report
     assert "search_run_b (n=" in report  # the compared run's EDF summary
+    assert "## Compared with search_run_b (94 models)" in report
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
 
 
@@ -97,6 +98,7 @@ def test_bad_tables_are_one_line_exit_2(tmp_path, capsys, content, argv_extra, w
     (tmp_path / "trials.csv").write_text(content)
     err = _one_line_error(capsys, ["analyze", str(tmp_path), *argv_extra])
     assert words in err
+    assert not (tmp_path / "analysis").exists()  # nothing written for a bad input
 
 
 def test_dir_without_table_and_bad_compare_run(tmp_path, capsys):
@@ -104,3 +106,4 @@ def test_dir_without_table_and_bad_compare_run(tmp_path, capsys):
     run = _copy_run("search_run_b", tmp_path)
     err = _one_line_error(capsys, ["analyze", str(run), "--compare", str(tmp_path / "other")])
     assert "other does not exist" in err
+    assert not (run / "analysis").exists()

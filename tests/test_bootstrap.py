@@ -170,3 +170,13 @@ def test_bootstrap_time_2500_x_320(capsys):
     bootstrap_ranges(table, n_boot=2500)
     with capsys.disabled():
         print(f"\nbootstrap 2500 x 320: {1000 * (time.perf_counter() - start):.1f} ms")
+
+
+def test_analysis_never_imports_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, analysis.bootstrap, analysis.edf, analysis.plots, analysis.report, "
+            "analysis.tables, nas.commands.analyze; print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

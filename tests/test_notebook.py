@@ -38,6 +38,6 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     assert len(images) >= 5  # backbone, detector, two EDFs, computation bars
     text = "".join(o.get("text", "") for o in outputs)
     assert "of backbone compute in C2" in text
-    assert "ranges_step1.csv" in text and "report.md" in text
+    assert "ranges.csv" in text and "report.md" in text and "edf.png" in text
     after = sorted(p.relative_to(REPO) for p in (REPO / "tests" / "fixtures").rglob("*"))
     assert after == before  # the notebook wrote nothing into the fixtures

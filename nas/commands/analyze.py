@@ -11,20 +11,27 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from detectors.errors import UserError
+
 __all__ = ["add_arguments", "run"]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", metavar="RUN_DIR", help="search run directory (holds trials.parquet or trials.csv)")
+    parser.add_argument("run_dir", metavar="RUN_DIR",
+                        help="search run directory (holds trials.parquet or trials.csv)")
     parser.add_argument("--metric", default="ap_hard",
-                        help="results column ranking the models, higher is better (default: ap_hard)")
+                        help="results column ranking the models, higher is better "
+                             "(default: ap_hard)")
     parser.add_argument("--compare", metavar="OTHER_RUN", default=None,
                         help="a second run directory whose error EDF is drawn against this one")
-    parser.add_argument("--n-boot", type=int, default=2500, help="bootstrap resamples (default: 2500)")
+    parser.add_argument("--n-boot", type=int, default=2500,
+                        help="bootstrap resamples (default: 2500)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
 
 
 def run(args: argparse.Namespace) -> int:
+    if not Path(args.run_dir).is_dir():  # before the slow imports: a typo fails at once
+        raise UserError(f"run directory {args.run_dir} does not exist")
     # Imported here: pandas and matplotlib load only when this command runs.
     import pandas as pd
 
