@@ -47,6 +47,13 @@ def bootstrap_winners(metric_values: np.ndarray, n_boot: int = 2500, frac: float
     return draws[np.arange(draws.shape[0]), best]
 
 
+def _numeric(frame: pd.DataFrame) -> np.ndarray:
+    """(n, q) float array; non-numeric entries become NaN."""
+    if all(pd.api.types.is_numeric_dtype(t) for t in frame.dtypes):
+        return frame.to_numpy(dtype=float)
+    return frame.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+
+
 def bootstrap_ranges(table: pd.DataFrame, metric: str = "ap_hard",
                      quantities: list[str] | None = None, n_boot: int = 2500,
                      frac: float = 0.25, seed: int = 0) -> pd.DataFrame:
@@ -61,10 +68,15 @@ def bootstrap_ranges(table: pd.DataFrame, metric: str = "ap_hard",
     rows = ok_rows(table, metric)
     names = present_quantities(rows, quantities)
     winners = bootstrap_winners(rows[metric].to_numpy(dtype=float), n_boot, frac, seed)
-    values = rows[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)[winners]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN, on purpose
-        low, best, high = np.nanpercentile(values, PERCENTILES, axis=0) if names else ([],) * 3
+    values = _numeric(rows[names])[winners]
+    if not names:
+        low = best = high = []
+    elif np.isnan(values).any():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN column gives NaN
+            low, best, high = np.nanpercentile(values, PERCENTILES, axis=0)
+    else:  # the common case; np.percentile is several times faster than nanpercentile
+        low, best, high = np.percentile(values, PERCENTILES, axis=0)
     ranges = pd.DataFrame({"low": low, "best": best, "high": high,
                            "n_models": len(rows)}, index=pd.Index(names, name="quantity"))
     ranges.attrs = {"metric": metric, "n_boot": int(n_boot), "frac": float(frac), "seed": seed}

@@ -128,6 +128,22 @@ def test_seeded_and_default_quantities():
     assert (a["low"] <= a["best"]).all() and (a["best"] <= a["high"]).all()
 
 
+def test_missing_values_are_left_out_of_the_percentiles():
+    table = _peaked_table(200, seed=11)
+    table["half"] = np.where(np.arange(200) % 2 == 0, table["unrelated"], np.nan)
+    table["none"] = np.nan
+    table["text"] = table["ratio_c2"].map(lambda v: f"{v:.6f}")  # numbers stored as text
+    ranges = bootstrap_ranges(table, quantities=["half", "none", "text", "ratio_c2"])
+    winners = bootstrap_winners(table["ap_hard"].to_numpy())
+    half = table["half"].to_numpy()[winners]
+    expected = np.percentile(half[~np.isnan(half)], [2.5, 50, 97.5])
+    np.testing.assert_allclose(ranges.loc["half", ["low", "best", "high"]].to_numpy(float), expected)
+    assert ranges.loc["none", ["low", "best", "high"]].isna().all()
+    np.testing.assert_allclose(ranges.loc["text", ["low", "best", "high"]].to_numpy(float),
+                               ranges.loc["ratio_c2", ["low", "best", "high"]].to_numpy(float),
+                               atol=1e-6)
+
+
 def test_single_model_is_its_own_range():
     table = pd.DataFrame({"status": ["ok"], "ratio_c2": [0.4], "ap_hard": [0.5]})
     r = bootstrap_ranges(table).loc["ratio_c2"]
