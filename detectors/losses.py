@@ -92,7 +92,7 @@ def detection_loss(
     keep = ~ignored
     loss_cls = quality_focal_loss(cls_logits[keep], quality[keep], qfl_beta).sum() / num_pos
     weight = pos_logits.detach().sigmoid()
-    zero = cls_logits.sum() * 0  # keeps the graph and device when there are no positives
+    zero = cls_logits.new_zeros(())  # no positives: box and keypoint parts are 0
     loss_box, loss_kps = zero, zero
     if pos_logits.numel():
         # DIoU is scale-free; compute it in stride units so magnitudes match SCRFD.

@@ -1,0 +1,124 @@
+"""Training batches as a pure function of (seed, iteration), so resumed runs are exact.
+
+The stream of sample indices is the concatenation of per-epoch permutations (epoch e shuffled
+by a generator seeded with (seed, e)); batch i is positions [i*B, (i+1)*B) of that stream, so
+an epoch is ceil(N / B) iterations and any N, B work. Each sample is loaded with the key
+(index, sample seed), and detectors.data.loader.WiderFaceDataset draws its augmentation from a
+generator seeded by that seed only, so a sample does not depend on which worker process loads
+it or on what was loaded before: restarting the stream at iteration i (after a crash)
+reproduces exactly the batches of an uninterrupted run, with any number of workers.
+
+Transforms (detectors.data.transforms): the recipe's SCRFD pipeline (square crop from
+`crop_choices`, resize, photometric, flip, small faces ignored); an empty `crop_choices` means
+no crop: the image is resized keeping its aspect ratio (long side = train size) and padded,
+the geometry of the test path (used e.g. to memorise a few images).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from detectors.config import Recipe
+from detectors.data.loader import WiderFaceDataset, collate
+from detectors.data.transforms import (Compose, MarkSmallIgnore, Normalize, PhotoMetricDistortion,
+                                       RandomFlip, ResizeLongSide, build_train_transform)
+from detectors.errors import UserError
+
+__all__ = ["SeededBatches", "batch_indices"]
+
+
+def _seed_of(*parts: int) -> int:
+    """A 63-bit seed mixed from integers (NumPy's SeedSequence)."""
+    state = np.random.SeedSequence([p % 2**64 for p in parts]).generate_state(1, np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+@functools.lru_cache(maxsize=4)
+def _permutation(seed: int, epoch: int, num_samples: int) -> torch.Tensor:
+    return torch.randperm(num_samples, generator=torch.Generator().manual_seed(_seed_of(seed, epoch)))
+
+
+def batch_indices(iteration: int, batch_size: int, num_samples: int, seed: int) -> list[tuple[int, int]]:
+    """(sample index, sample seed) pairs of batch `iteration` (see module docstring)."""
+    out = []
+    for pos in range(iteration * batch_size, (iteration + 1) * batch_size):
+        epoch, offset = divmod(pos, num_samples)
+        index = int(_permutation(seed, epoch, num_samples)[offset])
+        out.append((index, _seed_of(seed, epoch, offset, 1)))
+    return out
+
+
+class _Batches(Sampler):
+    """Yields batch_indices(i) for i = start, start + 1, ... (endless)."""
+
+    def __init__(self, batch_size: int, num_samples: int, seed: int, start: int) -> None:
+        self.batch_size, self.num_samples, self.seed, self.start = batch_size, num_samples, seed, start
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        it = self.start
+        while True:
+            yield batch_indices(it, self.batch_size, self.num_samples, self.seed)
+            it += 1
+
+
+class SeededBatches:
+    """Endless training batches of a dataset root for a recipe, restartable at any iteration.
+
+    `iterate(start)` yields collated batches for iterations start, start + 1, ...; `close()`
+    stops worker processes. iters_per_epoch = ceil(train images / batch size).
+    """
+
+    def __init__(self, root: str | Path, recipe: Recipe) -> None:
+        self.dataset = _train_dataset(Path(root), recipe)
+        self.recipe = recipe
+        self.num_samples = len(self.dataset)
+        self.iters_per_epoch = math.ceil(self.num_samples / recipe.batch_size)
+        self._iterator: Iterator | None = None
+
+    def iterate(self, start: int) -> Iterator[dict]:
+        self.close()
+        sampler = _Batches(self.recipe.batch_size, self.num_samples, self.recipe.seed, start)
+        workers = self.recipe.workers
+        loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
+                            collate_fn=collate, prefetch_factor=2 if workers else None)
+        self._iterator = iter(loader)
+        return self._iterator
+
+    def state_dict(self) -> dict:
+        return {"seed": self.recipe.seed, "batch_size": self.recipe.batch_size,
+                "num_samples": self.num_samples}
+
+    def load_state_dict(self, state: dict) -> None:
+        if int(state["num_samples"]) != self.num_samples:
+            raise UserError(f"cannot resume exactly: the checkpoint was trained on "
+                            f"{state['num_samples']} images, the data root now has {self.num_samples}")
+
+    def close(self) -> None:
+        """Shut down loader workers (if any)."""
+        shutdown = getattr(self._iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+        self._iterator = None
+
+
+def _transform(recipe: Recipe) -> Compose:
+    aug = recipe.augmentation
+    if aug.crop_choices:
+        return build_train_transform(recipe.train_size, aug.crop_choices, aug.min_face,
+                                     aug.flip, aug.photometric)
+    steps = [ResizeLongSide(recipe.train_size)]
+    steps += [PhotoMetricDistortion()] if aug.photometric else []
+    steps += [RandomFlip(0.5)] if aug.flip else []
+    return Compose(steps + [MarkSmallIgnore(aug.min_face), Normalize(pad_to=recipe.train_size)])
+
+
+def _train_dataset(root: Path, recipe: Recipe) -> WiderFaceDataset:
+    """The train split with landmarks when the root has them (retinaface_gt/train/label.txt)."""
+    return WiderFaceDataset(root, "train", _transform(recipe), landmarks="auto")
