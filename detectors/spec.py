@@ -454,12 +454,13 @@ def _load_yaml(cls: type, text_or_path: "str | Path") -> Any:
 
 def _read_source(text_or_path: "str | Path") -> tuple[str, str]:
     """(text, name for messages). Paths and one-line '*.yaml'/'*.yml' strings are files."""
-    is_path = isinstance(text_or_path, Path) or (
-        "\n" not in text_or_path and text_or_path.strip().endswith((".yaml", ".yml"))
-    )
+    one_line = isinstance(text_or_path, str) and "\n" not in text_or_path.strip()
+    is_path = isinstance(text_or_path, Path) or (one_line and (
+        text_or_path.strip().endswith((".yaml", ".yml")) or Path(text_or_path.strip()).is_file()
+        or ":" not in text_or_path))
     if not is_path:
         return str(text_or_path), "<spec text>"
-    path = Path(text_or_path)
+    path = Path(str(text_or_path).strip())
     try:
         return path.read_text(encoding="utf-8"), str(path)
     except FileNotFoundError:

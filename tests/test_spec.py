@@ -161,6 +161,12 @@ def test_from_yaml_missing_file(tmp_path):
         DetectorSpec.from_yaml(tmp_path / "nope.yaml")
     with pytest.raises(UserError, match="spec file not found"):
         DetectorSpec.from_yaml(str(tmp_path / "nope.yaml"))
+    with pytest.raises(UserError, match="spec file not found: .*nope$"):
+        DetectorSpec.from_yaml(str(tmp_path / "nope"))
+    # an existing file without a YAML suffix is still read as a file
+    other = tmp_path / "spec.txt"
+    other.write_text((REPO / "experiments/models/scrfd_2.5g.yaml").read_text())
+    assert DetectorSpec.from_yaml(str(other)).name == "scrfd_2.5g"
 
 
 def test_construct_and_replace_is_cheap():
