@@ -107,7 +107,7 @@ class ScrfdSpace:
         one in `exclude` are skipped. Same arguments, same specs (numpy Generator seeded by
         `seed`); the order is the order of acceptance.
         """
-        self._check_feasible(step)
+        self.check_feasible(step)
         rng = np.random.default_rng(seed)
         taken = {_key(self.batch_of(list(exclude)), i) for i in range(len(exclude))}
         chosen: dict[bytes, tuple[_Batch, int]] = {}
@@ -246,7 +246,8 @@ class ScrfdSpace:
         return (f"no {self.block} SCRFD spec (step {step}) can have {self.gflops:g} GFLOPs "
                 f"+-{self.tolerance:.0%}: this space spans {lo:.3g} to {hi:.4g} VGA GFLOPs")
 
-    def _check_feasible(self, step: int) -> None:
+    def check_feasible(self, step: int) -> None:
+        """UserError (one line) when no spec of `step` can fall in the budget band."""
         lo, hi = self.gflops_range(step)
         band = (self.gflops * (1 - self.tolerance), self.gflops * (1 + self.tolerance))
         if band[1] < lo or band[0] > hi:

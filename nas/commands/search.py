@@ -1,0 +1,56 @@
+"""`facenas search`: two-step SCRFD computation-redistribution search on Ray Tune.
+
+    facenas search --space scrfd --gflops 2.5 [--budget smoke|quick|paper] [--num-samples N]
+                   [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
+                   [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
+                   [--max-failures F] [--top K]
+    facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
+"""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--space", default="scrfd", help="search space (default scrfd)")
+    parser.add_argument("--gflops", type=float, default=2.5,
+                        help="target VGA GFLOPs; the nearest regime's preset is used (default 2.5)")
+    parser.add_argument("--budget", default="quick",
+                        help="smoke | quick | paper: trial count and training scale (default quick)")
+    parser.add_argument("--num-samples", type=int, default=None,
+                        help="specs per step (default: the budget's; paper 320)")
+    parser.add_argument("--data", default=None,
+                        help="dataset root in the WIDER FACE layout (default: embedded synthetic)")
+    parser.add_argument("--out", default=None,
+                        help="run directory (default runs/<space>-<gflops>g-<timestamp>)")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
+    parser.add_argument("--gpus-per-trial", type=float, default=None,
+                        help="fractional GPUs per trial (default: GPUs shared among trials, or 0)")
+    parser.add_argument("--max-concurrent", type=int, default=None,
+                        help="concurrent trials (default: CPUs / cpus-per-trial)")
+    parser.add_argument("--address", default=None, help="attach to an existing Ray cluster")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", default="both", choices=("1", "2", "both"),
+                        help="SCRFD1 (backbone), SCRFD2 (whole detector) or both (default)")
+    parser.add_argument("--max-failures", type=int, default=1,
+                        help="retries of a raising/diverging trial before it is recorded failed")
+    parser.add_argument("--top", type=int, default=None, help="specs to export (default: preset's)")
+    parser.add_argument("--resume", default=None, metavar="RUN_DIR",
+                        help="finish an interrupted run (its plan and config are reused)")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+
+
+def run(args: argparse.Namespace) -> int:
+    from nas.driver import SearchOptions, run_search
+
+    opts = SearchOptions(
+        space=args.space, gflops=args.gflops, budget=args.budget, num_samples=args.num_samples,
+        data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
+        resume=args.resume, top_k=args.top, verbose=args.verbose)
+    _, finished = run_search(opts)
+    return 0 if finished else 130

@@ -1,0 +1,107 @@
+"""One search trial: build -> train with the preset's recipe -> test -> metrics. No Ray here.
+
+The driver hands each planned spec to a trial function as a `TrialRequest` (plain data, all
+paths absolute: Ray runs trials in a working directory of its own). The function returns the
+metric part of a results-table row (`status`, `error`, `wall_time_s`, `ap_easy`, `ap_medium`,
+`ap_hard`) or raises; a raising or diverging trial is retried by the driver up to
+`--max-failures` times and then recorded as failed.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+__all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config"]
+
+
+class TrialDiverged(RuntimeError):
+    """Training produced a non-finite loss (the driver retries, then records it failed)."""
+
+
+@dataclass(frozen=True)
+class TrialRequest:
+    """Everything one trial needs; paths are absolute."""
+
+    spec_id: str
+    spec_yaml: str
+    step: int
+    seed: int
+    budget: str  # detectors.config budget preset: smoke | quick | paper
+    data_root: str
+    out_dir: str
+    recipe: dict[str, Any] = field(default_factory=dict)  # the preset's search recipe (H4 format)
+    recipe_overrides: dict[str, Any] = field(default_factory=dict)  # per budget, after scaling
+    max_iterations: int | None = None
+    num_threads: int | None = None
+    split: str = "val"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+TrialFn = Callable[[TrialRequest], dict]
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """Deep-merge `override` into a copy of `base` (mappings merge, other values replace)."""
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def trial_config(spec_yaml: str, recipe: dict[str, Any], budget: str,
+                 recipe_overrides: dict[str, Any], path: Path):
+    """The TrainConfig of a trial: spec + recipe, scaled to `budget`, then the overrides.
+
+    Written to `path` (a retraining config in detectors.config's format) and loaded back with
+    `load_config`, so a trial trains exactly what an exported config would describe.
+    """
+    from detectors.config import apply_budget, load_config
+
+    from nas.results import atomic_write_text
+
+    spec = yaml.safe_load(spec_yaml)
+    atomic_write_text(path, yaml.safe_dump({"spec": spec, "recipe": recipe}, sort_keys=False))
+    config = apply_budget(load_config(path), budget)
+    if recipe_overrides:
+        scaled = yaml.safe_load(config.to_yaml())
+        scaled["recipe"] = merge(scaled["recipe"], recipe_overrides)
+        atomic_write_text(path, yaml.safe_dump(scaled, sort_keys=False))
+        config = load_config(path)
+    return config
+
+
+def run_trial(request: TrialRequest) -> dict[str, Any]:
+    """Train and test one spec; returns the metric columns of its results row."""
+    from detectors.device import set_threads
+    from detectors.test import test
+    from detectors.train import CHECKPOINT, train
+
+    start = time.perf_counter()
+    # Ray sets OMP_NUM_THREADS for the trial but torch ignores it once loaded: set it here.
+    set_threads(request.num_threads)
+    out_dir = Path(request.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = trial_config(request.spec_yaml, request.recipe, request.budget,
+                          request.recipe_overrides, out_dir / "trial_config.yaml")
+    train_dir = out_dir / "train"
+    # A retried or resumed trial continues from its last checkpoint instead of starting over.
+    result = train(config, request.data_root, train_dir,
+                   resume=(train_dir / CHECKPOINT).is_file(), num_threads=request.num_threads,
+                   progress=False, max_iterations=request.max_iterations)
+    if result.status != "ok" or result.checkpoint is None:  # train raises TrainingDiverged itself
+        raise TrialDiverged(f"training {result.status} after {result.iterations} iterations")
+    ap = test(config, result.checkpoint, request.data_root, split=request.split, progress=False)
+    return {"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
+            "ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
+            "ap_hard": float(ap["hard"])}

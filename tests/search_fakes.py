@@ -1,0 +1,57 @@
+"""Cheap deterministic trial functions for the driver tests (FACENAS_TRIAL_FN test hook).
+
+They stand in for nas.trial.run_trial: same TrialRequest in, same metric columns out, in well
+under a second. AP is a fixed function of the spec (more backbone compute in C2/C3 scores
+higher, as SCRFD found), so rankings and bootstrap ranges are reproducible. Each completion is
+appended to RUN_DIR/completions.log (O_APPEND: one line per finished training), so a test can
+count how often each spec was trained to completion across kills and resumes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+from detectors.cost import cost
+
+__all__ = ["fake_trial", "failing_trial", "slow_trial", "fails"]
+
+
+def _run_dir(request) -> Path:
+    return Path(request.out_dir).parents[1]  # RUN_DIR/trials/<step>-<id>
+
+
+def _log(request, name: str) -> None:
+    with open(_run_dir(request) / name, "a") as f:
+        f.write(f"{request.step} {request.spec_id}\n")
+
+
+def fake_trial(request, delay: float = 0.0) -> dict:
+    from detectors.spec import DetectorSpec
+
+    spec = DetectorSpec.from_yaml(request.spec_yaml)
+    comps = cost(spec, (640, 640)).components
+    backbone = sum(comps[c].macs for c in ("stem", "c2", "c3", "c4", "c5"))
+    shallow = (comps["c2"].macs + comps["c3"].macs) / backbone
+    time.sleep(delay)
+    ap = 0.2 + 0.6 * shallow
+    _log(request, "completions.log")
+    return {"status": "ok", "error": "", "wall_time_s": delay, "ap_easy": min(1.0, ap + 0.2),
+            "ap_medium": min(1.0, ap + 0.1), "ap_hard": ap}
+
+
+def slow_trial(request) -> dict:
+    return fake_trial(request, delay=float(os.environ.get("FACENAS_FAKE_DELAY", "1.0")))
+
+
+def fails(spec_id: str) -> bool:
+    """The specs failing_trial fails on: about a third, fixed by the id."""
+    return int(spec_id, 16) % 3 == 0
+
+
+def failing_trial(request) -> dict:
+    _log(request, "attempts.log")
+    if fails(request.spec_id):
+        raise FloatingPointError(f"loss became nan at iteration 3 (spec {request.spec_id})")
+    return fake_trial(request)
