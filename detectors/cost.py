@@ -14,6 +14,8 @@ reproduces that count (the gap is ~0.5-1% for ResNet models, ~6% for the depthwi
 
 from __future__ import annotations
 
+import sys
+import types
 from dataclasses import dataclass
 
 from detectors.spec import DetectorSpec
@@ -198,3 +200,15 @@ def cost(spec: DetectorSpec, input_hw: tuple[int, int] | None = None) -> CostRep
 def vga_gflops(spec: DetectorSpec) -> float:
     """SCRFD's "VGA GFLOPs": G MACs at 640x640 x 0.75."""
     return cost(spec, (640, 640)).macs * VGA_FACTOR / 1e9
+
+
+class _CallableModule(types.ModuleType):
+    """`detectors.cost` names both this module and the function `cost` (the issue's API,
+    `detectors.cost(spec)`); once the module is imported, Python binds the package attribute
+    to the module, so the module itself forwards calls to `cost`."""
+
+    def __call__(self, spec: DetectorSpec, input_hw: tuple[int, int] | None = None) -> CostReport:
+        return cost(spec, input_hw)
+
+
+sys.modules[__name__].__class__ = _CallableModule

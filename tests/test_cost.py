@@ -109,3 +109,14 @@ def test_vga_is_640_square_times_three_quarters():
     spec = SPECS[0][0]
     assert vga_gflops(spec) == pytest.approx(cost(spec, (640, 640)).macs * 0.75 / 1e9)
     assert cost(spec).input_hw == spec.input_size
+
+
+def test_package_level_cost_is_callable_after_submodule_import():
+    """`detectors.cost(spec)` (the issue's API) works even once `detectors.cost` the module is
+    imported, which rebinds the package attribute to the module."""
+    import detectors
+    import detectors.cost as cost_module
+
+    spec = SPECS[1][0]
+    assert detectors.cost is cost_module
+    assert detectors.cost(spec, (64, 64)) == cost(spec, (64, 64))
