@@ -91,3 +91,16 @@ def test_missing_file_and_bad_input_via_subprocess(tmp_path):
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert expected in result.stderr
         assert "Traceback" not in result.stderr
+
+
+def test_retraining_config_is_accepted(tmp_path, capsys):
+    """A retraining config (spec + recipe, detectors/config.py) costs the spec it names."""
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "m.yaml").write_text(SPEC_25.read_text())
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text("spec: models/m.yaml\nrecipe: {}\n")
+    assert main(["cost", str(cfg), "--json"]) == 0
+    via_config = json.loads(capsys.readouterr().out)
+    assert main(["cost", str(SPEC_25), "--json"]) == 0
+    assert via_config == json.loads(capsys.readouterr().out)

@@ -14,13 +14,15 @@ import re
 
 from detectors.errors import UserError
 
-__all__ = ["add_arguments", "run", "parse_input_size", "report_dict", "format_table"]
+__all__ = ["add_arguments", "run", "parse_input_size", "report_dict", "format_table", "load_spec"]
 
 VGA = "640x480"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("spec", metavar="SPEC.yaml", help="detector spec (e.g. experiments/models/scrfd_2.5g.yaml)")
+    parser.add_argument("spec", metavar="SPEC.yaml",
+                        help="detector spec (e.g. experiments/models/scrfd_2.5g.yaml) or a "
+                             "retraining config (spec + recipe)")
     parser.add_argument("--input", default=VGA, metavar="WxH",
                         help=f"input width x height in pixels (default {VGA}, VGA)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -72,16 +74,33 @@ def _pct(part: int, total: int) -> str:
 
 def run(args: argparse.Namespace) -> int:
     from detectors.cost import cost
-    from detectors.spec import DetectorSpec
 
     input_hw = parse_input_size(args.input)
-    spec = DetectorSpec.from_yaml(_as_path(args.spec))
+    spec = load_spec(_as_path(args.spec))
     report = cost(spec, input_hw)
     if args.json:
         print(json.dumps(report_dict(spec, report)))
     else:
         print(format_table(spec, report))
     return 0
+
+
+def load_spec(path):
+    """A spec file, or a retraining config (top-level `spec:` + `recipe:`) -> its DetectorSpec."""
+    import yaml
+
+    from detectors.spec import DetectorSpec
+
+    if path.is_file():
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8", errors="replace"))
+        except yaml.YAMLError:
+            data = None  # from_yaml reports it with the line
+        if isinstance(data, dict) and "spec" in data:
+            from detectors.config import load_config
+
+            return load_config(path).spec
+    return DetectorSpec.from_yaml(path)
 
 
 def _as_path(text: str):
