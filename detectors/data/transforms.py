@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["BASELINE_CROPS", "SR_CROPS", "FLIP_ORDER", "Compose", "RandomSquareCrop", "Resize",
-           "ResizeLongSide", "RandomFlip", "PhotoMetricDistortion", "MarkSmallIgnore", "Normalize",
+__all__ = ["BASELINE_CROPS", "SR_CROPS", "FLIP_ORDER", "Compose", "RandomSquareCrop", "RandomSquareCropResize", "Resize",
+           "ResizeLongSide", "RandomFlip", "PhotoMetricDistortion", "colour_matrix", "MarkSmallIgnore", "Normalize",
            "build_train_transform", "build_test_transform"]
 
 BASELINE_CROPS: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8, 1.0)
@@ -48,6 +48,11 @@ def _with(sample: Sample, **changes: Any) -> Sample:
     out = dict(sample)
     out.update(changes)
     return out
+
+
+def _mean_colour(img: np.ndarray) -> np.ndarray:
+    """uint8 (3,) mean RGB, estimated from every 4th pixel per axis (16x cheaper)."""
+    return np.round(img[2::4, 2::4].reshape(-1, 3).mean(0)).astype(np.uint8)
 
 
 def _keep(sample: Sample, mask: np.ndarray) -> dict:
@@ -84,10 +89,9 @@ class RandomSquareCrop:
         top = int(rng.integers(min(0, h - side), max(0, h - side) + 1))
         return left, top, side
 
-    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        rng = _rng(rng)
-        img = _image(sample)
-        h, w = img.shape[:2]
+    def choose(self, sample: Sample, rng: np.random.Generator) -> tuple[int, int, int, np.ndarray]:
+        """(left, top, side, keep): the square and the faces whose centre lies inside it."""
+        h, w = _image(sample).shape[:2]
         boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2
         wanted = ~np.asarray(sample["ignore"], bool)
@@ -99,7 +103,10 @@ class RandomSquareCrop:
                       & (centres[:, 1] > top) & (centres[:, 1] < top + side))
             if not len(boxes) or (inside & wanted).any():
                 break
-        return self.crop(sample, left, top, side, inside)
+        return left, top, side, inside
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        return self.crop(sample, *self.choose(sample, _rng(rng)))
 
     @staticmethod
     def crop(sample: Sample, left: int, top: int, side: int, keep: np.ndarray) -> Sample:
@@ -110,13 +117,49 @@ class RandomSquareCrop:
             out = img[top:top + side, left:left + side].copy()
         else:
             out = np.empty((side, side, 3), np.uint8)
-            out[:] = np.round(img.reshape(-1, 3).mean(0)).astype(np.uint8)
+            out[:] = _mean_colour(img)
             x0, y0, x1, y1 = max(left, 0), max(top, 0), min(left + side, w), min(top + side, h)
             out[y0 - top:y1 - top, x0 - left:x1 - left] = img[y0:y1, x0:x1]
         kept = _keep(sample, keep)
         shift = np.array([left, top], np.float32)
         boxes = np.clip(kept["boxes"] - np.tile(shift, 2), 0, side).astype(np.float32)
         kps = (kept["keypoints"] - shift).astype(np.float32)
+        return _with(sample, image=out, boxes=boxes, ignore=kept["ignore"], keypoints=kps,
+                     keypoints_valid=kept["keypoints_valid"])
+
+
+class RandomSquareCropResize(RandomSquareCrop):
+    """RandomSquareCrop then Resize(size) in one resampling, without building the (up to 2x
+    short edge) crop: the part of the square inside the image is resampled straight into a
+    mean-filled size x size output. Output pixel X shows source x = left + X * side / size,
+    the mapping applied to boxes and keypoints, as the two separate steps do."""
+
+    def __init__(self, size: int, crop_choices: Sequence[float] = SR_CROPS, max_tries: int = 50) -> None:
+        super().__init__(crop_choices, max_tries)
+        self.size = int(size)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        left, top, side, keep = self.choose(sample, _rng(rng))
+        return self.crop_resize(sample, left, top, side, keep, self.size)
+
+    @staticmethod
+    def crop_resize(sample: Sample, left: int, top: int, side: int, keep: np.ndarray, size: int) -> Sample:
+        img = _image(sample)
+        h, w = img.shape[:2]
+        f = size / side
+        out = np.empty((size, size, 3), np.uint8)
+        out[:] = _mean_colour(img)
+        # whole output pixels whose source lies inside the image
+        x0, y0 = int(np.ceil((max(left, 0) - left) * f)), int(np.ceil((max(top, 0) - top) * f))
+        x1, y1 = int(np.floor((min(left + side, w) - left) * f)), int(np.floor((min(top + side, h) - top) * f))
+        if x1 > x0 and y1 > y0:
+            box = (left + x0 / f, top + y0 / f, left + x1 / f, top + y1 / f)
+            part = Image.fromarray(img).resize((x1 - x0, y1 - y0), Image.BILINEAR, box=box, reducing_gap=3.0)
+            out[y0:y1, x0:x1] = np.asarray(part)
+        kept = _keep(sample, keep)
+        shift = np.array([left, top], np.float32)
+        boxes = np.clip((kept["boxes"] - np.tile(shift, 2)) * f, 0, size).astype(np.float32)
+        kps = ((kept["keypoints"] - shift) * f).astype(np.float32)
         return _with(sample, image=out, boxes=boxes, ignore=kept["ignore"], keypoints=kps,
                      keypoints_valid=kept["keypoints_valid"])
 
@@ -180,10 +223,28 @@ class RandomFlip:
         return _with(sample, image=np.ascontiguousarray(img[:, ::-1]), boxes=boxes, keypoints=kps)
 
 
+_LUMA = np.array([0.299, 0.587, 0.114], np.float32)
+_RGB2YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], np.float32)
+
+
+def colour_matrix(saturation: float, hue_degrees: float) -> np.ndarray:
+    """3x3 RGB matrix: scale chroma by `saturation` (blend with luma) and rotate hue by
+    `hue_degrees` (rotation of the YIQ chroma plane); luma is kept."""
+    sat = saturation * np.eye(3, dtype=np.float32) + (1 - saturation) * np.outer(np.ones(3, np.float32), _LUMA)
+    t = -np.deg2rad(hue_degrees)  # sign chosen so that +60 turns red toward yellow, as in HSV
+    rot = np.array([[1, 0, 0], [0, np.cos(t), -np.sin(t)], [0, np.sin(t), np.cos(t)]], np.float32)
+    return (np.linalg.inv(_RGB2YIQ) @ rot @ _RGB2YIQ @ sat).astype(np.float32)
+
+
 class PhotoMetricDistortion:
     """mmdet's PhotoMetricDistortion: each step with probability 1/2, in this order:
-    brightness (+-delta), contrast (x U(range)) either first or last, saturation (x U(range),
-    HSV), hue (+-delta degrees, HSV)."""
+    brightness (+-delta), contrast (x U(range)) either first or last, saturation (x U(range)),
+    hue (+-delta degrees).
+
+    Saturation and hue act as one linear colour matrix (chroma scaling around luma, YIQ hue
+    rotation) instead of mmdet's HSV round trip: the same kind and range of colour change, about
+    10x cheaper on a 640x640 image (the HSV conversion dominated the whole pipeline).
+    """
 
     def __init__(self, brightness_delta: float = 32, contrast_range: tuple[float, float] = (0.5, 1.5),
                  saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18) -> None:
@@ -200,16 +261,11 @@ class PhotoMetricDistortion:
             img *= rng.uniform(*self.contrast_range)
         sat = rng.uniform(*self.saturation_range) if rng.random() < 0.5 else 1.0
         hue = rng.uniform(-self.hue_delta, self.hue_delta) if rng.random() < 0.5 else 0.0
-        img = np.clip(img, 0, 255)
         if sat != 1.0 or hue != 0.0:
-            # PIL's HSV (all channels 0..255) is C-fast; hue wraps around
-            hsv = np.asarray(Image.fromarray(np.round(img).astype(np.uint8)).convert("HSV"), np.float32)
-            hsv[..., 1] = np.clip(hsv[..., 1] * sat, 0, 255)
-            hsv[..., 0] = np.mod(hsv[..., 0] + hue * 256 / 360, 256)
-            img = np.asarray(Image.fromarray(hsv.astype(np.uint8), "HSV").convert("RGB"), np.float32)
+            img = np.clip(img, 0, 255) @ colour_matrix(sat, hue).T
         if not contrast_first and rng.random() < 0.5:
-            img = np.clip(img * rng.uniform(*self.contrast_range), 0, 255)
-        return _with(sample, image=np.round(img).astype(np.uint8))
+            img *= rng.uniform(*self.contrast_range)
+        return _with(sample, image=np.clip(np.round(img), 0, 255).astype(np.uint8))
 
 
 class MarkSmallIgnore:
@@ -250,7 +306,7 @@ def build_train_transform(train_size: int = 640, crop_choices: Sequence[float] =
                           max_tries: int = 50) -> Compose:
     """SCRFD training pipeline: square crop -> resize to train_size -> photometric -> flip ->
     mark faces under `min_face` px as ignore -> normalise. Output image (3, S, S)."""
-    steps: list[Callable] = [RandomSquareCrop(crop_choices, max_tries), Resize(train_size)]
+    steps: list[Callable] = [RandomSquareCropResize(train_size, crop_choices, max_tries)]
     if photometric:
         steps.append(PhotoMetricDistortion())
     if flip:
