@@ -132,6 +132,9 @@ def test_generate_refuses_existing_dir_and_bad_sizes(tmp_path):
     with pytest.raises(UserError, match="image size"):
         synthetic.generate(tmp_path / "bad", num_train=2, image_size=10, progress=False)
     assert not (tmp_path / "bad").exists() and [p.name for p in tmp_path.iterdir()] == ["full"]
+    (tmp_path / "file").write_text("")
+    with pytest.raises(UserError, match="cannot write"):  # parent is a file: no traceback
+        synthetic.generate(tmp_path / "file" / "root", progress=False, **SMALL)
 
 
 def _default_root_worker(cache: str) -> str:

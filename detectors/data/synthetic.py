@@ -508,6 +508,15 @@ def _generate_into(tmp: Path, num_train: int, num_val: int, image_size: int, see
     (tmp / MARKER).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
+def _temp_dir(final: Path, what: str) -> Path:
+    """A fresh temporary sibling of `final` (same filesystem, so the rename is atomic)."""
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    except OSError as err:
+        raise UserError(f"synthetic dataset: cannot write to the {what} {final.parent}: {err.strerror}") from None
+
+
 def generate(out_dir: str | os.PathLike, num_train: int = DEFAULTS["num_train"], num_val: int | None = None,
              image_size: int = DEFAULTS["image_size"], seed: int = DEFAULTS["seed"], progress: bool = True) -> Path:
     """Write a synthetic dataset root in the official WIDER FACE layout at `out_dir`.
@@ -521,8 +530,7 @@ def generate(out_dir: str | os.PathLike, num_train: int = DEFAULTS["num_train"],
     _check(num_train, num_val, image_size)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"synthetic dataset: {out} already exists and is not an empty directory")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp = _temp_dir(out, "output directory")
     try:
         _generate_into(tmp, num_train, num_val, image_size, seed, progress)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
@@ -552,8 +560,7 @@ def default_root(num_train: int = DEFAULTS["num_train"], num_val: int = DEFAULTS
     root = cache_dir() / f"synthetic-v{GENERATOR_VERSION}-n{num_train}-v{num_val}-s{image_size}-seed{seed}"
     if (root / MARKER).is_file():
         return root
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    tmp = _temp_dir(root, "cache directory (set FACENAS_CACHE to a writable place)")
     try:
         _generate_into(tmp, num_train, num_val, image_size, seed, progress)
         os.chmod(tmp, 0o755)
