@@ -23,6 +23,15 @@ PUBLISHED = {
 }
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Small convs: intra-op threads only add contention on a shared 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _spec(name: str) -> DetectorSpec:
     return DetectorSpec.from_yaml(MODELS / f"{name}.yaml")
 
