@@ -120,13 +120,18 @@ class OnnxDetector:
                iou_thresh: float = 0.45) -> OnnxDetections:
         """uint8 (H, W, 3) RGB image -> detections in its pixels: preprocess, run, decode,
         keep scores > score_thresh, NMS (no cap on the count, as SCRFD's WIDER test), scale
-        back. Boxes are not clamped to the image (as SCRFD's onnx demo code)."""
+        back. As SCRFD's mmdet test (`distance2bbox(..., max_shape=img_shape)`), boxes are
+        clamped to the resized, unpadded image before NMS (its onnx demo code does not clamp;
+        on the 250 mini-val images that costs 0.005 / 0.003 / 0.002 AP)."""
         from detectors.test import preprocess  # the test path's resize + pad (see docstring)
 
         blob, (sx, sy) = preprocess(image, size)
         boxes, scores, kps = self.candidates(blob[None].numpy())
         keep = scores > score_thresh
         boxes, scores = boxes[keep], scores[keep]
+        height, width = image.shape[0] * sy, image.shape[1] * sx  # the resized image, unpadded
+        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
         order = nms(torch.from_numpy(boxes), torch.from_numpy(scores), iou_thresh).numpy()
         back = np.array([sx, sy], dtype=np.float32)
         kept_kps = None if kps is None else kps[keep][order] / back
