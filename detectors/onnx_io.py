@@ -78,6 +78,22 @@ def _symmetric_pads(pads: list[int], node: str, path: Path) -> tuple[int, ...]:
     return tuple(pads[:half])
 
 
+def _resolve_aliases(graph: Any, inits: dict[str, np.ndarray]) -> tuple[dict, dict[str, str]]:
+    """Exporters alias shared or duplicate tensors through Identity nodes and emit Constant
+    nodes: map every such name to its numbers, and to the initialiser that holds them."""
+    from onnx import numpy_helper
+
+    inits = dict(inits)
+    source = {n: n for n in inits}
+    for node in graph.node:
+        if node.op_type == "Identity" and node.input[0] in source:
+            source[node.output[0]] = source[node.input[0]]
+        elif node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+            source[node.output[0]] = node.output[0]
+    return {alias: inits[real] for alias, real in source.items()}, source
+
+
 def read_onnx_convs(path: str | os.PathLike) -> tuple[list[OnnxConv], list[tuple[str, float]], set[str]]:
     """Read an ONNX graph's convolutions (graph order), scalar Mul constants (graph order) and
     the names of all float initialisers (what an import must use up)."""
@@ -88,16 +104,7 @@ def read_onnx_convs(path: str | os.PathLike) -> tuple[list[OnnxConv], list[tuple
     inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
     # Empty float tensors are Resize roi/scales placeholders, not weights.
     floats = {n for n, a in inits.items() if a.dtype.kind == "f" and a.size > 0}
-    # Exporters alias shared or duplicate tensors through Identity (and emit Constant nodes):
-    # resolve both to the initialiser (or constant) that really holds the numbers.
-    source = {n: n for n in inits}
-    for node in graph.node:
-        if node.op_type == "Identity" and node.input[0] in source:
-            source[node.output[0]] = source[node.input[0]]
-        elif node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
-            inits[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
-            source[node.output[0]] = node.output[0]
-    inits = {alias: inits[real] for alias, real in source.items()}
+    inits, source = _resolve_aliases(graph, inits)
     convs, scales = [], []
     for node in graph.node:
         if node.op_type == "Conv":
@@ -206,6 +213,20 @@ def _layer_state(oc: OnnxConv, layer: _Layer) -> dict[str, torch.Tensor]:
     return state
 
 
+def _check_counts(convs: list[OnnxConv], layers: list[_Layer], scales: list, scale_names: list[str],
+                  where: str) -> None:
+    if len(convs) != len(layers):
+        extra = (f"first extra ONNX conv {convs[len(layers)].node} {convs[len(layers)].describe()}"
+                 if len(convs) > len(layers) else
+                 f"first extra model layer {layers[len(convs)].name} {layers[len(convs)].describe()}")
+        raise UserError(f"{where}: the ONNX graph has {len(convs)} convolutions, the model "
+                        f"{len(layers)} ({extra})")
+    if len(scales) != len(scale_names):
+        raise UserError(f"{where}: the ONNX graph has {len(scales)} scalar scales "
+                        f"({', '.join(n for n, _ in scales) or 'none'}), the model "
+                        f"{len(scale_names)} ({', '.join(scale_names) or 'none'})")
+
+
 def import_onnx_weights(model: nn.Module, onnx_path: str | os.PathLike) -> dict[str, int]:
     """Load the weights of a (BN-folded) ONNX detector into `model`, in place.
 
@@ -218,16 +239,7 @@ def import_onnx_weights(model: nn.Module, onnx_path: str | os.PathLike) -> dict[
     layers, scale_names = _trace_layers(model)
     for i, (oc, layer) in enumerate(zip(convs, layers)):
         _check_fit(i, len(convs), oc, layer, where)
-    if len(convs) != len(layers):
-        extra = (f"first extra ONNX conv {convs[len(layers)].node} {convs[len(layers)].describe()}"
-                 if len(convs) > len(layers) else
-                 f"first extra model layer {layers[len(convs)].name} {layers[len(convs)].describe()}")
-        raise UserError(f"{where}: the ONNX graph has {len(convs)} convolutions, the model "
-                        f"{len(layers)} ({extra})")
-    if len(scales) != len(scale_names):
-        raise UserError(f"{where}: the ONNX graph has {len(scales)} scalar scales "
-                        f"({', '.join(n for n, _ in scales) or 'none'}), the model "
-                        f"{len(scale_names)} ({', '.join(scale_names) or 'none'})")
+    _check_counts(convs, layers, scales, scale_names, where)
     state: dict[str, torch.Tensor] = {}
     used: set[str] = set()
     for oc, layer in zip(convs, layers):
