@@ -110,7 +110,7 @@ def test_faces_are_mostly_small_and_keypoints_sit_on_drawn_features(tmp_path):
         labels, k = text[name][k], k + 1
         np.testing.assert_array_equal(v[:4], labels[:4])  # same faces, same order as the txt
         kps, flags = v[4:19].reshape(5, 3)[:, :2], v[4:19].reshape(5, 3)[:, 2]
-        if v[3] < 40 or kps[0, 0] < 0 or flags.any() or labels[4] > 0:  # big, unblurred, visible
+        if v[3] < 40 or kps[0, 0] < 0 or flags.any() or labels[4] > 0 or labels[6]:  # big, sharp, lit, visible
             continue
         x, y, w, h = v[:4]
         assert np.all((kps >= [x - 1, y - 1]) & (kps <= [x + w + 1, y + h + 1]))
@@ -149,7 +149,7 @@ def test_default_root_concurrent_callers_share_one_complete_root(tmp_path):
         roots = pool.map(_default_root_worker, [str(tmp_path)] * 2)
     assert roots[0] == roots[1]
     root = Path(roots[0])
-    assert root.parent == tmp_path and "v1-n3-v2-s256-seed1" in root.name
+    assert root.parent == tmp_path and f"v{synthetic.GENERATOR_VERSION}-n3-v2-s256-seed1" in root.name
     assert [p.name for p in tmp_path.iterdir()] == [root.name]  # the loser's copy is gone
     assert (root / synthetic.MARKER).is_file()
     ref = synthetic.generate(tmp_path.parent / "ref_default", num_train=3, num_val=2, image_size=256,

@@ -59,7 +59,7 @@ from detectors.errors import UserError
 
 __all__ = ["generate", "default_root", "cache_dir", "GENERATOR_VERSION", "DEFAULTS", "MARKER"]
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 # 400 train / 100 val at 640 px: ~10 k train faces (WIDER-like density), generated in well
 # under 30 s on one core; big enough that a `quick` search separates architectures.
 DEFAULTS = {"num_train": 400, "num_val": 100, "image_size": 640, "seed": 0}
@@ -106,28 +106,37 @@ class _Image:
 # --------------------------------------------------------------------------- drawing helpers
 
 
+_UNIT: dict[int, np.ndarray] = {}
+
+
 def _ellipse(cx: float, cy: float, a: float, b: float, rot: np.ndarray, n: int = 24) -> list:
     """Polygon of an ellipse (semi-axes a, b) rotated by the 2x2 matrix `rot` about (cx, cy)."""
-    t = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    pts = np.stack([a * np.cos(t), b * np.sin(t)], 1) @ rot.T + (cx, cy)
-    return [tuple(p) for p in pts]
+    if n not in _UNIT:
+        t = np.linspace(0, 2 * np.pi, n, endpoint=False)
+        _UNIT[n] = np.stack([np.cos(t), np.sin(t)], 1)
+    pts = (_UNIT[n] * (a, b)) @ rot.T + (cx, cy)
+    return list(map(tuple, pts.tolist()))
 
 
-def _colour(c: np.ndarray) -> tuple:
-    return tuple(int(v) for v in np.clip(c, 0, 255))
+def _colour(c) -> tuple:
+    return tuple(min(255, max(0, int(v))) for v in c)
 
 
-def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-    """Textured background (H, W, 3) float32: gradient + low/high-frequency noise."""
-    base = rng.uniform(30, 220, 3).astype(np.float32)
-    xx = (np.arange(w, dtype=np.float32) / w)[None, :, None]
-    yy = (np.arange(h, dtype=np.float32) / h)[:, None, None]
-    grad = xx * np.float32(rng.uniform(-60, 60)) + yy * np.float32(rng.uniform(-60, 60))
+def _background(rng: np.random.Generator, h: int, w: int) -> Image.Image:
+    """Textured background: gradient + low-frequency colour noise (smooth, drawn at 1/4 size and
+    upsampled) + 4-px grain."""
+    sh, sw = h // 4 + 1, w // 4 + 1
+    xx = (np.arange(sw, dtype=np.float32) / sw)[None, :, None]
+    yy = (np.arange(sh, dtype=np.float32) / sh)[:, None, None]
+    smooth = (rng.uniform(30, 220, 3).astype(np.float32) + xx * np.float32(rng.uniform(-60, 60))
+              + yy * np.float32(rng.uniform(-60, 60)))
     low = rng.uniform(0, 255, (4, 5, 3)).astype(np.uint8)
-    low = np.asarray(Image.fromarray(low).resize((w, h), Image.BILINEAR), np.float32) * np.float32(100 / 255) - 50
-    fine = rng.normal(128, rng.uniform(2, 18), (h // 4 + 1, w // 4 + 1)).clip(0, 255).astype(np.uint8)
-    fine = np.asarray(Image.fromarray(fine).resize((w, h), Image.NEAREST), np.float32)[..., None] - 128
-    return base + grad + low + fine
+    smooth = smooth + np.asarray(Image.fromarray(low).resize((sw, sh), Image.BILINEAR), np.float32) * np.float32(100 / 255) - 50
+    grain = rng.normal(0, rng.uniform(2, 18), (sh, sw, 1)).astype(np.float32)
+    big = Image.fromarray(np.clip(smooth, 0, 255).astype(np.uint8)).resize((w, h), Image.BILINEAR)
+    grain_big = np.asarray(Image.fromarray(np.clip(grain + 128, 0, 255).astype(np.uint8)[..., 0]).resize(
+        (w, h), Image.NEAREST), np.int16)[..., None] - 128
+    return Image.fromarray(np.clip(np.asarray(big, np.int16) + grain_big, 0, 255).astype(np.uint8))
 
 
 def _draw_shapes(draw: ImageDraw.ImageDraw, rng: np.random.Generator, h: int, w: int, n: int) -> None:
@@ -179,7 +188,7 @@ def _render_face(rng: np.random.Generator, cx: float, cy: float, height: float, 
     draw.polygon(_ellipse(*hair_c, 1.08 * a * ss, 0.98 * b * ss, rot), fill=_colour(_HAIR[rng.integers(len(_HAIR))]) + (255,))
     draw.polygon(_ellipse(*c, a * ss, b * ss, rot), fill=_colour(skin) + (255,))
     ea, eb = 0.17 * a * ss, 0.085 * b * ss
-    iris = _colour(rng.uniform(10, 90, 3)) + (255,)
+    iris = _colour(rng.uniform(5, 60, 3)) + (255,)  # pupil and iris darker than any skin tone
     lw = max(1, int(0.05 * a * ss))
     for side_key in ("l", "r"):
         e = pts["eye_" + side_key]
@@ -351,7 +360,7 @@ def _make_image(rng: np.random.Generator, event_idx: int, name: str, image_size:
     w = image_size
     h = int(round(w * rng.choice([0.75, 1.0, 1.33])))
     scene = ["crowd", "group", "portrait"][rng.choice(3, p=_EVENT_SCENES[event_idx])]
-    canvas = Image.fromarray(np.clip(_background(rng, h, w), 0, 255).astype(np.uint8))
+    canvas = _background(rng, h, w)
     draw = ImageDraw.Draw(canvas)
     _draw_shapes(draw, rng, h, w, int(rng.integers(2, 9)))
     geoms = _place_faces(rng, scene, h, w)
@@ -361,7 +370,7 @@ def _make_image(rng: np.random.Generator, event_idx: int, name: str, image_size:
     for f in faces:
         lv = light[int((f.box[1] + f.box[3]) / 2), int((f.box[0] + f.box[2]) / 2), 0]
         f.illumination = int(lv < 0.5 or lv > 1.6)
-    pixels = np.asarray(canvas, np.float32) * light + rng.normal(0, 3, (h, w, 1)).astype(np.float32)
+    pixels = np.asarray(canvas, np.float32) * light + rng.integers(-4, 5, (h, w, 1), dtype=np.int16)
     return _Image(EVENTS[event_idx], name, np.clip(pixels, 0, 255).astype(np.uint8), faces)
 
 
