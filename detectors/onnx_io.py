@@ -236,7 +236,9 @@ def import_onnx_weights(model: nn.Module, onnx_path: str | os.PathLike) -> dict[
     """
     where = f"ONNX {onnx_path} does not fit this spec"
     convs, scales, floats = read_onnx_convs(onnx_path)
-    layers, scale_names = _trace_layers(model)
+    spec = getattr(model, "spec", None)
+    # a traced input large enough for at least a 2x2 map at the coarsest stride
+    layers, scale_names = _trace_layers(model, max(64, 2 * max(spec.anchors.strides)) if spec else 64)
     for i, (oc, layer) in enumerate(zip(convs, layers)):
         _check_fit(i, len(convs), oc, layer, where)
     _check_counts(convs, layers, scales, scale_names, where)
