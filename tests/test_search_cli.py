@@ -1,0 +1,84 @@
+"""`facenas search` from the command line: user mistakes are one line + exit 2 and write
+nothing; a smoke search with the real trial function (build -> train -> test) runs both steps
+end to end and leaves the table, analysis and exported configs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from detectors.config import load_config
+from nas.results import COLUMNS
+
+
+def _facenas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--gflops", "0.001"], ["0.001 GFLOPs", "spans"]),
+    (["--gflops", "100000"], ["100000 GFLOPs", "spans"]),
+    (["--budget", "nonsense"], ["unknown budget", "smoke"]),
+    (["--space", "bfbox"], ["unknown search space", "scrfd"]),
+    (["--num-samples", "0"], ["--num-samples"]),
+    (["--data", "/nonexistent/facenas-data"], ["no such directory"]),
+])
+def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, words):
+    out = tmp_path / "run"
+    data = [] if "--data" in args else ["--data", str(tmp_path)]
+    result = _facenas("search", "--out", str(out), *data, *args, timeout=120)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and all(w in lines[0] for w in words), lines
+    assert not out.exists()
+
+
+def test_resume_of_a_non_run_and_reuse_of_a_run_dir_are_user_errors(tmp_path):
+    result = _facenas("search", "--resume", str(tmp_path / "nothing"), timeout=120)
+    assert result.returncode == 2 and "not a search run directory" in result.stderr
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.yaml").write_text("search: {}\n")
+    again = _facenas("search", "--out", str(tmp_path / "run"), "--data", str(tmp_path), timeout=120)
+    assert again.returncode == 2 and "--resume" in again.stderr
+    assert len(again.stderr.strip().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from detectors.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
+                    image_size=128, seed=0, progress=False)
+
+
+@pytest.mark.slow
+def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
+    out = tmp_path / "run"
+    result = _facenas("search", "--space", "scrfd", "--gflops", "2.5", "--budget", "smoke",
+                      "--num-samples", "1", "--data", str(tiny_data), "--out", str(out),
+                      "--max-failures", "0")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_parquet(out / "trials.parquet")
+    assert list(table.columns) == COLUMNS
+    assert len(table) == 2 and table["spec_id"].nunique() == 2
+    assert sorted(table["step"]) == [1, 2]
+    assert (table["status"] == "ok").all(), table["error"].tolist()
+    assert table["ap_hard"].between(0, 1).all()
+    # a 2-image val split may hold no 'easy' face: AP is then undefined (NaN), never out of range
+    easy = table["ap_easy"]
+    assert (easy.isna() | easy.between(0, 1)).all()
+    assert (table["gflops"] - 2.5).abs().max() <= 0.05
+    assert (table["wall_time_s"] > 0).all()
+    assert (out / "trials.csv").is_file() and (out / "analysis" / "report.md").is_file()
+    assert list((out / "analysis").glob("*.png"))
+    exported = sorted((out / "export").glob("*.yaml"))
+    assert exported and load_config(exported[0]).spec.id in set(table["spec_id"])
+    assert "2 trials: 2 ok, 0 failed" in result.stdout
+    # each trial trained in its own absolute directory under the run, not Ray's cwd
+    for step, spec_id in zip(table["step"], table["spec_id"]):
+        assert (out / "trials" / f"step{step}-{spec_id}" / "train" / "checkpoint.pt").is_file()
