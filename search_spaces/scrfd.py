@@ -18,6 +18,7 @@ of batches, and raises UserError; it never loops forever.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass
 from typing import Mapping, Sequence
@@ -259,16 +260,23 @@ def _key(b: _Batch, i: int) -> bytes:
     return np.concatenate([b.w[i], b.d[i], [b.n[i], b.h[i], b.m[i]]]).astype(np.int64).tobytes()
 
 
-def _nondecreasing(grid: np.ndarray, k: int) -> np.ndarray:
-    """All non-decreasing k-tuples of `grid` values, (count, k) int64."""
-    idx = np.arange(len(grid))[:, None]
+@functools.lru_cache(maxsize=8)
+def _nondecreasing_idx(size: int, k: int) -> np.ndarray:
+    """All non-decreasing k-tuples of indices into a grid of `size` values, (count, k)."""
+    idx = np.arange(size)[:, None]
     for _ in range(k - 1):  # extend every tuple by each value >= its last one
         last = idx[:, -1]
-        counts = len(grid) - last
+        counts = size - last
         starts = np.repeat(np.cumsum(counts) - counts, counts)
         new = np.repeat(last, counts) + np.arange(counts.sum()) - starts
         idx = np.column_stack([np.repeat(idx, counts, axis=0), new])
-    return grid[idx].astype(np.int64)
+    idx.setflags(write=False)  # shared by every space (cached)
+    return idx
+
+
+def _nondecreasing(grid: np.ndarray, k: int) -> np.ndarray:
+    """All non-decreasing k-tuples of `grid` values, (count, k) int64."""
+    return grid[_nondecreasing_idx(len(grid), k)].astype(np.int64)
 
 
 def _backbone_ratios(macs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
