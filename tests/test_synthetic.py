@@ -184,7 +184,8 @@ def test_root_loads_with_the_official_layout_readers(root):
 
 def test_trivial_detectors_score_low_and_ground_truth_scores_one(tmp_path):
     """A real detection task: dense multi-scale grid boxes or random boxes (random scores) get
-    near-zero AP, while the ground truth itself gets AP 1 through the official protocol."""
+    near-zero AP, skin colour alone stays low (measured ~0.02/0.05/0.13 on 40 images), while
+    the ground truth itself gets AP 1 through the official protocol."""
     from detectors.data.widerface import load_eval_ground_truth
     from detectors.evaluate import evaluate
 
@@ -206,8 +207,24 @@ def test_trivial_detectors_score_low_and_ground_truth_scores_one(tmp_path):
     def truth(image_id: str) -> np.ndarray:
         return np.c_[gt.boxes[image_id], rng.uniform(0.5, 1.0, len(gt.boxes[image_id]))]
 
-    for baseline in (grid, random_boxes):
+    def skin_blobs(image_id: str) -> np.ndarray:
+        """Colour-only detector: boxes of connected skin-chroma regions (faces, necks, hands and
+        skin-toned distractors alike), scored by fill and face-like aspect."""
+        from scipy import ndimage
+
+        img = np.asarray(Image.open(r / "WIDER_val" / "images" / f"{image_id}.jpg"), np.float32)
+        chroma = img / (img.sum(-1, keepdims=True) + 1)
+        tones = synthetic._SKIN / synthetic._SKIN.sum(-1, keepdims=True)
+        mask = np.min(np.linalg.norm(chroma[:, :, None] - tones[None, None], axis=-1), -1) < 0.04
+        out = []
+        for ys, xs in ndimage.find_objects(ndimage.label(mask)[0]):
+            h, w = ys.stop - ys.start, xs.stop - xs.start
+            if min(h, w) >= 4:
+                out.append([xs.start, ys.start, w, h, mask[ys, xs].mean() * np.exp(-abs(np.log(h / w / 1.25)))])
+        return np.array(out, float).reshape(-1, 5)
+
+    for baseline, limit in ((grid, 0.02), (random_boxes, 0.02), (skin_blobs, 0.3)):
         ap = evaluate({i: baseline(i) for i in gt.image_ids}, gt, progress=False).as_dict()
-        assert max(ap.values()) < 0.02, (baseline.__name__, ap)
+        assert max(ap.values()) < limit, (baseline.__name__, ap)
     ap = evaluate({i: truth(i) for i in gt.image_ids}, gt, progress=False).as_dict()
     assert all(v > 0.999 for v in ap.values()), ap
