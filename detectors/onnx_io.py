@@ -21,6 +21,7 @@ Export (`export_onnx`): see that function's docstring for the two output layouts
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 import warnings
@@ -420,8 +421,10 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, decoded: bool = False
             # The TorchScript exporter is deprecated in favour of dynamo=True, which needs
             # onnxscript (not a dependency); it still exports these graphs exactly.
             warnings.simplefilter("ignore")
-            torch.onnx.export(wrapper, (example,), tmp, dynamo=False, input_names=["input"],
-                              output_names=names, dynamic_axes=axes, opset_version=opset)
+            # (torch < 2.5 has no `dynamo` argument and always uses the TorchScript exporter)
+            legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+            torch.onnx.export(wrapper, (example,), tmp, input_names=["input"], output_names=names,
+                              dynamic_axes=axes, opset_version=opset, **legacy)
         onnx.checker.check_model(tmp)
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual mode
         os.replace(tmp, path)
