@@ -5,7 +5,8 @@ Reproduces eval_tools/wider_eval.m of the official release:
 1. Scores are min-max normalised once over all predictions of the dataset (norm_score.m).
 2. Per image, predictions in descending score order (stable: ties keep file order). Each takes
    its highest-IoU ground-truth box among *all* boxes of the image (IoU with the +1 pixel
-   convention, boxes x1, y1, x2 = x + w, y2 = y + h). If that IoU >= 0.5: a box outside the
+   convention, boxes x1, y1, x2 = x + w, y2 = y + h; but see the int32 note below: the
+   official code takes the first box with IoU >= 0.5). If that IoU >= 0.5: a box outside the
    setting's keep list (gt_list) makes the prediction an ignored proposal; a kept box hit for
    the first time is matched (true positive); a repeated hit is a false positive.
 3. Thresholds t_k = 1 - (k + 1) / 1000, k = 0..999. Per image, the last prediction with
@@ -19,15 +20,24 @@ equals "proposals among the predictions with score >= t", so step 3 is one globa
 cumulative sums and a searchsorted over the 1000 thresholds; only the IoU matching loops over
 images (each image once, not once per threshold).
 
-protocol='matlab' (default) reproduces the official MATLAB arithmetic bit for bit: its score
-normalisation runs in single precision (max/min start from realmin/realmax('single'), and
-MATLAB's single-double arithmetic yields single). protocol='python' follows the common Python
-port (WiderFace-Evaluation, used by RetinaFace/SCRFD repos): double precision, the
-normalisation range widened to include [0, 1] and taken over every predicted image (also those
-not in the ground truth). They differ only for scores that land within float32 rounding of a
-threshold (e.g. scores written with 3 decimals) or outside [0, 1]. Unlike the port, which
-assumes files are already sorted and crashes on a missing file, both protocols sort by score
-(as the MATLAB code does) and score a missing file as no detections (as MATLAB does).
+Two protocols (they differ by up to ~3e-3 AP, more than the 1e-4 that matters here):
+
+protocol='matlab' (default): the official MATLAB code, arithmetic included, checked against it
+run in GNU Octave (tests/test_evaluate.py). Two MATLAB class rules change the numbers:
+- the score normalisation runs in single precision (max/min start from realmin/realmax
+  ('single'), and single-double arithmetic yields single);
+- the official .mat stores boxes as int32, so boxoverlap() computes in int32: the
+  prediction's corners are rounded to integers for the intersection, the union is rounded,
+  and the IoU itself is rounded to 0 or 1. Step 2 then takes the *first* box (file order) with
+  IoU >= 0.5, not the best one (see overlaps_matlab_int). With a float ground truth (a .mat
+  storing doubles) MATLAB computes in double, and so does this code.
+
+protocol='python': the common Python port (WiderFace-Evaluation, used by the RetinaFace and
+SCRFD repositories): double-precision IoU and scores, the box of highest IoU, the normalisation
+range widened to include [0, 1] and taken over every predicted file (also those not in the
+ground truth). Unlike the port, which assumes files are already sorted by score and crashes on
+a missing file, both protocols sort (as MATLAB does) and score a missing file as no detections
+(as MATLAB does).
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ __all__ = [
     "THRESHOLDS",
     "evaluate",
     "overlaps_plus_one",
+    "overlaps_matlab_int",
     "normalise_scores",
     "voc_ap",
     "plot_pr",
@@ -143,6 +154,34 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
 
 
+def _round_half_away(x: np.ndarray) -> np.ndarray:
+    """MATLAB's conversion to an integer class: round half away from zero, saturate at int32."""
+    return np.clip(np.sign(x) * np.floor(np.abs(x) + 0.5), -(2.0**31), 2.0**31 - 1)
+
+
+def overlaps_matlab_int(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndarray:
+    """The overlaps (N, K) wider_eval.m's boxoverlap() returns when the ground truth is int32.
+
+    MATLAB arithmetic mixing int32 and double yields int32 (rounded half away from zero), so
+    with the official int32 boxes: the intersection uses the prediction's corners rounded to
+    integers, the union is round(gt area + prediction area (double)) - intersection, and the
+    "IoU" itself is rounded to 0 or 1. Hence `max` picks the *first* box (file order) whose IoU
+    is >= 0.5, not the box of highest IoU.
+    """
+    p, g = pred_xyxy[:, None, :], gt_xyxy[None, :, :]
+    r = _round_half_away(p)
+    w = np.minimum(g[..., 2], r[..., 2]) - np.maximum(g[..., 0], r[..., 0]) + 1
+    h = np.minimum(g[..., 3], r[..., 3]) - np.maximum(g[..., 1], r[..., 1]) + 1
+    inter = _round_half_away(w * h)
+    area_g = (g[..., 2] - g[..., 0] + 1) * (g[..., 3] - g[..., 1] + 1)
+    area_p = (p[..., 2] - p[..., 0] + 1) * (p[..., 3] - p[..., 1] + 1)
+    union = _round_half_away(area_g + area_p) - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        o = _round_half_away(inter / union)  # 0/0 is NaN, which MATLAB converts to int 0
+    o[(w <= 0) | (h <= 0) | np.isnan(o)] = 0.0
+    return o
+
+
 def _xyxy(xywh: np.ndarray) -> np.ndarray:
     out = np.array(xywh[:, :4], dtype=np.float64)
     out[:, 2] = out[:, 0] + out[:, 2]
@@ -150,9 +189,10 @@ def _xyxy(xywh: np.ndarray) -> np.ndarray:
     return out
 
 
-def _match(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Best ground-truth index (N,) per prediction and whether its IoU reaches the threshold."""
-    o = overlaps_plus_one(_xyxy(pred), _xyxy(gt))
+def _match(pred: np.ndarray, gt: np.ndarray, integer: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Chosen ground-truth index (N,) per prediction and whether its overlap reaches 0.5."""
+    overlaps = overlaps_matlab_int if integer else overlaps_plus_one
+    o = overlaps(_xyxy(pred), _xyxy(gt))
     best = np.argmax(o, axis=1)
     return best, o[np.arange(len(o)), best] >= IOU_THRESH
 
@@ -237,11 +277,11 @@ def evaluate(
     if protocol == "python":  # the Python port normalises over every file in the directory
         pool += [preds[i] for i in extra if len(preds[i])]
     _, _, norm = normalise_scores(np.concatenate([p[:, 4] for p in pool]), protocol)
-    parts = _per_image_flags(gt, ranked, norm, progress)
+    parts = _per_image_flags(gt, ranked, norm, protocol == "matlab" and gt.integer_boxes, progress)
     return _result(gt, parts, ranked, missing, extra, protocol)
 
 
-def _per_image_flags(gt: EvalGroundTruth, ranked: dict, norm, progress: bool) -> dict:
+def _per_image_flags(gt: EvalGroundTruth, ranked: dict, norm, integer: bool, progress: bool) -> dict:
     """setting -> (normalised scores, counted-proposal flags, TP flags), lists of per-image arrays."""
     from tqdm import tqdm
 
@@ -250,7 +290,7 @@ def _per_image_flags(gt: EvalGroundTruth, ranked: dict, norm, progress: bool) ->
         boxes = gt.boxes[image_id]
         if len(boxes) == 0:
             continue  # the official code skips images without boxes (their predictions too)
-        best, hit = _match(p, boxes)
+        best, hit = _match(p, boxes, integer)
         scores = norm(p[:, 4])
         for s in SETTINGS:
             prop, tp = _flags(best, hit, gt.keep[s][image_id], len(boxes))

@@ -426,12 +426,16 @@ class EvalGroundTruth:
     image_ids: "event/file" in the official order. boxes: image_id -> float64 (K, 4) x, y, w, h.
     keep: setting ('easy' | 'medium' | 'hard') -> image_id -> int64 1-based indices into that
     image's boxes (the `gt_list` of the setting): the faces counted; other boxes are ignored.
+    integer_boxes: the .mat stores the boxes in an integer class (int32 in the official files).
     """
 
     gt_dir: Path
     image_ids: list[str]
     boxes: dict[str, np.ndarray]
     keep: dict[str, dict[str, np.ndarray]]
+    # The official .mat stores boxes as int32, which makes MATLAB's IoU arithmetic integer
+    # (see detectors.evaluate); True when face_bbx_list holds an integer class.
+    integer_boxes: bool = False
 
     def faces(self, setting: str) -> int:
         """Number of faces counted in a setting (sum of the gt_list lengths)."""
@@ -482,6 +486,7 @@ def load_eval_ground_truth(gt_dir: str | os.PathLike) -> EvalGroundTruth:
     except (IndexError, ValueError, TypeError) as err:
         raise UserError(f"{val_file}: unexpected layout of event_list/file_list/face_bbx_list ({err})") from None
     image_ids, boxes = [], {}
+    integer = any(np.issubdtype(np.asarray(b).dtype, np.integer) for ev in bbx for b in ev)
     for event, names, event_boxes in zip(events, files, bbx):
         if len(event_boxes) != len(names):
             raise UserError(f"{val_file}: event {event} has {len(names)} files but {len(event_boxes)} box lists")
@@ -490,7 +495,7 @@ def load_eval_ground_truth(gt_dir: str | os.PathLike) -> EvalGroundTruth:
             image_ids.append(image_id)
             boxes[image_id] = np.asarray(b, dtype=np.float64).reshape(-1, 4)
     keep = {s: _load_keep(gt_dir / f"wider_{s}_val.mat", events, files, boxes) for s in SETTINGS}
-    return EvalGroundTruth(gt_dir, image_ids, boxes, keep)
+    return EvalGroundTruth(gt_dir, image_ids, boxes, keep, integer)
 
 
 def _load_keep(path: Path, events: list[str], files: list[list[str]], boxes: dict) -> dict[str, np.ndarray]:
