@@ -177,6 +177,12 @@ def test_widerface_mini_eval_ground_truth(widerface_mini):
     assert all(np.array_equal(val[i], gt.boxes[i]) for i in gt.image_ids)
     hard = gt.keep["hard"]["0--Parade/0_Parade_marchingband_1_379"]
     assert hard.dtype == np.int64 and hard[:3].tolist() == [1, 2, 3]
+    assert gt.integer_boxes  # int32 in the official files: the evaluator's arithmetic depends on it
+    sub = gt.subset(gt.image_ids[10:2:-3])
+    assert sub.image_ids == gt.image_ids[4:11:3] and sub.integer_boxes
+    assert sub.faces("hard") == sum(len(gt.keep["hard"][i]) for i in sub.image_ids)
+    with pytest.raises(UserError, match="not in the ground truth"):
+        gt.subset(["nope/nope"])
 
 
 def test_eval_ground_truth_errors(tmp_path, widerface_mini):

@@ -441,6 +441,16 @@ class EvalGroundTruth:
         """Number of faces counted in a setting (sum of the gt_list lengths)."""
         return int(sum(len(v) for v in self.keep[setting].values()))
 
+    def subset(self, image_ids) -> "EvalGroundTruth":
+        """The same ground truth restricted to some images (official order kept)."""
+        wanted = set(image_ids)
+        unknown = wanted - set(self.boxes)
+        if unknown:
+            raise UserError(f"images not in the ground truth at {self.gt_dir}: {sorted(unknown)[:3]}")
+        ids = [i for i in self.image_ids if i in wanted]
+        keep = {s: {i: k[i] for i in ids} for s, k in self.keep.items()}
+        return EvalGroundTruth(self.gt_dir, ids, {i: self.boxes[i] for i in ids}, keep, self.integer_boxes)
+
 
 def resolve_gt_dir(path: str | os.PathLike) -> Path:
     """The directory holding wider_face_val.mat: `path` itself or path/eval_tools/ground_truth."""
