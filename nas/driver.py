@@ -265,7 +265,7 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], step: int, 
         """Writes one row per finished trial from the driver process (atomic rewrite)."""
 
         def on_trial_start(self, iteration, trials, trial, **info):
-            progress.running = _running(trials)
+            progress.running = _running(trials, trial) + 1  # it may not be marked RUNNING yet
             progress.show()
 
         def on_trial_complete(self, iteration, trials, trial, **info):

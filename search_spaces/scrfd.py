@@ -6,11 +6,14 @@ channels. Degrees of freedom, as the paper: d_i <= 24, w_i <= 512 (divisible by 
 non-decreasing over stages); step 2 adds n <= 256, h <= 256 (divisible by 8), m <= 6; GroupNorm
 groups are the regime's groups reduced to a divisor of h. The block type is fixed per regime.
 
-Sampling is rejection sampling, vectorised: draw a large batch of candidates uniformly from the
-(monotone-sorted) box, compute their MACs per component with a closed form that mirrors
-`detectors.cost.cost` for this family (tests assert exact equality), keep those within the
-budget band (VGA GFLOPs = 640x640 MACs x 0.75, +-tolerance) and, in step 2, whose backbone
+Sampling is rejection sampling, vectorised: draw a large batch of candidates uniformly (widths
+uniform over the non-decreasing 4-tuples, as i.i.d. draws with decreasing ones rejected),
+compute their MACs per component with a closed form that mirrors `detectors.cost.cost` for
+this family (tests assert exact equality), keep those within the budget band (VGA GFLOPs = 640x640 MACs x 0.75, +-tolerance) and, in step 2, whose backbone
 ratios lie inside step 1's bootstrap ranges. Specs are constructed only for accepted rows.
+Values that no completion can bring into the band are dropped from the draw tables first
+(MACs grow with every variable), which keeps sampling uniform over the valid specs.
+The MobileNet stem (0.5GF regime) is w1 / 2 wide (at least 8); the deep ResNet stem is w1.
 An infeasible budget is detected from the space's analytic min/max, or after a bounded number
 of batches, and raises UserError; it never loops forever.
 """

@@ -79,6 +79,11 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     exported = sorted((out / "export").glob("*.yaml"))
     assert exported and load_config(exported[0]).spec.id in set(table["spec_id"])
     assert "2 trials: 2 ok, 0 failed" in result.stdout
+    # the acceptance: an exported config retrains with `facenas train` unchanged
+    retrain = _facenas("train", str(exported[0]), "--budget", "smoke", "--data", str(tiny_data),
+                       "--out", str(tmp_path / "retrain"), "--quiet")
+    assert retrain.returncode == 0, retrain.stderr[-2000:]
+    assert (tmp_path / "retrain" / "checkpoint.pt").is_file()
     # each trial trained in its own absolute directory under the run, not Ray's cwd
     for step, spec_id in zip(table["step"], table["spec_id"]):
         assert (out / "trials" / f"step{step}-{spec_id}" / "train" / "checkpoint.pt").is_file()
