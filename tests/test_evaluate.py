@@ -14,7 +14,6 @@ from detectors.evaluate import (
     evaluate,
     overlaps_matlab_int,
     overlaps_plus_one,
-    plot_pr,
     read_predictions,
     voc_ap,
     write_predictions,
@@ -363,8 +362,6 @@ def test_mini_exact_ground_truth_scores_one(mini_gt, tmp_path):
     assert result.as_dict() == {"easy": 1.0, "medium": 1.0, "hard": 1.0}
     assert result.faces == {"easy": 520, "medium": 968, "hard": 2006}
     assert result.missing == [] and result.extra == [] and result.boxes == 2228
-    out = plot_pr(result, tmp_path / "pr.png")
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_mini_dropped_predictions_ap_equals_kept_fraction(mini_gt):

@@ -70,10 +70,11 @@ def test_parses_boxes_attributes_empty_and_zero_size(tmp_path):
     "text, line, words",
     [
         ("ev/a.jpg\n", 1, "face-count line is missing"),  # truncated after the path
-        ("ev/a.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n", None, "truncated"),
+        ("ev/a.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n", 4, "after face 2 of 3"),  # truncated
         ("ev/a.jpg\n3\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\nev/b.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n",
          5, "declares 3 faces but only 2"),
         ("ev/a.jpg\n1\n1 2 x 4 0 0 0 0 0 0\n", 3, "non-numeric"),
+        ("ev/a.jpg\n1\n1 2 nan 4 0 0 0 0 0 0\n", 3, "non-finite"),
         ("ev/a.jpg\ntwo\n", 2, "face count"),
         ("ev/a.jpg\n1\n1 2 3 4 0 0\n", 3, "10 numbers"),
         ("ev/a.jpg\n1\n1 2 3 4 0 0 0 0 0 0\n1 2 3 4 0 0 0 0 0 0\n", 4, "expected an image path"),
@@ -86,10 +87,7 @@ def test_malformed_annotation_names_file_and_line(tmp_path, text, line, words):
         load_split(root)
     message = str(err.value)
     assert "wider_face_train_bbx_gt.txt" in message and words in message
-    if line is not None:
-        assert f"bbx_gt.txt:{line}:" in message
-    else:
-        assert "(line 1)" in message  # the image whose faces are missing
+    assert f"bbx_gt.txt:{line}:" in message
 
 
 def test_missing_and_corrupt_images_are_named(tmp_path):

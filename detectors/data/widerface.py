@@ -160,9 +160,12 @@ def _face_row(path: Path, number: int, text: str, what: str) -> list[float]:
             f"(x y w h {' '.join(ATTRIBUTE_NAMES)}), got {len(fields)} fields: {text[:80]!r}"
         )
     try:
-        return [float(v) for v in fields]
+        values = [float(v) for v in fields]
     except ValueError:
         raise UserError(f"{path}:{number}: non-numeric value in {what}: {text[:80]!r}") from None
+    if not all(np.isfinite(values)):
+        raise UserError(f"{path}:{number}: non-finite value in {what}: {text[:80]!r}")
+    return values
 
 
 def _looks_numeric(text: str) -> bool:
@@ -202,14 +205,15 @@ def parse_bbx_gt(path: str | os.PathLike) -> list[tuple[str, int, np.ndarray, np
         if image_id in seen:
             raise UserError(f"{path}:{number}: image {name} listed twice (first at line {seen[image_id]})")
         seen[image_id] = number
-        count = _read_count(path, lines, number, name)
-        rows, pending = _read_faces(path, lines, number, name, count)
+        count, count_line = _read_count(path, lines, number, name)
+        rows, pending = _read_faces(path, lines, (number, count_line), name, count)
         arr = np.asarray(rows, dtype=np.float64).reshape(-1, 10)
         out.append((name, number, arr[:, :4].astype(np.float32), arr[:, 4:].astype(np.int64)))
     return out
 
 
-def _read_count(path: Path, lines: Iterator[tuple[int, str]], at: int, name: str) -> int:
+def _read_count(path: Path, lines: Iterator[tuple[int, str]], at: int, name: str) -> tuple[int, int]:
+    """(face count, its line number) after the image name at line `at`."""
     item = next(lines, None)
     if item is None:
         raise UserError(f"{path}:{at}: file ends after image {name}: its face-count line is missing")
@@ -220,11 +224,15 @@ def _read_count(path: Path, lines: Iterator[tuple[int, str]], at: int, name: str
         raise UserError(f"{path}:{number}: expected the face count of {name}, got {text[:80]!r}") from None
     if count < 0:
         raise UserError(f"{path}:{number}: negative face count {count} for {name}")
-    return count
+    return count, number
 
 
-def _read_faces(path: Path, lines: Iterator[tuple[int, str]], at: int, name: str, count: int):
-    """The count face lines of one image; returns (rows, a look-ahead line to re-read or None)."""
+def _read_faces(path: Path, lines: Iterator[tuple[int, str]], where: tuple[int, int], name: str, count: int):
+    """The count face lines of one image; returns (rows, a look-ahead line to re-read or None).
+
+    where: (line of the image name, line of its count).
+    """
+    at, last = where
     rows: list[list[float]] = []
     if count == 0:
         # Official files follow a count of 0 with one all-zero line; tolerate its absence.
@@ -239,10 +247,11 @@ def _read_faces(path: Path, lines: Iterator[tuple[int, str]], at: int, name: str
         item = next(lines, None)
         if item is None:
             raise UserError(
-                f"{path}: file ends after face {k} of {count} of image {name} (line {at}); "
+                f"{path}:{last}: file ends after face {k} of {count} of image {name} (line {at}); "
                 "the file is truncated or the count is wrong"
             )
         number, text = item
+        last = number
         if not _looks_numeric(text):
             raise UserError(
                 f"{path}:{number}: image {name} (line {at}) declares {count} faces but only {k} "
