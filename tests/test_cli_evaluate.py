@@ -51,6 +51,8 @@ def test_text_output_and_gt_dir_forms(widerface_mini, mini_preds, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert [line.split()[0] for line in lines] == ["easy", "medium", "hard"]
     assert float(lines[2].split()[-1]) == pytest.approx(expected["hard"], abs=1e-4)
+    assert main(["evaluate", str(preds), "--gt", str(gt_dir), "--protocol", "python", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(expected, abs=1e-12)
 
 
 def test_missing_prediction_files_warn_and_score_zero(widerface_mini, mini_preds, tmp_path, capsys):
