@@ -233,6 +233,8 @@ def _as_predictions(predictions, progress: bool) -> dict[str, np.ndarray]:
         return read_predictions(predictions, progress=progress)
     out = {}
     for image_id, arr in predictions.items():
+        if image_id.lower().endswith((".jpg", ".jpeg", ".png")):
+            image_id = os.path.splitext(image_id)[0]  # "event/file.jpg" means "event/file"
         a = np.asarray(arr, dtype=np.float64)
         if a.size == 0:
             a = a.reshape(0, 5)

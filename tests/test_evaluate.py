@@ -65,6 +65,11 @@ def test_half_the_kept_boxes_gives_half():
     assert _ap(preds, gt) == 0.5
 
 
+def test_image_ids_may_carry_the_jpg_extension():
+    gt = _gt({"e/1": [A], "e/2": [B]})
+    assert _ap({"e/1.jpg": _pred(A + [0.9]), "e/2": _pred(B + [0.5])}, gt) == 1.0
+
+
 def test_image_without_predictions_still_counts_its_faces():
     gt = _gt({"e/1": [A], "e/2": [B]})
     absent = evaluate({"e/1": _pred(A + [0.9], B + [0.1])}, gt, progress=False)

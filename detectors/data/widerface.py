@@ -15,7 +15,7 @@ Every malformed input raises `UserError` naming the file and the 1-based line nu
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -93,7 +93,6 @@ class WiderSplit:
     landmarks_file: Path | None = None
     # label.txt faces whose box matched no official box of their image (reported, not used)
     unmatched_landmark_faces: int = 0
-    counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def images(self) -> int:
