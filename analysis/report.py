@@ -151,6 +151,10 @@ def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_im
            f"(25%, with replacement); the winner of each is the model with the highest "
            f"`{metric}`; ranges are the 2.5th–97.5th percentiles of the winners' values, best "
            f"is the median (seed {seed}).", ""]
+    if rows[metric].nunique() == 1:
+        out += [f"**Warning: every model has the same `{metric}` ({rows[metric].iloc[0]:.3f}), so "
+                "the winners are decided by tie-breaking (the first model drawn) and the ranges "
+                "below say nothing about which designs are better.**", ""]
     for pop in pops:
         out += [f"## Likely ranges: {pop.name} ({len(pop.rows)} models)", ""]
         out += [f"- {describe_range(q, r)}." for q, r in pop.ranges.iterrows()

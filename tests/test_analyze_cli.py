@@ -59,6 +59,7 @@ def test_cli_on_a_real_smoke_search_run_with_compare(tmp_path):
     n_other = int(((other_table.status == "ok") & other_table.ap_hard.notna()).sum())
     assert f"## Compared with search_run_b ({n_other} models)" in report
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert ("Warning: every model has the same `ap_hard`" in report) == (ok.ap_hard.nunique() == 1)
 
 
 def test_parquet_single_step_run(tmp_path):
@@ -74,6 +75,7 @@ def test_parquet_single_step_run(tmp_path):
     pd.DataFrame({"status": ["bogus"]}).to_csv(run / "trials.csv")  # parquet takes precedence
     ranges = analyze_run(run, metric="ap_medium", n_boot=400)
     pd.testing.assert_frame_equal(ranges, bootstrap_ranges(table, "ap_medium", n_boot=400))
+    assert "Warning" not in (run / "analysis" / "report.md").read_text()
     names = sorted(p.name for p in (run / "analysis").iterdir())
     assert names == ["edf.png", "ranges.csv", "ratios_backbone.png", "report.md", "shapes.png"]
 
