@@ -417,7 +417,7 @@ def check_images(split: WiderSplit, decode: bool = False, progress: bool = True)
     """
     from tqdm import tqdm
 
-    for record in tqdm(split.records, desc=f"checking {split.split} images", disable=not progress, leave=False):
+    for record in tqdm(split.records, desc=f"checking {split.split} images", disable=None if progress else True, leave=False):
         where = f"{record.source}:{record.line}"
         if not record.path.is_file():
             raise UserError(f"image not found: {record.path} (listed at {where})")
