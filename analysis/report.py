@@ -143,11 +143,12 @@ def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_im
             metric: str, n_boot: int, seed: int, edf_pops: dict[str, pd.Series],
             other: Population | None) -> str:
     rows = pops[0].rows
+    k = max(1, round(0.25 * len(rows)))
     failed = int((table.get("status", pd.Series(dtype=str)).astype(str) != "ok").sum())
     out = [f"# Design-space analysis: {run_dir.name}", "",
            f"Results table `{table.attrs.get('source')}`: {len(table)} trials, {len(rows)} "
            f"successful with a finite `{metric}`, {failed} failed or unfinished.",
-           f"Empirical bootstrap: {n_boot} resamples of {max(1, round(0.25 * len(rows)))} models "
+           f"Empirical bootstrap: {n_boot} resamples of {k} model{'s' if k > 1 else ''} "
            f"(25%, with replacement); the winner of each is the model with the highest "
            f"`{metric}`; ranges are the 2.5th–97.5th percentiles of the winners' values, best "
            f"is the median (seed {seed}).", ""]
