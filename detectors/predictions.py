@@ -91,6 +91,9 @@ def read_prediction_file(path: str | os.PathLike) -> np.ndarray:
         raw = path.read_text(encoding="utf-8").splitlines()
     except UnicodeDecodeError as err:
         raise UserError(f"{path}: not a text file ({err.reason})") from None
+    fast = _fast_parse(raw)
+    if fast is not None:
+        return fast
     lines = [(n, t.strip()) for n, t in enumerate(raw, start=1) if t.strip()]
     if len(lines) < 2 or raw[0].strip() == "":
         raise UserError(f"{path}: expected an image-name line and a box-count line")
@@ -104,16 +107,25 @@ def read_prediction_file(path: str | os.PathLike) -> np.ndarray:
     rows = lines[2:]
     if count != len(rows):
         raise UserError(f"{path}:{number}: the count says {count} boxes but {len(rows)} box lines follow")
-    fields = [t.split() for _, t in rows]
-    if all(len(f) == 5 for f in fields):
-        try:  # fast path: one conversion for the whole file
-            values = np.array([v for f in fields for v in f], dtype=np.float64).reshape(-1, 5)
-            if np.isfinite(values).all():
-                return values
-        except ValueError:
-            pass
-    # slow path: per line, to name the offending line (or accept extra trailing columns)
+    # per line, to name the offending line (or accept extra trailing columns)
     return np.asarray([_parse_row(path, n, t) for n, t in rows], dtype=np.float64).reshape(-1, 5)
+
+
+def _fast_parse(raw: list[str]) -> np.ndarray | None:
+    """The common well-formed file (no blank lines, count right, 5 finite numbers a line) in
+    one conversion; None sends anything else to the checking parser, which names the line."""
+    if len(raw) < 2 or not raw[0].strip() or not raw[1].strip().isdigit():
+        return None
+    fields = [t.split() for t in raw[2:]]
+    while fields and not fields[-1]:
+        fields.pop()  # trailing blank lines
+    if int(raw[1]) != len(fields) or any(len(f) != 5 for f in fields):
+        return None
+    try:
+        values = np.array([v for f in fields for v in f], dtype=np.float64).reshape(-1, 5)
+    except ValueError:
+        return None
+    return values if np.isfinite(values).all() else None
 
 
 def read_predictions(pred_dir: str | os.PathLike, progress: bool = True) -> dict[str, np.ndarray]:
