@@ -60,5 +60,5 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(result.as_dict()))
     else:
         for setting, ap in result.as_dict().items():
-            print(f"{setting:<7} AP {ap:.4f}")
+            print(f"{setting:<7} AP {ap:.6f}")
     return 0
