@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-import time
 
 import numpy as np
 import pandas as pd
@@ -177,15 +176,6 @@ def test_ranges_csv_round_trip_is_atomic(tmp_path):
         read_ranges_csv(tmp_path / "broken.csv")
     with pytest.raises(UserError, match="does not exist"):
         read_ranges_csv(tmp_path / "nope.csv")
-
-
-def test_bootstrap_time_2500_x_320(capsys):
-    table = _peaked_table(320, seed=10)
-    bootstrap_ranges(table)  # warm-up (imports, caches)
-    start = time.perf_counter()
-    bootstrap_ranges(table, n_boot=2500)
-    with capsys.disabled():
-        print(f"\nbootstrap 2500 x 320: {1000 * (time.perf_counter() - start):.1f} ms")
 
 
 def test_analysis_never_imports_torch():
