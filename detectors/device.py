@@ -77,8 +77,19 @@ def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
 
 
 def set_threads(n: int | None = None) -> int:
-    """torch.set_num_threads to `n` (e.g. a Ray trial's CPUs) or to the CPUs this process may
-    run on (its affinity mask, not the machine's core count). Returns the number set."""
+    """torch.set_num_threads to `n` (e.g. a Ray trial's CPUs), else $FACENAS_THREADS, else the
+    CPUs this process may run on (its affinity mask, not the machine's core count).
+
+    On an oversubscribed machine (several processes per core) OpenMP threads spin-wait for
+    each other: measured here, 2 threads ran a training step 4-8x slower than 1 while 7 other
+    processes shared the 2 cores. FACENAS_THREADS=1 is the remedy there (e.g. pytest -n 2).
+    Returns the number set.
+    """
+    if n is None and os.environ.get("FACENAS_THREADS", "").strip():
+        try:
+            n = int(os.environ["FACENAS_THREADS"])
+        except ValueError:
+            raise UserError(f"FACENAS_THREADS={os.environ['FACENAS_THREADS']!r} is not an integer") from None
     if n is None:
         try:
             n = len(os.sched_getaffinity(0))

@@ -317,6 +317,8 @@ def train(
     TrainingDiverged on a NaN/inf loss and UserError for bad inputs.
     """
     out_dir, data_root = Path(out_dir), Path(data_root)
+    if not data_root.is_dir():
+        raise UserError(f"dataset root not found: {data_root}")
     threads = set_threads(num_threads)
     state = _prepare_out_dir(out_dir, config, resume)
     loop, batches, total, start = _setup(config, data_root, state, device, fp32)

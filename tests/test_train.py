@@ -125,7 +125,7 @@ def test_memorisation_ap_rises_from_zero_to_half(widerface_mini, tmp_path):
 
 
 MEMO_ITERS = 300
-MEMO_THREADS = 2
+MEMO_THREADS = 1
 
 
 def test_resume_is_exact(widerface_mini, tmp_path):
@@ -193,3 +193,21 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint(path, {"iteration": 2, "model": {"w": torch.zeros(3)}})
     assert load_checkpoint(path)["iteration"] == 1  # the previous checkpoint is intact
     assert os.listdir(tmp_path) == ["ck.pt"]  # no temporary file left behind
+
+
+def test_device_mode_and_threads(monkeypatch):
+    import detectors.device as dev
+
+    monkeypatch.delenv("FACENAS_THREADS", raising=False)
+    assert dev.set_threads(1) == 1 and torch.get_num_threads() == 1
+    assert dev.set_threads() == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: False)
+    assert dev.training_mode(cpu).describe() == "cpu fp32 NCHW"
+    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
+    assert dev.training_mode(cpu).describe() == "cpu bfloat16 channels_last"
+    assert dev.training_mode(cpu, fp32=True).describe() == "cpu fp32 NCHW"
+    with pytest.raises(dev.UserError, match="unknown device"):
+        dev.select_device("tpu")
+    monkeypatch.setenv("FACENAS_THREADS", "1")
+    assert dev.set_threads() == 1

@@ -1,0 +1,95 @@
+"""Training speed: images/s of full training steps (forward, ATSS, losses, backward, SGD).
+
+    python benchmarks/train_speed.py [--config experiments/scrfd_2.5g.yaml] [--sizes 320 640]
+        [--batch 4] [--iters 5] [--warmup 2] [--threads N] [--all-modes]
+
+For each input size, times `--iters` steps after `--warmup` untimed ones on a fixed synthetic
+batch (random images, 6 random faces per image; no data loading, so the model step alone is
+measured) in fp32 NCHW and in the mode the trainer picks for this device
+(detectors.device.training_mode); prints the median images/s of each and the ratio.
+`--all-modes` also times channels_last fp32 and channels_last + bf16 autocast on CPU, whatever
+the trainer would pick.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _batch(n: int, size: int, gen: torch.Generator) -> dict:
+    """n normalised random images with 6 random square-ish faces each (8..size/3 px)."""
+    boxes = []
+    for _ in range(n):
+        wh = 8 + torch.rand((6, 1), generator=gen) * (size / 3 - 8)
+        xy = torch.rand((6, 2), generator=gen) * (size - wh)
+        boxes.append(torch.cat([xy, xy + wh.expand(-1, 2)], 1))
+    return {"image": torch.randn((n, 3, size, size), generator=gen), "boxes": boxes,
+            "ignore": [torch.zeros(6, dtype=torch.bool)] * n,
+            "keypoints": [torch.zeros((6, 5, 2))] * n, "keypoints_valid": [torch.zeros(6, dtype=torch.bool)] * n}
+
+
+def time_mode(config, mode, size: int, batch_size: int, iters: int, warmup: int) -> float:
+    """Median images/s of training steps in `mode`."""
+    from detectors.model import build
+    from detectors.train import _Loop, _optimiser
+
+    torch.manual_seed(0)
+    model = build(config.spec).to(mode.device)
+    if mode.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt, sched = _optimiser(model, config.recipe, ())
+    scaler = torch.amp.GradScaler(mode.device.type, enabled=mode.grad_scaler)
+    loop = _Loop(model, config.recipe, mode, opt, sched, scaler)
+    batch = _batch(batch_size, size, torch.Generator().manual_seed(0))
+    rates = []
+    for i in range(warmup + iters):
+        start = time.perf_counter()
+        loop.iteration(batch)
+        if mode.device.type == "cuda":
+            torch.cuda.synchronize()
+        if i >= warmup:
+            rates.append(batch_size / (time.perf_counter() - start))
+    return statistics.median(rates)
+
+
+def main(argv: list[str] | None = None) -> int:
+    from detectors.config import load_config
+    from detectors.device import TrainingMode, select_device, set_threads, training_mode
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "experiments" / "scrfd_2.5g.yaml"))
+    p.add_argument("--sizes", type=int, nargs="+", default=[320, 640])
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--iters", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--all-modes", action="store_true")
+    args = p.parse_args(argv)
+    threads = set_threads(args.threads)
+    config = load_config(args.config)
+    device = select_device()
+    modes = {"fp32 NCHW": training_mode(device, fp32=True), "trainer's mode": training_mode(device)}
+    if args.all_modes and device.type == "cpu":
+        modes["fp32 channels_last"] = TrainingMode(device, True, None, False)
+        modes["bf16 channels_last"] = TrainingMode(device, True, torch.bfloat16, False)
+    chosen = modes["trainer's mode"].describe()
+    print(f"{config.spec.name}: batch {args.batch}, {threads} threads; trainer's mode here: {chosen}")
+    for size in args.sizes:
+        rates = {name: time_mode(config, mode, size, args.batch, args.iters, args.warmup)
+                 for name, mode in modes.items()}
+        base = rates["fp32 NCHW"]
+        cells = "  ".join(f"{name} {r:6.2f} img/s ({r / base:.2f}x)" for name, r in rates.items())
+        print(f"{size:4d} px  {cells}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""`facenas test CONFIG --weights CKPT [--data ROOT] [--split val] [--out PRED_DIR] [--json]`.
+
+Predicts a split at the config's test settings (long side resized to the test size, padded),
+optionally writes the official per-image prediction files to PRED_DIR, and prints WIDER FACE
+AP (easy / medium / hard; JSON `{"easy":..,"medium":..,"hard":..}` with --json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("config", help="retraining config YAML (or a run's config.yaml)")
+    parser.add_argument("--weights", required=True, help="checkpoint (.pt) from facenas train or import-weights")
+    parser.add_argument("--data", help="dataset root in the WIDER FACE layout (default: embedded synthetic data)")
+    parser.add_argument("--split", default="val", choices=("val", "train"),
+                        help="val: official evaluation files; train: all valid annotated faces")
+    parser.add_argument("--out", help="write predictions in the official layout to this directory")
+    parser.add_argument("--json", action="store_true", help="print AP as one JSON object")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detectors.config import load_config
+    from detectors.device import set_threads
+    from detectors.test import test
+    from nas.commands.train import resolve_data_root
+
+    config = load_config(args.config)
+    set_threads(args.threads)
+    root = resolve_data_root(args.data)
+    ap = test(config, args.weights, root, split=args.split, pred_dir=args.out,
+              device=args.device, progress=not args.quiet)
+    if args.json:
+        print(json.dumps(ap))
+    else:
+        print("  ".join(f"{k} {v * 100:.2f}" for k, v in ap.items()) + f"   (AP %, {args.split}, {root})")
+    return 0

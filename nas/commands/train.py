@@ -1,0 +1,66 @@
+"""`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]`.
+
+Trains a retraining config (spec + recipe) scaled to a budget preset; without --data it uses
+the embedded synthetic dataset (generated once into the cache). Prints the run directory and
+the final losses; a diverged run exits 1 with one line naming the iteration.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["add_arguments", "run"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from detectors.config import BUDGETS
+
+    parser.add_argument("config", help="retraining config YAML (spec + recipe), e.g. experiments/scrfd_0.5g.yaml")
+    parser.add_argument("--data", help="dataset root in the WIDER FACE layout (default: embedded synthetic data)")
+    parser.add_argument("--budget", default="quick", help=f"budget preset: {', '.join(BUDGETS)} (default: quick)")
+    parser.add_argument("--out", help="run directory (default: runs/<config name>-<budget>-<time>)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
+    parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
+    parser.add_argument("--fp32", action="store_true", help="force fp32 NCHW instead of the device's fastest mode")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def resolve_data_root(data: str | None) -> Path:
+    """--data, checked, or the embedded synthetic dataset."""
+    from detectors.errors import UserError
+
+    if data is None:
+        from detectors.data.synthetic import default_root
+
+        return Path(default_root())
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise UserError(f"--data {data}: dataset root not found")
+    return root
+
+
+def run(args: argparse.Namespace) -> int:
+    from detectors.config import apply_budget, load_config
+    from detectors.errors import UserError
+    from detectors.train import TrainingDiverged, train
+
+    config = apply_budget(load_config(args.config), args.budget)
+    if args.resume and not args.out:
+        raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    out = Path(args.out) if args.out else Path("runs") / (
+        f"{Path(args.config).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}")
+    root = resolve_data_root(args.data)
+    try:
+        result = train(config, root, out, resume=args.resume, device=args.device,
+                       num_threads=args.threads, progress=not args.quiet, fp32=args.fp32)
+    except TrainingDiverged as err:
+        print(f"facenas train: {err}", file=sys.stderr)
+        return 1
+    losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
+    print(f"{result.message}; {losses}; {result.images_per_s:.1f} images/s")
+    print(f"run directory: {result.out_dir}  (weights: {result.checkpoint})")
+    return 0
