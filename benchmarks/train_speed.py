@@ -36,8 +36,7 @@ def _batch(n: int, size: int, gen: torch.Generator) -> dict:
             "keypoints": [torch.zeros((6, 5, 2))] * n, "keypoints_valid": [torch.zeros(6, dtype=torch.bool)] * n}
 
 
-def time_mode(config, mode, size: int, batch_size: int, iters: int, warmup: int) -> float:
-    """Median images/s of training steps in `mode`."""
+def _loop(config, mode):
     from detectors.model import build
     from detectors.train import _Loop, _optimiser
 
@@ -47,17 +46,24 @@ def time_mode(config, mode, size: int, batch_size: int, iters: int, warmup: int)
         model = model.to(memory_format=torch.channels_last)
     opt, sched = _optimiser(model, config.recipe, ())
     scaler = torch.amp.GradScaler(mode.device.type, enabled=mode.grad_scaler)
-    loop = _Loop(model, config.recipe, mode, opt, sched, scaler)
+    return _Loop(model, config.recipe, mode, opt, sched, scaler)
+
+
+def time_modes(config, modes: dict, size: int, batch_size: int, iters: int, warmup: int) -> dict[str, float]:
+    """Median images/s of training steps per mode. Modes take turns step by step, so a change
+    of machine load during the run hits all of them alike."""
+    loops = {name: _loop(config, mode) for name, mode in modes.items()}
     batch = _batch(batch_size, size, torch.Generator().manual_seed(0))
-    rates = []
+    rates: dict[str, list[float]] = {name: [] for name in modes}
     for i in range(warmup + iters):
-        start = time.perf_counter()
-        loop.iteration(batch)
-        if mode.device.type == "cuda":
-            torch.cuda.synchronize()
-        if i >= warmup:
-            rates.append(batch_size / (time.perf_counter() - start))
-    return statistics.median(rates)
+        for name, loop in loops.items():
+            start = time.perf_counter()
+            loop.iteration(batch)
+            if loop.mode.device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= warmup:
+                rates[name].append(batch_size / (time.perf_counter() - start))
+    return {name: statistics.median(r) for name, r in rates.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,15 +82,17 @@ def main(argv: list[str] | None = None) -> int:
     threads = set_threads(args.threads)
     config = load_config(args.config)
     device = select_device()
-    modes = {"fp32 NCHW": training_mode(device, fp32=True), "trainer's mode": training_mode(device)}
+    modes = {"fp32 NCHW": training_mode(device, fp32=True)}
+    chosen = training_mode(device)
+    if chosen != modes["fp32 NCHW"]:  # on CPUs without bf16 the trainer picks fp32 NCHW itself
+        modes["trainer's mode"] = chosen
     if args.all_modes and device.type == "cpu":
         modes["fp32 channels_last"] = TrainingMode(device, True, None, False)
         modes["bf16 channels_last"] = TrainingMode(device, True, torch.bfloat16, False)
-    chosen = modes["trainer's mode"].describe()
-    print(f"{config.spec.name}: batch {args.batch}, {threads} threads; trainer's mode here: {chosen}")
+    print(f"{config.spec.name}: batch {args.batch}, {threads} threads; trainer's mode here: "
+          f"{chosen.describe()}")
     for size in args.sizes:
-        rates = {name: time_mode(config, mode, size, args.batch, args.iters, args.warmup)
-                 for name, mode in modes.items()}
+        rates = time_modes(config, modes, size, args.batch, args.iters, args.warmup)
         base = rates["fp32 NCHW"]
         cells = "  ".join(f"{name} {r:6.2f} img/s ({r / base:.2f}x)" for name, r in rates.items())
         print(f"{size:4d} px  {cells}", flush=True)
