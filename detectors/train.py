@@ -335,31 +335,36 @@ def train(
     return result
 
 
+def _diverged(it: int, total: int, values: dict, lr: float, out_dir: Path) -> TrainResult:
+    ckpt = out_dir / CHECKPOINT
+    last = ckpt if ckpt.exists() else None
+    message = (f"training diverged at iteration {it + 1}: loss parts {values} (lr {lr:.3g}); "
+               f"last good checkpoint: {last or 'none'}")
+    return TrainResult("diverged", it, total, values, last, out_dir / METRICS, out_dir, message)
+
+
 def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path,
          iterations: range, total: int, every: int, progress: bool) -> TrainResult:
-    ckpt, metrics = out_dir / CHECKPOINT, out_dir / METRICS
+    """Iterations `iterations` of the loop: log, checkpoint, stop at a non-finite loss."""
+    ckpt = out_dir / CHECKPOINT
     bar = tqdm(total=total, initial=iterations.start, desc="train", unit="it", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     values: dict[str, float] = {}
     done, seen, t_run = iterations.start, 0, time.perf_counter()
     stream = batches.iterate(iterations.start)
     try:
-        with metrics.open("a") as log:
+        with (out_dir / METRICS).open("a") as log:
             for it in iterations:
                 t0 = time.perf_counter()
                 batch = next(stream)
                 lr = loop.opt.param_groups[0]["lr"]
                 values, num_pos, finite = loop.iteration(batch)
                 n = int(batch["image"].shape[0])
-                rate = n / max(time.perf_counter() - t0, 1e-9)
-                log.write(json.dumps({"iteration": it + 1, **values, "lr": lr, "images_per_s": rate,
-                                      "num_pos": num_pos}) + "\n")
+                log.write(json.dumps({"iteration": it + 1, **values, "lr": lr, "num_pos": num_pos,
+                                      "images_per_s": n / max(time.perf_counter() - t0, 1e-9)}) + "\n")
                 log.flush()
                 if not finite:
-                    message = (f"training diverged at iteration {it + 1}: loss parts {values} "
-                               f"(lr {lr:.3g}); last good checkpoint: {ckpt if ckpt.exists() else 'none'}")
-                    return TrainResult("diverged", it, total, values, ckpt if ckpt.exists() else None,
-                                       metrics, out_dir, message)
+                    return _diverged(it, total, values, lr, out_dir)
                 done, seen = it + 1, seen + n
                 bar.update(1)
                 bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
@@ -369,5 +374,5 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
         bar.close()
         batches.close()
     rate = seen / max(time.perf_counter() - t_run, 1e-9)
-    return TrainResult("ok", done, total, values, ckpt if ckpt.exists() else None, metrics,
+    return TrainResult("ok", done, total, values, ckpt if ckpt.exists() else None, out_dir / METRICS,
                        out_dir, f"trained {done}/{total} iterations", rate)
