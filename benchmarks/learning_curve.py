@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def main(argv: list[str] | None = None) -> int:
-    from detectors.config import apply_budget, load_config, schedule_in_iterations
+    from detectors.config import apply_budget, load_config
     from detectors.test import test
     from detectors.train import CHECKPOINT, train
 

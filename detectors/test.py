@@ -11,7 +11,6 @@ h = y2 - y1, score (the official WIDER prediction layout, as SCRFD's test_widerf
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
-import yaml
 
 from detectors.config import (BUDGETS, SR_CROPS, apply_budget, load_config, schedule_in_iterations)
 from detectors.errors import UserError
