@@ -18,21 +18,25 @@ from pathlib import Path
 import torch
 
 from detectors.data import synthetic
-from detectors.data.loader import decode_image, make_train_loader
+from detectors.batches import SeededBatches
+from detectors.config import recipe_from_dict
+from detectors.data.loader import decode_image
 from detectors.data.widerface import load_split
 
 MINI = Path(__file__).resolve().parents[2] / "shared" / "data" / "widerface-mini"
 
 
 def _images_per_s(root: Path, size: int, workers: int, batch: int, batches: int, seed: int) -> float:
-    loader = make_train_loader(root, batch_size=batch, train_size=size, workers=workers, seed=seed)
-    it = iter(loader)
+    # The trainer's own pipeline (SCRFD sample-redistribution crops, photometric, flip).
+    recipe = recipe_from_dict({"batch_size": batch, "train_size": size, "workers": workers, "seed": seed})
+    loader = SeededBatches(root, recipe)
+    it = loader.iterate(0)
     next(it)  # worker start-up and first decode are not steady-state throughput
     start = time.perf_counter()
     for _ in range(batches):
         next(it)
     elapsed = time.perf_counter() - start
-    del it, loader
+    loader.close()
     return batches * batch / elapsed
 
 

@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from detectors.data import synthetic
-from detectors.data.loader import WiderFaceDataset, collate, make_train_loader
+from detectors.batches import SeededBatches
+from detectors.config import recipe_from_dict
+from detectors.data.loader import WiderFaceDataset, collate
 from detectors.data.transforms import build_test_transform, build_train_transform
 from detectors.data.widerface import load_split
 
@@ -72,29 +74,28 @@ def test_landmarks_come_through_from_label_txt(syn_root):
     assert not WiderFaceDataset(syn_root, "train", None)[k]["keypoints_valid"].any()
 
 
-def _batches(loader, n: int) -> list[dict]:
-    it = iter(loader)
-    return [next(it) for _ in range(n)]
+def _batches(root, n: int, start: int = 0, **recipe) -> list[dict]:
+    """n batches of the trainer's pipeline from iteration `start`."""
+    loader = SeededBatches(root, recipe_from_dict(recipe))
+    it = loader.iterate(start)
+    out = [next(it) for _ in range(n)]
+    loader.close()
+    return out
 
 
 def test_loader_reproducible_across_worker_counts_and_resume(syn_root):
     kw = dict(batch_size=3, train_size=128, seed=11)
-    serial = _batches(make_train_loader(syn_root, workers=0, **kw), 4)  # crosses an epoch (8 images)
-    parallel = _batches(make_train_loader(syn_root, workers=2, **kw), 4)
+    serial = _batches(syn_root, 4, workers=0, **kw)  # crosses an epoch (8 images)
+    parallel = _batches(syn_root, 4, workers=2, **kw)
     for a, b in zip(serial, parallel):
         assert a["image_id"] == b["image_id"]
         assert torch.equal(a["image"], b["image"])
         assert all(torch.equal(x, y) for x, y in zip(a["boxes"], b["boxes"]))
-    resumed = _batches(make_train_loader(syn_root, workers=0, start_iter=2, **kw), 2)
+    resumed = _batches(syn_root, 2, start=2, workers=0, **kw)
     assert torch.equal(resumed[0]["image"], serial[2]["image"]) and resumed[1]["image_id"] == serial[3]["image_id"]
     # epoch 1 is a permutation of all images: positions 0..7 cover the 8 images once
     ids = [i for b in serial for i in b["image_id"]]
     assert len(set(ids[:8])) == 8
-    other = _batches(make_train_loader(syn_root, workers=0, batch_size=3, train_size=128, seed=12), 1)
+    other = _batches(syn_root, 1, workers=0, batch_size=3, train_size=128, seed=12)
     assert not torch.equal(other[0]["image"], serial[0]["image"])
     _check_batch(serial[0], 128, 3)
-
-
-def test_one_epoch_loader_is_finite(syn_root):
-    batches = list(make_train_loader(syn_root, batch_size=3, train_size=64, workers=0, infinite=False))
-    assert len(batches) == 3 and all(b["image"].shape[0] == 3 for b in batches)

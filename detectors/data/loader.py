@@ -1,15 +1,15 @@
-"""WIDER FACE samples for torch: dataset, collate, reproducible endless training loader.
+"""WIDER FACE samples for torch: dataset and collate (training batches: detectors.batches).
 
 `WiderFaceDataset(root, split, transform)` reads a root in the official layout (real WIDER
 FACE, widerface-mini or the synthetic default) through detectors.data.widerface and yields the
 samples of docs/architecture.md ("Data samples"): invalid faces and zero-size boxes become
 ignore regions (neither positive nor negative), never positives.
 
-Reproducibility: `make_train_loader` feeds the dataset keys (index, sample_seed); the sample's
-augmentation draws only from a generator seeded by sample_seed, which is a function of (seed,
-stream position). So batches are identical whatever the number of workers and whichever worker
-loads a sample, and a run restarted at iteration i (`start_iter`) sees the batches an
-uninterrupted run saw. Plain integer keys draw from NumPy's global state instead.
+Reproducibility: detectors.batches feeds the dataset keys (index, sample seed); the sample's
+augmentation draws only from a generator seeded by that seed, a function of (run seed, stream
+position). So batches are identical whatever the number of workers and whichever worker loads
+a sample, and a run restarted at iteration i sees the batches an uninterrupted run saw. Plain
+integer keys draw from NumPy's global state instead.
 
 Decoding uses torchvision.io by default: on WIDER-size JPEGs it measured 11 ms/image against
 PIL's 17 ms (median, 2-core CPU, one torch thread; benchmarks/data_speed.py --decoders).
@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 
-from detectors.data.transforms import SR_CROPS, build_train_transform
 from detectors.data.widerface import ImageRecord, load_split, read_image
 
-__all__ = ["WiderFaceDataset", "collate", "make_train_loader", "sample_seed", "decode_image"]
+__all__ = ["WiderFaceDataset", "collate", "decode_image"]
 
 
 def decode_image(path: Path, decoder: str = "torchvision", listed_at: str = "") -> np.ndarray:
@@ -101,50 +100,3 @@ def collate(samples: Sequence[dict]) -> dict[str, Any]:
     if all("scale" in s for s in samples):
         out["scale"] = [s["scale"] for s in samples]
     return out
-
-
-def sample_seed(seed: int, position: int) -> int:
-    """Augmentation seed of stream position `position` (63-bit, from NumPy's SeedSequence)."""
-    return int(np.random.SeedSequence([seed, position, 7]).generate_state(1, np.uint64)[0] >> np.uint64(1))
-
-
-class _StreamSampler(Sampler):
-    """Batches of (index, sample_seed) from per-epoch permutations seeded by (seed, epoch)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int, start_iter: int, infinite: bool) -> None:
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self.start_iter, self.infinite = start_iter, infinite
-
-    def __len__(self) -> int:
-        return -(-self.n // self.batch_size)
-
-    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
-        it, perm, perm_epoch = self.start_iter, None, -1
-        while self.infinite or it < len(self):
-            batch = []
-            for pos in range(it * self.batch_size, (it + 1) * self.batch_size):
-                epoch, offset = divmod(pos, self.n)
-                if epoch != perm_epoch:
-                    perm, perm_epoch = np.random.default_rng([self.seed, epoch]).permutation(self.n), epoch
-                batch.append((int(perm[offset]), sample_seed(self.seed, pos)))
-            yield batch
-            it += 1
-
-
-def make_train_loader(root: str | os.PathLike, batch_size: int, train_size: int = 640,
-                      crop_choices: Sequence[float] = SR_CROPS, workers: int = 2, seed: int = 0,
-                      min_face: float = 0.0, landmarks: str | os.PathLike | None = "auto",
-                      infinite: bool = True, start_iter: int = 0, flip: bool = True,
-                      photometric: bool = True, decoder: str = "torchvision") -> DataLoader:
-    """Training batches (see `collate`) of root's train split, reproducible by `seed`.
-
-    infinite=True: an endless iterator (the trainer counts iterations); batch i holds stream
-    positions [i * batch_size, (i + 1) * batch_size) over successive epoch permutations, and
-    start_iter resumes at batch i. infinite=False: ceil(N / batch_size) batches (one epoch; the
-    last batch is topped up from the next epoch's permutation, so every batch is full).
-    """
-    transform = build_train_transform(train_size, crop_choices, min_face, flip, photometric)
-    dataset = WiderFaceDataset(root, "train", transform, landmarks=landmarks, decoder=decoder)
-    sampler = _StreamSampler(len(dataset), batch_size, seed, start_iter, infinite)
-    return DataLoader(dataset, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-                      persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
