@@ -15,13 +15,7 @@ from detectors.spec import (AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, Ne
                             StageSpec)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small convs: intra-op threads only add contention on a shared 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny(block="basic", stem="deep", keypoints=True, norm="bn", shared=False, towers=True,
