@@ -264,6 +264,9 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], step: int, 
     class _StoreRows(tune.Callback):
         """Writes one row per finished trial from the driver process (atomic rewrite)."""
 
+        def on_step_end(self, iteration, trials, **info):
+            progress.tick()
+
         def on_trial_start(self, iteration, trials, trial, **info):
             progress.running = _running(trials, trial) + 1  # it may not be marked RUNNING yet
             progress.show()

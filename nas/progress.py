@@ -34,6 +34,7 @@ class Progress:
         self.best_ap = best_ap
         self._new = 0  # trials finished in this session (the ETA's rate excludes resumed ones)
         self._start = time.monotonic()
+        self._shown = self._start
         # Looked up at print time, not stored: Tune pickles its callbacks (and so this object).
         self._stream = stream
 
@@ -67,7 +68,14 @@ class Progress:
         return (f"step {self.step}: {self.done}/{self.total} done{failed}, {self.running} running"
                 f" | best hard AP {best} | {_duration(elapsed)} elapsed, ETA {_duration(self.eta())}")
 
+    def tick(self) -> None:
+        """Redraw between trial events so elapsed time and ETA keep moving: every second on a
+        terminal, every minute in a log."""
+        if time.monotonic() - self._shown >= (1.0 if self._tty else 60.0):
+            self.show()
+
     def show(self) -> None:
+        self._shown = time.monotonic()
         end = "\r" if self._tty else "\n"
         print(self.line().ljust(100 if self._tty else 0), end=end, file=self.stream, flush=True)
 
