@@ -4,7 +4,7 @@ This is the only module that imports Ray. A search run:
 
 1. writes RUN_DIR/config.yaml (resolved search config, seed, versions, git revision) first;
 2. per step, plans its specs once (RUN_DIR/plan/stepN.yaml; step 2 is drawn inside step 1's
-   bootstrap ranges, RUN_DIR/analysis/ranges_step1.csv) and runs every planned spec not yet
+   bootstrap ranges, RUN_DIR/plan/step2_ranges.csv) and runs every planned spec not yet
    in the table as one Ray Tune trial (`tune.Tuner`, `tune.with_resources`);
 3. records each finished trial as one row of RUN_DIR/trials.parquet/.csv from the driver
    process (a `tune.Callback`), atomically; a trial that raises or diverges is retried up to
@@ -147,7 +147,9 @@ def step2_ranges(store: RunStore, search: dict[str, Any]) -> dict[str, tuple[flo
     rows = [r for r in store.rows() if r["step"] == 1]
     if not rows:
         return None
-    path = store.run_dir / "analysis" / "ranges_step1.csv"
+    # Kept with the plan, not in analysis/: `facenas analyze` (maybe with another seed) rewrites
+    # analysis/ranges_step1.csv, and a resumed step 2 must keep the constraint it started with.
+    path = store.run_dir / "plan" / "step2_ranges.csv"
     if not path.is_file():
         table = pd.DataFrame(rows, columns=COLUMNS)
         if not (table["status"] == "ok").any():

@@ -133,6 +133,7 @@ def test_two_step_search_records_failed_trials_and_completes(tmp_path, data_dir,
     config = store.read_config()
     assert config["versions"]["torch"] and config["git_revision"] and config["seed"] == 3
     assert (out / "analysis" / "ranges_step1.csv").is_file()
+    assert (out / "plan" / "step2_ranges.csv").is_file()  # the constraint step 2 was drawn with
     assert (out / "analysis" / "report.md").is_file()
     exported = sorted((out / "export").glob("*.yaml"))
     best = table[table["status"] == "ok"].sort_values("ap_hard", ascending=False)
