@@ -22,6 +22,7 @@ from detectors.spec import DetectorSpec
 from nas.cli import main
 
 from _weights import randomise  # tests/_weights.py
+from _cli import one_line_error
 
 BNKPS = "experiments/models/scrfd_2.5g_bnkps.yaml"
 SMALL = "experiments/models/scrfd_0.5g.yaml"  # depthwise, GN head shared across strides, no kps
@@ -117,22 +118,16 @@ def test_gn_spec_without_keypoints_exports_raw(tmp_path, repo_root):
         assert np.abs(g - wt.numpy()).max() <= 1e-4
 
 
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
-def test_weights_of_another_spec_are_one_line_error(bnkps, tmp_path, repo_root, capsys):
+def test_weights_of_another_spec_areone_line_error(bnkps, tmp_path, repo_root, capsys):
     out = tmp_path / "m.onnx"
     code = main(["export-onnx", str(repo_root / SMALL), "--weights", str(bnkps[1]), "-o", str(out)])
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert code == 2 and "do not fit this spec" in err
     assert list(tmp_path.iterdir()) == []
 
 
-def test_size_not_multiple_of_stride_is_one_line_error(bnkps, tmp_path, repo_root, capsys):
+def test_size_not_multiple_of_stride_isone_line_error(bnkps, tmp_path, repo_root, capsys):
     code = main(["export-onnx", str(repo_root / BNKPS), "--weights", str(bnkps[1]),
                  "-o", str(tmp_path / "m.onnx"), "--size", "500"])
-    assert code == 2 and "multiple of the largest stride 32" in _one_line_error(capsys)
+    assert code == 2 and "multiple of the largest stride 32" in one_line_error(capsys)
     assert list(tmp_path.iterdir()) == []

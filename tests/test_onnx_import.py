@@ -21,6 +21,7 @@ from detectors.model import build
 from detectors.onnx_io import export_onnx, import_onnx_weights
 from detectors.spec import DetectorSpec
 from nas.cli import main
+from _cli import one_line_error
 
 SPEC = "experiments/models/scrfd_2.5g_bnkps.yaml"
 # Every 8th mini-val image (32 of 250, 32 different events): the full 250 at 640 take
@@ -94,37 +95,31 @@ def test_ap_matches_onnx_model_on_mini_val_subset(imported_model, scrfd_onnx, wi
     assert ap_onnx["easy"] > 0.8 and ap_onnx["hard"] > 0.4, ap_onnx
 
 
-def _one_line_error(capsys) -> str:
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    return err
-
-
-def test_spec_that_does_not_fit_is_one_line_error(scrfd_onnx, repo_root, tmp_path, capsys):
+def test_spec_that_does_not_fit_isone_line_error(scrfd_onnx, repo_root, tmp_path, capsys):
     out = tmp_path / "x.pt"
     code = main(["import-weights", str(scrfd_onnx), str(repo_root / "experiments/models/scrfd_0.5g.yaml"),
                  "-o", str(out)])
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     assert code == 2 and "conv 1 of 57" in err and "(12, 3, 3, 3)" in err and "(16, 3, 3, 3)" in err
     assert not out.exists()
 
 
-def test_onnx_of_another_model_is_one_line_error(repo_root, tmp_path, capsys):
+def test_onnx_of_another_model_isone_line_error(repo_root, tmp_path, capsys):
     """An ONNX export of another spec (scrfd_2.5g without keypoints, GN head) into bnkps."""
     other = build(DetectorSpec.from_yaml(repo_root / "experiments/models/scrfd_2.5g.yaml")).eval()
     path = export_onnx(other, tmp_path / "other.onnx", size=64)
     code = main(["import-weights", str(path), str(repo_root / SPEC), "-o", str(tmp_path / "x.pt")])
-    err = _one_line_error(capsys)
+    err = one_line_error(capsys)
     # Backbones agree; the first difference is in the head, which the message must name.
     assert code == 2 and "does not fit" in err and "head." in err, err
     assert not (tmp_path / "x.pt").exists()
 
 
-def test_file_that_is_not_onnx_is_one_line_error(repo_root, tmp_path, capsys):
+def test_file_that_is_not_onnx_isone_line_error(repo_root, tmp_path, capsys):
     bogus = tmp_path / "weights.onnx"
     bogus.write_text("not a model\n")
     code = main(["import-weights", str(bogus), str(repo_root / SPEC), "-o", str(tmp_path / "x.pt")])
-    assert code == 2 and "is not an ONNX model" in _one_line_error(capsys)
+    assert code == 2 and "is not an ONNX model" in one_line_error(capsys)
 
 
 def test_round_trip_through_our_own_bn_folded_export(tmp_path, repo_root):
