@@ -123,6 +123,41 @@ def test_faces_are_mostly_small_and_keypoints_sit_on_drawn_features(tmp_path):
     assert total >= 10 and darker / total > 0.8
 
 
+def test_face_scale_keeps_face_pixel_sizes_on_a_smaller_canvas(tmp_path):
+    """320-px images with face_scale 2 (the quick search's proxy set) hold faces of the 640-px
+    set's pixel sizes, and the hard threshold stays at 8 px (8 x 320/640 x 2)."""
+    kw = dict(num_train=40, num_val=12, seed=5, progress=False)
+    big = synthetic.generate(tmp_path / "big", image_size=640, **kw)
+    proxy = synthetic.generate(tmp_path / "proxy", image_size=320, face_scale=2, **kw)
+    default_half = synthetic.generate(tmp_path / "half", image_size=320, **kw)
+
+    def heights(root: Path) -> np.ndarray:
+        text = _parse_bbx(root / "wider_face_split" / "wider_face_train_bbx_gt.txt")
+        return np.concatenate([v[:, 3] for v in text.values()])
+
+    widths = {Image.open(p).size[0] for p in (proxy / "WIDER_train" / "images").rglob("*.jpg")}
+    assert widths == {320}
+    h_big, h_proxy, h_half = heights(big), heights(proxy), heights(default_half)
+    # same scene draws, faces sized alike: medians within 15 %, half-size set ~2x smaller
+    assert abs(np.median(h_proxy) / np.median(h_big) - 1) < 0.15
+    assert 1.7 < np.median(h_big) / np.median(h_half) < 2.3
+    info = json.loads((proxy / synthetic.MARKER).read_text())
+    assert info["face_scale"] == 2 and "face_scale" not in json.loads((big / synthetic.MARKER).read_text())
+    gt = scipy.io.loadmat(proxy / "eval_tools" / "ground_truth" / "wider_hard_val.mat")
+    text = _parse_bbx(proxy / "wider_face_split" / "wider_face_val_bbx_gt.txt")
+    kept = []
+    for e in range(len(synthetic.EVENTS)):
+        event = str(gt["event_list"][e, 0][0])
+        for j in range(gt["file_list"][e, 0].shape[0]):
+            rows = text[f"{event}/{gt['file_list'][e, 0][j, 0][0]}.jpg"]
+            idx = gt["gt_list"][e, 0][j, 0].astype(int).ravel() - 1
+            kept.append(rows[idx, 3])
+            assert {i for i, r in enumerate(rows) if r[7] == 0 and r[3] >= 8} == set(idx)
+    assert min(np.concatenate(kept)) >= 8
+    with pytest.raises(UserError, match="face scale"):
+        synthetic.generate(tmp_path / "bad", num_train=2, face_scale=0, progress=False)
+
+
 def test_generate_refuses_existing_dir_and_bad_sizes(tmp_path):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "x").write_text("keep me")

@@ -15,8 +15,11 @@ What an image holds (drawn with PIL, supersampled for small objects):
   (features shifted sideways, label pose=1 when strong); aspect 1.1-1.45 like WIDER boxes.
   Partial occlusion by a foreground object, per-face blur, per-image lighting.
 - scene types set the scale mix: crowd (many faces of 6-28 px), group (14-80 px), portrait
-  (60-260 px), at a 640-px-wide image; sizes scale with `image_size`. Most faces are under
-  32 px, as in WIDER FACE at VGA size (78.9 %, SCRFD Sec. 1).
+  (60-260 px), at a 640-px-wide image; sizes scale with `image_size` x `face_scale`. Most
+  faces are under 32 px, as in WIDER FACE at VGA size (78.9 %, SCRFD Sec. 1).
+- `face_scale` (default 1) multiplies face and distractor sizes and the evaluation/landmark
+  size thresholds: 320-px images with face_scale 2 hold faces of the 640-px set's pixel sizes
+  on a quarter of the canvas (the laptop search proxy: a quarter of the compute per image).
 
 Boxes are the axis-aligned bounds of the (rotated) face ellipse, written as integer
 `x y w h` like the official files. Attribute labels follow wider_face_split/readme.txt:
@@ -27,7 +30,7 @@ short side or more than 55 % covered (as WIDER flags unrecognisable faces).
 
 Evaluation sets (`gt_list`, 1-based indices into the image's boxes; nested by construction,
 hard ⊇ medium ⊇ easy, as the official ones):
-- hard:   valid faces with box height >= 8 px (x image_size / 640);
+- hard:   valid faces with box height >= 8 px (x image_size / 640 x face_scale);
 - medium: hard faces with height >= 24 px, occlusion < 2 and blur < 2;
 - easy:   medium faces with height >= 40 px, occlusion 0 and pose 0.
 Faces outside a setting's list are ignored by the official protocol (hits on them are
@@ -299,10 +302,9 @@ def _overlaps(box: np.ndarray, others: list[np.ndarray], limit: float) -> bool:
     return False
 
 
-def _place_faces(rng: np.random.Generator, scene: str, h: int, w: int) -> list[dict]:
+def _place_faces(rng: np.random.Generator, scene: str, h: int, w: int, scale: float) -> list[dict]:
     """Sample face geometry (centre, height, aspect, roll, yaw, box) without heavy overlap."""
     (n_lo, n_hi), (s_lo, s_hi) = _SCENES[scene]
-    scale = w / 640
     placed: list[dict] = []
     for _ in range(int(rng.integers(n_lo, n_hi + 1))):
         height = math.exp(rng.uniform(math.log(s_lo), math.log(s_hi))) * scale
@@ -326,10 +328,10 @@ def _blur_level(rng: np.random.Generator, height: float) -> int:
 
 
 def _draw_distractors(draw: ImageDraw.ImageDraw, rng: np.random.Generator, scene: str, h: int, w: int,
-                      boxes: list[np.ndarray]) -> None:
+                      boxes: list[np.ndarray], scale: float) -> None:
     (_n, (s_lo, s_hi)) = _SCENES[scene]
     for _ in range(int(rng.integers(3, 6 + len(boxes) // 2))):
-        size = math.exp(rng.uniform(math.log(s_lo), math.log(s_hi))) * w / 640
+        size = math.exp(rng.uniform(math.log(s_lo), math.log(s_hi))) * scale
         cx, cy = rng.uniform(0, w), rng.uniform(0, h)
         d = np.array([cx - size, cy - size, cx + size, cy + size])
         if not _overlaps(d, boxes, 0.05):
@@ -355,16 +357,18 @@ def _draw_face(canvas: Image.Image, draw: ImageDraw.ImageDraw, rng: np.random.Ge
     return face
 
 
-def _make_image(rng: np.random.Generator, event_idx: int, name: str, image_size: int) -> _Image:
+def _make_image(rng: np.random.Generator, event_idx: int, name: str, image_size: int,
+                face_scale: float = 1.0) -> _Image:
     """Draw one scene; returns its pixels and labelled faces."""
     w = image_size
+    scale = w / 640 * face_scale  # face sizes are given at a 640-px-wide image
     h = int(round(w * rng.choice([0.75, 1.0, 1.33])))
     scene = ["crowd", "group", "portrait"][rng.choice(3, p=_EVENT_SCENES[event_idx])]
     canvas = _background(rng, h, w)
     draw = ImageDraw.Draw(canvas)
     _draw_shapes(draw, rng, h, w, int(rng.integers(2, 9)))
-    geoms = _place_faces(rng, scene, h, w)
-    _draw_distractors(draw, rng, scene, h, w, [g["box"] for g in geoms])
+    geoms = _place_faces(rng, scene, h, w, scale)
+    _draw_distractors(draw, rng, scene, h, w, [g["box"] for g in geoms], scale)
     faces = [_draw_face(canvas, draw, rng, g) for g in geoms]
     light = _light_map(rng, h, w)
     for f in faces:
@@ -462,7 +466,8 @@ def _mat_bytes(images: list[_Image], scale: float, setting: str | None) -> bytes
 # --------------------------------------------------------------------------- public API
 
 
-def _split_images(split: str, count: int, image_size: int, seed: int, progress: bool) -> list[_Image]:
+def _split_images(split: str, count: int, image_size: int, seed: int, progress: bool,
+                  face_scale: float = 1.0) -> list[_Image]:
     """Draw `count` images, one independent generator each, in official (event) order."""
     from tqdm import tqdm
 
@@ -472,7 +477,8 @@ def _split_images(split: str, count: int, image_size: int, seed: int, progress: 
     for i in tqdm(order, desc=f"synthetic {split}", disable=not progress, file=None, leave=False):
         rng = np.random.default_rng([seed, code, i, GENERATOR_VERSION])
         e = i % len(EVENTS)
-        images.append(_make_image(rng, e, f"{e}_{EVENTS[e].split('--')[1]}_{split}_{i}", image_size))
+        images.append(_make_image(rng, e, f"{e}_{EVENTS[e].split('--')[1]}_{split}_{i}", image_size,
+                                  face_scale))
     return images
 
 
@@ -500,20 +506,26 @@ def _write_split(root: Path, split: str, images: list[_Image], scale: float) -> 
     return counts
 
 
-def _check(num_train: int, num_val: int, image_size: int) -> None:
+def _check(num_train: int, num_val: int, image_size: int, face_scale: float = 1.0) -> None:
+    if not 0.25 <= face_scale <= 4:
+        raise UserError(f"synthetic dataset: face scale must be in [0.25, 4] (got {face_scale:g})")
     if num_train < 1 or num_val < 1:
         raise UserError(f"synthetic dataset: need at least 1 train and 1 val image (got {num_train}, {num_val})")
     if not 128 <= image_size <= 4096:
         raise UserError(f"synthetic dataset: image size must be in [128, 4096] px (got {image_size})")
 
 
-def _generate_into(tmp: Path, num_train: int, num_val: int, image_size: int, seed: int, progress: bool) -> None:
+def _generate_into(tmp: Path, num_train: int, num_val: int, image_size: int, seed: int, progress: bool,
+                   face_scale: float = 1.0) -> None:
     (tmp / "wider_face_split").mkdir(parents=True)
-    scale = image_size / 640
+    scale = image_size / 640 * face_scale
     info = {"generator_version": GENERATOR_VERSION, "seed": seed, "image_size": image_size,
             "description": "facenas synthetic face dataset (see detectors/data/synthetic.py)"}
+    if face_scale != 1.0:  # absent at the default, so default roots stay byte-identical
+        info["face_scale"] = face_scale
     for split, n in (("train", num_train), ("val", num_val)):
-        info[split] = _write_split(tmp, split, _split_images(split, n, image_size, seed, progress), scale)
+        images = _split_images(split, n, image_size, seed, progress, face_scale)
+        info[split] = _write_split(tmp, split, images, scale)
     (tmp / MARKER).write_text(json.dumps(info, indent=1, sort_keys=True) + "\n")
 
 
@@ -527,21 +539,22 @@ def _temp_dir(final: Path, what: str) -> Path:
 
 
 def generate(out_dir: str | os.PathLike, num_train: int = DEFAULTS["num_train"], num_val: int | None = None,
-             image_size: int = DEFAULTS["image_size"], seed: int = DEFAULTS["seed"], progress: bool = True) -> Path:
+             image_size: int = DEFAULTS["image_size"], seed: int = DEFAULTS["seed"], progress: bool = True,
+             face_scale: float = 1.0) -> Path:
     """Write a synthetic dataset root in the official WIDER FACE layout at `out_dir`.
 
     `num_val` defaults to a quarter of `num_train` (at least 1); images are `image_size` px
-    wide. Built in a temporary sibling directory and renamed into place, so `out_dir` is
+    wide, faces sized as at 640 px times `image_size / 640 * face_scale`. Built in a temporary sibling directory and renamed into place, so `out_dir` is
     either absent or complete. Raises UserError if `out_dir` exists and is not empty.
     """
     out = Path(out_dir)
     num_val = max(1, num_train // 4) if num_val is None else num_val
-    _check(num_train, num_val, image_size)
+    _check(num_train, num_val, image_size, face_scale)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"synthetic dataset: {out} already exists and is not an empty directory")
     tmp = _temp_dir(out, "output directory")
     try:
-        _generate_into(tmp, num_train, num_val, image_size, seed, progress)
+        _generate_into(tmp, num_train, num_val, image_size, seed, progress, face_scale)
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700
         os.rename(tmp, out)  # atomic; also replaces an empty directory
     except BaseException:
@@ -558,20 +571,21 @@ def cache_dir() -> Path:
 
 def default_root(num_train: int = DEFAULTS["num_train"], num_val: int = DEFAULTS["num_val"],
                  image_size: int = DEFAULTS["image_size"], seed: int = DEFAULTS["seed"],
-                 progress: bool = True) -> Path:
+                 progress: bool = True, face_scale: float = 1.0) -> Path:
     """The embedded default dataset root, generated once into the cache directory.
 
     Named by generator version and parameters. Safe under concurrent callers (several Ray
     trials): each builds in its own temporary directory and renames it into place; a caller
     that finishes second finds the root complete and discards its copy.
     """
-    _check(num_train, num_val, image_size)
-    root = cache_dir() / f"synthetic-v{GENERATOR_VERSION}-n{num_train}-v{num_val}-s{image_size}-seed{seed}"
+    _check(num_train, num_val, image_size, face_scale)
+    faces = "" if face_scale == 1.0 else f"-f{face_scale:g}"
+    root = cache_dir() / f"synthetic-v{GENERATOR_VERSION}-n{num_train}-v{num_val}-s{image_size}{faces}-seed{seed}"
     if (root / MARKER).is_file():
         return root
     tmp = _temp_dir(root, "cache directory (set FACENAS_CACHE to a writable place)")
     try:
-        _generate_into(tmp, num_train, num_val, image_size, seed, progress)
+        _generate_into(tmp, num_train, num_val, image_size, seed, progress, face_scale)
         os.chmod(tmp, 0o755)
         os.rename(tmp, root)
     except OSError:
