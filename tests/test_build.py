@@ -160,3 +160,20 @@ def test_unshared_head_has_modules_per_stride():
     shared = build(dataclasses.replace(tiny(), head=dataclasses.replace(tiny().head,
                                                                        shared_across_strides=True)))
     assert len(shared.head.cls_preds) == 1 and len(shared.head.scales) == 3
+
+
+@pytest.mark.parametrize("block", ["basic", "bottleneck"])
+def test_residual_blocks_start_as_identity(block):
+    """SCRFD's ResNet zero-inits each residual branch's last norm (mmdet zero_init_residual):
+    a non-strided block with an identity shortcut maps its (post-ReLU, >= 0) input to itself,
+    while the first block of a stage (projection shortcut) does not."""
+    stages = tuple(StageSpec(block, 3, 8 * 2 ** i) for i in range(4))
+    spec = DetectorSpec(name="deep", backbone=BackboneSpec(stem_width=16, stages=stages),
+                        neck=NeckSpec("pafpn", 16), head=HeadSpec(channels=16, num_convs=1, gn_groups=8))
+    model = build(spec).eval()
+    x = torch.relu(torch.randn(2, stages[1].out_channels, 12, 12))
+    for later in model.backbone.stages[1][1:]:
+        torch.testing.assert_close(later(x), x, rtol=0, atol=0)
+    first = model.backbone.stages[1][0]
+    y = torch.relu(torch.randn(2, stages[0].out_channels, 24, 24))
+    assert first(y).abs().sum() > 0 and first(y).shape == (2, stages[1].out_channels, 12, 12)
