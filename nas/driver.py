@@ -107,8 +107,7 @@ def _versions() -> dict[str, str]:
 
 def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
     if opts.data is None:
-        from detectors.data.synthetic import default_root
-        data = Path(default_root())
+        data = presets.default_data(opts.space, opts.gflops, opts.budget)
     else:
         data = Path(opts.data)
     if not data.is_dir():

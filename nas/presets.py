@@ -17,15 +17,18 @@ from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from search_spaces.scrfd import ScrfdSpace, SpaceBounds, Step1Fixed
 
-__all__ = ["PRESET_DIR", "REGIMES", "SPACES", "build_space", "load_preset", "preset_path",
-           "resolve"]
+__all__ = ["PRESET_DIR", "REGIMES", "SPACES", "build_space", "default_data", "load_preset",
+           "preset_path", "resolve"]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments" / "search"
+# smoke / quick / paper for every regime; a preset's own `budgets:` is merged on top of it
+BUDGETS_FILE = PRESET_DIR / "budgets.yaml"
 SPACES = ("scrfd",)
 REGIMES = {"scrfd": (0.5, 2.5, 10.0, 34.0)}  # GFLOPs of the presets that exist
 _PRESET_KEYS = {"space", "gflops", "tolerance", "block", "template", "gn_groups", "bounds",
                 "step1", "step2", "top_k", "recipe", "retrain_recipe", "budgets"}
-_BUDGET_KEYS = {"num_samples", "max_iterations", "recipe"}
+_BUDGET_KEYS = {"num_samples", "max_iterations", "recipe", "synthetic"}
+_SYNTHETIC_KEYS = {"num_train", "num_val", "image_size", "face_scale", "seed"}
 
 
 def preset_path(space: str, gflops: float) -> Path:
@@ -52,7 +55,12 @@ def _load_yaml(path: Path) -> Any:
 
 
 def load_preset(path: Path) -> dict[str, Any]:
-    """Read a preset; relative `template`/`recipe` paths resolve against the preset's folder."""
+    """Read a preset; relative `template`/`recipe` paths resolve against the preset's folder.
+
+    Its `budgets` are the shared ones (BUDGETS_FILE) with the preset's own merged on top.
+    """
+    from nas.trial import merge
+
     preset = _mapping(_load_yaml(path), str(path))
     unknown = sorted(set(preset) - _PRESET_KEYS)
     if unknown:
@@ -61,12 +69,35 @@ def load_preset(path: Path) -> dict[str, Any]:
         value = preset.get(key)
         if isinstance(value, str):  # a path to a spec / a retraining config's recipe
             preset[key] = str((path.parent / value).resolve())
-    for name, budget in _mapping(preset.get("budgets", {}), f"{path}: budgets").items():
+    shared = _mapping(_load_yaml(BUDGETS_FILE), str(BUDGETS_FILE))
+    preset["budgets"] = merge(_mapping(shared.get("budgets", {}), f"{BUDGETS_FILE}: budgets"),
+                              _mapping(preset.get("budgets") or {}, f"{path}: budgets"))
+    for name, budget in preset["budgets"].items():
         extra = sorted(set(_mapping(budget, f"{path}: budgets.{name}")) - _BUDGET_KEYS)
         if extra:
             raise UserError(f"{path}: budgets.{name}: unknown key {extra[0]!r}; "
                             f"valid: {', '.join(sorted(_BUDGET_KEYS))}")
+        synthetic = _mapping(budget.get("synthetic", {}), f"{path}: budgets.{name}.synthetic")
+        extra = sorted(set(synthetic) - _SYNTHETIC_KEYS)
+        if extra:
+            raise UserError(f"{path}: budgets.{name}.synthetic: unknown key {extra[0]!r}; "
+                            f"valid: {', '.join(sorted(_SYNTHETIC_KEYS))}")
     return preset
+
+
+def default_data(space: str, gflops: float, budget: str, progress: bool = True) -> Path:
+    """The embedded synthetic dataset a budget searches on when no --data is given.
+
+    A budget may ask for its own variant (`synthetic:` in the preset, the arguments of
+    detectors.data.synthetic.default_root): `quick` uses 320-px images with faces of the
+    default set's pixel sizes, a quarter of the compute per image. Built once, then cached.
+    """
+    from detectors.data.synthetic import default_root
+
+    budgets = load_preset(preset_path(space, gflops)).get("budgets", {})
+    if budget not in budgets:
+        raise UserError(f"unknown budget {budget!r}; valid: {', '.join(budgets)}")
+    return Path(default_root(progress=progress, **dict(budgets.get(budget, {}).get("synthetic") or {})))
 
 
 def _template_dict(value: Any) -> dict[str, Any]:
