@@ -23,7 +23,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-samples", type=int, default=None,
                         help="specs per step (default: the budget's; paper 320)")
     parser.add_argument("--data", default=None,
-                        help="dataset root in the WIDER FACE layout (default: embedded synthetic)")
+                        help="dataset root in the WIDER FACE layout (default: the budget's embedded "
+                             "synthetic set; quick: the 320-px proxy set)")
     parser.add_argument("--out", default=None,
                         help="run directory (default runs/<space>-<gflops>g-<timestamp>)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
