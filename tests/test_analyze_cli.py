@@ -31,10 +31,10 @@ def _assert_same_ranges(path: Path, expected: pd.DataFrame) -> None:
     assert (got["n_models"] == expected["n_models"]).all()
 
 
-def test_cli_on_a_real_smoke_search_run_with_compare(tmp_path):
-    # search_run_smoke: the table of a real `facenas search --budget smoke --steps both` run
-    # (tests/fixtures/README.md); the notebook test reads the constructed two-step table.
-    run, other = _copy_run("search_run_smoke", tmp_path), _copy_run("search_run_b", tmp_path)
+def test_cli_on_a_real_quick_search_run_with_compare(tmp_path):
+    # search_run_quick: the table of a real `facenas search --space scrfd --gflops 2.5` run
+    # (quick budget; tests/fixtures/README.md); the notebook reads the constructed tables.
+    run, other = _copy_run("search_run_quick", tmp_path), _copy_run("search_run_b", tmp_path)
     result = subprocess.run([sys.executable, "-m", "nas.cli", "analyze", str(run), "--compare",
                              str(other), "--seed", "3"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
