@@ -34,6 +34,7 @@ class Progress:
         self.best_ap = best_ap
         self._new = 0  # trials finished in this session (the ETA's rate excludes resumed ones)
         self._start = time.monotonic()
+        self._last = self._start  # when the latest trial finished
         self._shown = self._start
         # Looked up at print time, not stored: Tune pickles its callbacks (and so this object).
         self._stream = stream
@@ -50,16 +51,20 @@ class Progress:
         self.running = running
         self.done += 1
         self._new += 1
+        self._last = time.monotonic()
         self.failed += int(failed)
         if ap_hard is not None and math.isfinite(ap_hard):
             self.best_ap = ap_hard if not math.isfinite(self.best_ap) else max(self.best_ap, ap_hard)
         self.show()
 
     def eta(self) -> float:
-        elapsed = time.monotonic() - self._start
+        """Seconds left: the rate up to the latest finished trial projects the step's end, and
+        the estimate counts down from there between events (a naive elapsed/done rate would
+        grow while long trials run)."""
         if self._new == 0:
             return math.nan
-        return elapsed / self._new * (self.total - self.done)
+        end = (self._last - self._start) / self._new * (self.total - self.done)
+        return max(0.0, end - (time.monotonic() - self._last))
 
     def line(self) -> str:
         failed = f" ({self.failed} failed)" if self.failed else ""

@@ -17,3 +17,20 @@ def test_status_line_counts_and_ticks_between_events():
     progress._shown -= 61  # a minute without events: the log gets a fresh line (elapsed, ETA)
     progress.tick()
     assert len(out.getvalue().splitlines()) == 3
+
+
+def test_eta_projects_from_the_last_finished_trial_and_counts_down(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr("nas.progress.time.monotonic", lambda: now[0])
+    progress = Progress(step=2, total=4, stream=io.StringIO())
+    assert progress.eta() != progress.eta()  # nothing finished yet: unknown (NaN)
+    now[0] += 150
+    progress.finished(0.3, running=1)
+    now[0] += 10
+    progress.finished(0.2, running=2)  # 2 done in 160 s -> 2 left take ~160 s
+    assert progress.eta() == 160
+    now[0] += 100  # a long trial still running: the estimate counts down, not up
+    assert progress.eta() == 60
+    assert "ETA 1m00s" in progress.line()
+    now[0] += 500  # overdue: never negative
+    assert progress.eta() == 0
