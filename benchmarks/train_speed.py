@@ -84,11 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     device = select_device()
     modes = {"fp32 NCHW": training_mode(device, fp32=True)}
     chosen = training_mode(device)
-    if chosen != modes["fp32 NCHW"]:  # on CPUs without bf16 the trainer picks fp32 NCHW itself
+    if chosen != modes["fp32 NCHW"]:
         modes["trainer's mode"] = chosen
     if args.all_modes and device.type == "cpu":
-        modes["fp32 channels_last"] = TrainingMode(device, True, None, False)
-        modes["bf16 channels_last"] = TrainingMode(device, True, torch.bfloat16, False)
+        for name, mode in (("fp32 channels_last", TrainingMode(device, True, None, False)),
+                           ("bf16 channels_last", TrainingMode(device, True, torch.bfloat16, False))):
+            if mode != chosen:
+                modes[name] = mode
     print(f"{config.spec.name}: batch {args.batch}, {threads} threads; trainer's mode here: "
           f"{chosen.describe()}")
     for size in args.sizes:

@@ -2,8 +2,10 @@
 
 On CUDA: mixed precision (bf16 autocast when the GPU supports it, else fp16 with a GradScaler).
 On CPU: channels_last + bf16 autocast when the CPU computes bf16 natively (AVX512-BF16 / AMX,
-probed through oneDNN); otherwise plain fp32 NCHW, which is what the measured CPU here
-(AVX2 only) runs fastest (benchmarks/train_speed.py).
+probed through oneDNN); otherwise fp32 channels_last. On the measured CPU (AVX2 only, 1
+thread, unloaded) fp32 channels_last was 1.00-1.24x the speed of NCHW in all 19 cases tried
+(published 0.5/2.5GF and sampled 2.5GF specs, 160-640 px), while emulated bf16 was 2-10x
+slower (benchmarks/train_speed.py --all-modes).
 """
 
 from __future__ import annotations
@@ -64,7 +66,7 @@ def cpu_supports_bf16() -> bool:
 
 
 def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
-    """The fastest sound numeric mode for `device` (`fp32=True` forces fp32 NCHW)."""
+    """The fastest sound numeric mode for `device` (`fp32=True` forces plain fp32 NCHW)."""
     if fp32:
         return TrainingMode(device, False, None, False)
     if device.type == "cuda":
@@ -73,7 +75,7 @@ def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
         return TrainingMode(device, True, torch.float16, True)
     if device.type == "cpu" and cpu_supports_bf16():
         return TrainingMode(device, True, torch.bfloat16, False)
-    return TrainingMode(device, False, None, False)
+    return TrainingMode(device, device.type == "cpu", None, False)
 
 
 def set_threads(n: int | None = None) -> int:

@@ -124,7 +124,10 @@ def test_memorisation_ap_rises_from_zero_to_half(widerface_mini, tmp_path):
     assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
 
 
-MEMO_ITERS = 300
+# With SCRFD's zero-init residual blocks this depth-1 net starts from its shortcuts and needs
+# more steps than with BN weights at 1: 300 iterations reached AP 0.96 before, 0.40-0.48 after;
+# 450 reach 0.65.
+MEMO_ITERS = 450
 MEMO_THREADS = 1
 
 
@@ -203,7 +206,7 @@ def test_device_mode_and_threads(monkeypatch):
     assert dev.set_threads() == len(os.sched_getaffinity(0)) == torch.get_num_threads()
     cpu = torch.device("cpu")
     monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: False)
-    assert dev.training_mode(cpu).describe() == "cpu fp32 NCHW"
+    assert dev.training_mode(cpu).describe() == "cpu fp32 channels_last"
     monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
     assert dev.training_mode(cpu).describe() == "cpu bfloat16 channels_last"
     assert dev.training_mode(cpu, fp32=True).describe() == "cpu fp32 NCHW"
