@@ -133,8 +133,9 @@ def init_weights(model: FaceDetector) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
     # SCRFD's ResNet keeps mmdet's zero_init_residual=True: each residual branch ends in a
-    # norm with weight 0, so every block starts as identity (Goyal et al. 2017). Deep sampled
-    # backbones (d_i up to 24) train much sooner from scratch this way.
+    # norm with weight 0, so every block starts as identity (Goyal et al. 2017), which eases
+    # training deep stacks (sampled d_i go up to 24) from scratch. Tiny shallow nets learn
+    # slower this way (tests/test_train.py's memorisation run needs more iterations).
     for m in model.backbone.modules():
         if isinstance(m, BasicBlock):
             nn.init.zeros_(m.conv2.norm.weight)
