@@ -94,10 +94,15 @@ def default_data(space: str, gflops: float, budget: str, progress: bool = True) 
     """
     from detectors.data.synthetic import default_root
 
-    budgets = load_preset(preset_path(space, gflops)).get("budgets", {})
-    if budget not in budgets:
-        raise UserError(f"unknown budget {budget!r}; valid: {', '.join(budgets)}")
-    return Path(default_root(progress=progress, **dict(budgets.get(budget, {}).get("synthetic") or {})))
+    chosen = _budget(load_preset(preset_path(space, gflops)), budget)
+    return Path(default_root(progress=progress, **dict(chosen.get("synthetic") or {})))
+
+
+def _budget(preset: dict[str, Any], name: str) -> dict[str, Any]:
+    budgets = preset["budgets"]
+    if name not in budgets:
+        raise UserError(f"unknown budget {name!r}; valid: {', '.join(budgets)}")
+    return budgets[name]
 
 
 def _template_dict(value: Any) -> dict[str, Any]:
@@ -119,10 +124,7 @@ def resolve(space: str, gflops: float, budget: str, *, num_samples: int | None, 
     """The resolved search config (plain data) from the regime's preset and the options."""
     path = preset_path(space, gflops)
     preset = load_preset(path)
-    budgets = preset.get("budgets", {})
-    if budget not in budgets:
-        raise UserError(f"unknown budget {budget!r}; valid: {', '.join(budgets)}")
-    chosen = budgets[budget]
+    chosen = _budget(preset, budget)
     samples = int(num_samples if num_samples is not None else chosen.get("num_samples", 8))
     if samples < 1:
         raise UserError(f"--num-samples must be at least 1, got {samples}")

@@ -544,8 +544,9 @@ def generate(out_dir: str | os.PathLike, num_train: int = DEFAULTS["num_train"],
     """Write a synthetic dataset root in the official WIDER FACE layout at `out_dir`.
 
     `num_val` defaults to a quarter of `num_train` (at least 1); images are `image_size` px
-    wide, faces sized as at 640 px times `image_size / 640 * face_scale`. Built in a temporary sibling directory and renamed into place, so `out_dir` is
-    either absent or complete. Raises UserError if `out_dir` exists and is not empty.
+    wide, faces sized as at 640 px times `image_size / 640 * face_scale`. Built in a temporary
+    sibling directory and renamed into place, so `out_dir` is either absent or complete.
+    Raises UserError if `out_dir` exists and is not empty.
     """
     out = Path(out_dir)
     num_val = max(1, num_train // 4) if num_val is None else num_val
