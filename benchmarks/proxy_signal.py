@@ -38,10 +38,7 @@ def _run(request_dict: dict) -> dict:
     from nas.trial import TrialRequest, run_trial
 
     request = TrialRequest(**request_dict)
-    start = time.perf_counter()
-    metrics = run_trial(request)
-    metrics["wall_time_s"] = time.perf_counter() - start
-    return {"spec_id": request.spec_id, "seed": request.seed, **metrics}
+    return {"spec_id": request.spec_id, "seed": request.seed, **run_trial(request)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     search = presets.resolve("scrfd", args.gflops, args.budget, num_samples=args.specs,
                              seed=args.sample_seed, steps="1", data=data, max_failures=0)
     overrides = merge(search["recipe_overrides"], yaml.safe_load(args.override) or {})
-    specs = presets.build_space(search).sample(args.specs, seed=args.sample_seed + 1000, step=1)
+    specs = presets.build_space(search).sample(args.specs, seed=presets.sample_seed(args.sample_seed, 1),
+                                                 step=1)
     out = Path(args.out or tempfile.mkdtemp(prefix="proxy_signal-"))
     requests = [TrialRequest(spec_id=s.id, spec_yaml=s.to_yaml(), step=1, seed=seed,
                              budget=args.budget, data_root=data,
@@ -105,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         noise = float(np.std(np.diff(table[args.seeds].to_numpy(), axis=1), ddof=1) / np.sqrt(2))
         spread = float(table["mean"].std(ddof=1))
         summary.update(spread=spread, seed_noise=noise, snr=spread / noise if noise > 0 else None)
-        print(f"spread between specs {spread:.4f} vs seed noise {noise:.4f} (ratio {spread / noise:.2f})")
+        print(f"spread between specs {spread:.4f} vs seed noise {noise:.4f} "
+              f"(ratio {'n/a' if noise == 0 else f'{spread / noise:.2f}'})")
     print(json.dumps(summary))
     return 0
 

@@ -175,7 +175,7 @@ def _plan(store: RunStore, search: dict[str, Any], step: int) -> list[DetectorSp
     space = presets.build_space(search)
     ranges = step2_ranges(store, search) if step == 2 else None
     t0 = time.perf_counter()
-    specs = space.sample(search["num_samples"], seed=search["seed"] + 1000 * step, step=step,
+    specs = space.sample(search["num_samples"], seed=presets.sample_seed(search["seed"], step), step=step,
                          ranges=ranges, exclude=store.read_plan(1) or [])
     print(f"step {step}: planned {len(specs)} specs in {time.perf_counter() - t0:.2f}s"
           + (f" within step-1 ranges {_fmt_ranges(ranges)}" if ranges else ""), file=sys.stderr)

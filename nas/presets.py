@@ -18,7 +18,7 @@ from detectors.spec import DetectorSpec
 from search_spaces.scrfd import ScrfdSpace, SpaceBounds, Step1Fixed
 
 __all__ = ["PRESET_DIR", "REGIMES", "SPACES", "build_space", "default_data", "load_preset",
-           "preset_path", "resolve"]
+           "preset_path", "resolve", "sample_seed"]
 
 PRESET_DIR = Path(__file__).resolve().parents[1] / "experiments" / "search"
 # smoke / quick / paper for every regime; a preset's own `budgets:` is merged on top of it
@@ -96,6 +96,11 @@ def default_data(space: str, gflops: float, budget: str, progress: bool = True) 
 
     chosen = _budget(load_preset(preset_path(space, gflops)), budget)
     return Path(default_root(progress=progress, **dict(chosen.get("synthetic") or {})))
+
+
+def sample_seed(search_seed: int, step: int) -> int:
+    """The sampler seed of a search step: steps draw independently, reproducibly per seed."""
+    return search_seed + 1000 * step
 
 
 def _budget(preset: dict[str, Any], name: str) -> dict[str, Any]:
