@@ -1,4 +1,8 @@
-"""ATSS label assignment (Zhang et al. 2020, as used by SCRFD), vectorised over a batch.
+"""Label assignment, vectorised over a batch: ATSS (Zhang et al. 2020, as SCRFD) and the
+max-IoU matcher of S3FD / BFBox / FANet (`iou_assign`). The recipe picks one by name
+(recipe.assigner.type, detectors.catalog.ASSIGNERS).
+
+ATSS:
 
 For every ground-truth box: take the `topk` anchors per pyramid level whose centres are
 closest to the box centre; their IoUs with the box give a threshold mean + std (unbiased, as
@@ -22,7 +26,7 @@ import torch
 from torch import Tensor
 from torchvision.ops import box_iou
 
-__all__ = ["Assignment", "atss_assign"]
+__all__ = ["Assignment", "atss_assign", "iou_assign", "atss_from_config", "iou_from_config"]
 
 # A centre must be this far (px) inside the box (mmdet ATSS's eps).
 _INSIDE_EPS = 0.01
@@ -119,3 +123,47 @@ def _assign_chunk(anchors: Tensor, level_sizes: list[int], gt_boxes: list[Tensor
     scores.scatter_(2, cand, torch.where(is_pos, cand_ious, torch.full_like(cand_ious, -1.0)))
     best, arg = scores.max(dim=1)  # (B, A)
     return torch.where(best >= 0, arg, torch.full_like(arg, -1))
+
+
+def iou_assign(
+    anchors_per_level: list[Tensor],
+    gt_boxes: list[Tensor],
+    gt_ignore: list[Tensor],
+    pos_iou: float = 0.35,
+) -> Assignment:
+    """S3FD's matcher: an anchor is positive for the box it overlaps most when that IoU is >=
+    `pos_iou` (0.35 in S3FD, BFBox and FANet); besides, every box takes its best-overlapping
+    anchor (so tiny faces get one). Anchors matched to ignore regions are ignored. Same
+    arguments and result as atss_assign."""
+    anchors = torch.cat(anchors_per_level)
+    batch, num = len(gt_boxes), anchors.shape[0]
+    matched = torch.full((batch, num), -1, dtype=torch.long, device=anchors.device)
+    for i, boxes in enumerate(gt_boxes):
+        if boxes.shape[0] == 0:
+            continue
+        ious = box_iou(anchors, boxes.to(device=anchors.device, dtype=anchors.dtype))  # (A, K)
+        best, arg = ious.max(dim=1)
+        m = torch.where(best >= pos_iou, arg, torch.full_like(arg, -1))
+        # each box's best anchor, in box order (a later box wins a shared anchor, as SSD)
+        best_anchor = ious.argmax(dim=0)  # (K,)
+        has_overlap = ious.max(dim=0).values > 0
+        k_idx = torch.arange(boxes.shape[0], device=anchors.device)
+        m[best_anchor[has_overlap]] = k_idx[has_overlap]
+        matched[i] = m
+    ignored = torch.zeros_like(matched, dtype=torch.bool)
+    for i, flags in enumerate(gt_ignore):
+        if flags.numel():
+            hit = matched[i] >= 0
+            ignored[i, hit] = flags.to(anchors.device)[matched[i, hit]]
+    positive = (matched >= 0) & ~ignored
+    return Assignment(matched=matched, positive=positive, ignored=ignored)
+
+
+def atss_from_config(anchors_per_level, gt_boxes, gt_ignore, config) -> Assignment:
+    """ATSS with the recipe's AssignerConfig (topk)."""
+    return atss_assign(anchors_per_level, gt_boxes, gt_ignore, config.topk)
+
+
+def iou_from_config(anchors_per_level, gt_boxes, gt_ignore, config) -> Assignment:
+    """The max-IoU matcher with the recipe's AssignerConfig (pos_iou)."""
+    return iou_assign(anchors_per_level, gt_boxes, gt_ignore, config.pos_iou)

@@ -90,24 +90,46 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class LossWeights:
-    """Quality focal loss (beta), DIoU box loss and smooth-L1 keypoint loss weights."""
+    """The loss (`type`, a name in detectors.catalog.LOSSES; 'scrfd' = quality focal loss +
+    DIoU + smooth-L1 keypoints) and its weights. `aux_weight` multiplies the loss of each
+    auxiliary prediction set a model returns (HeadOutputs.aux: ASFD's first shot, FANet's
+    hierarchy); `margin` is the classification margin of margin-based losses (ASFD's DRMC);
+    `neg_pos_ratio` the hard-negative mining ratio of SSD-style losses."""
 
     qfl_beta: float = 2.0
     cls_weight: float = 1.0
     box_weight: float = 2.0
     kps_weight: float = 0.1
     kps_beta: float = 1.0 / 9.0
+    type: str = "scrfd"
+    aux_weight: float = 1.0
+    margin: float = 0.0
+    neg_pos_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        from detectors.catalog import loss_fn
+
+        loss_fn(self.type)
 
 
 @dataclass(frozen=True)
 class AssignerConfig:
-    """ATSS: top-k candidates per pyramid level by centre distance."""
+    """Label assignment (`type`, a name in detectors.catalog.ASSIGNERS): 'atss' takes the
+    top-k candidates per pyramid level by centre distance (SCRFD); 'iou' is S3FD's max-IoU
+    matcher with positive IoU >= pos_iou plus each face's best anchor (BFBox, FANet: 0.35)."""
 
     topk: int = 9
+    type: str = "atss"
+    pos_iou: float = 0.35
 
     def __post_init__(self) -> None:
+        from detectors.catalog import assigner_fn
+
+        assigner_fn(self.type)
         if self.topk < 1:
             raise UserError(f"assigner.topk must be >= 1, not {self.topk}")
+        if not 0 < self.pos_iou <= 1:
+            raise UserError(f"assigner.pos_iou must be in (0, 1], not {self.pos_iou}")
 
 
 @dataclass(frozen=True)

@@ -15,10 +15,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from detectors.backbones import ConvNormAct
+from detectors.blocks.conv import ConvNormAct, DepthwiseSeparable
+from detectors.macs import Counter
 from detectors.spec import HeadSpec
 
-__all__ = ["Scale", "DepthwiseSeparable", "SCRFDHead", "NUM_KEYPOINTS"]
+__all__ = ["Scale", "DepthwiseSeparable", "SCRFDHead", "scrfd_head", "scrfd_head_cost", "NUM_KEYPOINTS"]
 
 NUM_KEYPOINTS = 5
 
@@ -32,18 +33,6 @@ class Scale(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * self.scale.to(x.dtype)
-
-
-class DepthwiseSeparable(nn.Module):
-    """3x3 depthwise conv+norm+ReLU then 1x1 pointwise conv+norm+ReLU (mmcv's names)."""
-
-    def __init__(self, cin: int, cout: int, norm: str, gn_groups: int) -> None:
-        super().__init__()
-        self.depthwise_conv = ConvNormAct(cin, cin, 3, groups=cin, norm=norm, gn_groups=gn_groups)
-        self.pointwise_conv = ConvNormAct(cin, cout, 1, norm=norm, gn_groups=gn_groups)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.pointwise_conv(self.depthwise_conv(x))
 
 
 def _tower(spec: HeadSpec, cin: int) -> nn.ModuleList:
@@ -104,3 +93,32 @@ class SCRFDHead(nn.Module):
         outs = [self.forward_level(x, i) for i, x in enumerate(feats)]
         cls, box, kps = (list(t) for t in zip(*outs))
         return cls, box, (kps if self.kps_preds is not None else None)
+
+
+def scrfd_head(spec: HeadSpec, in_channels: int, num_levels: int, num_anchors: int) -> SCRFDHead:
+    return SCRFDHead(spec, in_channels, num_levels, num_anchors)
+
+
+def _tower_cost(hs: HeadSpec, c: Counter, cin: int, h: int, w: int, params: bool) -> None:
+    for i in range(hs.num_convs):
+        ch = cin if i == 0 else hs.channels
+        if hs.depthwise:
+            c.conv(ch, ch, 3, 1, h, w, groups=ch, params=params)
+            c.conv(ch, hs.channels, 1, 1, h, w, params=params)
+        else:
+            c.conv(ch, hs.channels, 3, 1, h, w, params=params)
+
+
+def scrfd_head_cost(c: Counter, hs: HeadSpec, in_channels: int, sizes: list[tuple[int, int]],
+                    num_anchors: int) -> None:
+    """Cost of SCRFDHead over levels of `sizes` (H_l, W_l); shared modules' params once."""
+    feat = hs.channels if hs.num_convs else in_channels
+    outs = num_anchors * (1 + 4 + (2 * NUM_KEYPOINTS if hs.keypoints else 0))
+    towers = 1 if hs.shared_towers else 2
+    for lvl, (h, w) in enumerate(sizes):
+        own = lvl == 0 or not hs.shared_across_strides
+        for _ in range(towers):
+            _tower_cost(hs, c, in_channels, h, w, own)
+        c.conv(feat, outs, 3, 1, h, w, norm=False, act=False, params=own)
+    if hs.scale:
+        c.p += len(sizes)

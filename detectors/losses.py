@@ -11,6 +11,10 @@ mmdet's GFL head does (SCRFD's scrfd_head.py):
 - keypoints: smooth-L1 (beta 1/9) on the offsets (stride units) of positives whose face has
   valid landmarks, weighted by the predicted score like the box loss, divided by the sum of
   those weights; times the keypoint weight (0.1).
+
+Every loss a recipe can name (recipe.loss.type, detectors.catalog.LOSSES) takes one
+`LossInputs` and the recipe's LossWeights and returns parts with a 'total'; `scrfd_loss` is
+this module's.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import distance_box_iou_loss
 
-__all__ = ["quality_focal_loss", "aligned_iou", "Targets", "detection_loss"]
+__all__ = ["quality_focal_loss", "aligned_iou", "Targets", "detection_loss", "LossInputs",
+           "scrfd_loss"]
 
 
 def quality_focal_loss(logits: Tensor, quality: Tensor, beta: float = 2.0) -> Tensor:
@@ -107,3 +112,34 @@ def detection_loss(
     parts = {"cls": cls_weight * loss_cls, "box": box_weight * loss_box, "kps": kps_weight * loss_kps}
     parts["total"] = parts["cls"] + parts["box"] + parts["kps"]
     return parts
+
+
+@dataclass
+class LossInputs:
+    """What a recipe's loss (detectors.catalog.LOSSES) receives for one prediction set.
+
+    cls_logits (B, A), box_dists (B, A, 4) l/t/r/b in stride units, kps_offsets (B, A, 10) or
+    None: the model's outputs with all levels concatenated; positive / ignored (B, A) bool and
+    matched (B, A) long (box index per image, -1 none) from the assigner; targets: the
+    positives in `positive.nonzero()` order; anchors (A, 4) xyxy anchor boxes, points (A, 2),
+    strides (A,) of every anchor (anchor-based losses encode against them).
+    """
+
+    cls_logits: Tensor
+    box_dists: Tensor
+    kps_offsets: Tensor | None
+    positive: Tensor
+    ignored: Tensor
+    matched: Tensor
+    targets: Targets
+    anchors: Tensor
+    points: Tensor
+    strides: Tensor
+
+
+def scrfd_loss(inputs: LossInputs, weights) -> dict[str, Tensor]:
+    """SCRFD's loss (QFL + DIoU + smooth-L1 keypoints) with the recipe's LossWeights."""
+    return detection_loss(
+        inputs.cls_logits, inputs.box_dists, inputs.kps_offsets, inputs.positive, inputs.ignored,
+        inputs.targets, qfl_beta=weights.qfl_beta, cls_weight=weights.cls_weight,
+        box_weight=weights.box_weight, kps_weight=weights.kps_weight, kps_beta=weights.kps_beta)

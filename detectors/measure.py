@@ -14,7 +14,7 @@ from collections import defaultdict
 import torch
 from torch import nn
 
-from detectors.cost import COMPONENTS, ComponentCost, CostReport
+from detectors.cost import COMPONENTS, ComponentCost, CostReport, components_of
 
 __all__ = ["component_of", "measured_cost"]
 
@@ -76,5 +76,10 @@ def measured_cost(model: nn.Module, input_hw: tuple[int, int]) -> CostReport:
     params: dict[str, int] = defaultdict(int)
     for name, p in model.named_parameters():
         params[component_of(name)] += p.numel()
-    comps = {c: ComponentCost(params[c], macs[c], extra[c]) for c in COMPONENTS}
+    spec = getattr(model, "spec", None)
+    names = components_of(spec) if spec is not None else COMPONENTS
+    unknown = (set(params) | set(macs)) - set(names)
+    if unknown:  # a module outside the named components would be silently dropped
+        raise ValueError(f"modules outside the components {names}: {sorted(unknown)}")
+    comps = {c: ComponentCost(params[c], macs[c], extra[c]) for c in names}
     return CostReport(input_hw=(int(input_hw[0]), int(input_hw[1])), components=comps)

@@ -7,14 +7,14 @@ image (boxes xyxy in input pixels, after score threshold and NMS).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from detectors.anchors import anchor_points, anchor_strides
-from detectors.backbones import Backbone, BasicBlock, Bottleneck
-from detectors.heads import NUM_KEYPOINTS, SCRFDHead
+from detectors.backbones import Backbone
+from detectors.heads import NUM_KEYPOINTS
 from detectors.necks import build_neck
 from detectors.postprocess import distance_to_boxes, nms, offsets_to_keypoints
 from detectors.spec import DetectorSpec
@@ -36,6 +36,9 @@ class HeadOutputs:
     kps_offsets: list[torch.Tensor] | None
     strides: tuple[int, ...]
     feature_sizes: list[tuple[int, int]]
+    # Extra prediction sets trained beside the main one (e.g. ASFD's first shot, FANet's
+    # hierarchy levels), each weighted by recipe.loss.aux_weight; ignored at inference.
+    aux: list["HeadOutputs"] = field(default_factory=list)
 
 
 @dataclass
@@ -61,8 +64,10 @@ class FaceDetector(nn.Module):
         self.spec = spec
         self.backbone = Backbone(spec.backbone)
         self.neck = build_neck(spec.neck, spec.backbone.out_channels)
-        self.head = SCRFDHead(spec.head, spec.neck.channels, len(spec.anchors.strides),
-                              spec.anchors.num_anchors)
+        from detectors.catalog import head_entry
+
+        self.head = head_entry(spec.head.type).build(
+            spec.head, spec.neck.channels, len(spec.anchors.strides), spec.anchors.num_anchors)
 
     def forward(self, images: torch.Tensor) -> HeadOutputs:
         c = self.backbone(images)
@@ -126,7 +131,7 @@ def init_weights(model: FaceDetector) -> None:
             nn.init.normal_(m.weight, std=0.01)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-    for conv in model.head.cls_preds:
+    for conv in getattr(model.head, "cls_preds", ()):  # heads without one keep their own
         nn.init.constant_(conv.bias, CLS_BIAS_INIT)
     for m in model.modules():
         if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
@@ -136,11 +141,10 @@ def init_weights(model: FaceDetector) -> None:
     # norm with weight 0, so every block starts as identity (Goyal et al. 2017), which eases
     # training deep stacks (sampled d_i go up to 24) from scratch. Tiny shallow nets learn
     # slower this way (tests/test_train.py's memorisation run needs more iterations).
+    # Blocks with a residual branch say how (detectors/blocks: `zero_init_residual()`).
     for m in model.backbone.modules():
-        if isinstance(m, BasicBlock):
-            nn.init.zeros_(m.conv2.norm.weight)
-        elif isinstance(m, Bottleneck):
-            nn.init.zeros_(m.conv3.norm.weight)
+        if hasattr(m, "zero_init_residual"):
+            m.zero_init_residual()
 
 
 def build(spec: DetectorSpec) -> FaceDetector:

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import ConvNormAct
+from detectors.blocks.conv import ConvNormAct
+from detectors.macs import Counter
 from detectors.spec import NeckSpec
 
-__all__ = ["FPN", "PAFPN", "NECK_TYPES", "build_neck"]
+__all__ = ["FPN", "PAFPN", "fpn", "pafpn", "fpn_cost", "pafpn_cost", "build_neck"]
 
 
 def _convs(cins: list[int], cout: int, k: int, stride: int = 1) -> nn.ModuleList:
@@ -61,10 +62,36 @@ class PAFPN(FPN):
         return [inter[0]] + [conv(x) for conv, x in zip(self.pafpn_convs, inter[1:])]
 
 
-NECK_TYPES: dict[str, type[FPN]] = {"fpn": FPN, "pafpn": PAFPN}
+def fpn(spec: NeckSpec, in_channels: list[int]) -> FPN:
+    return FPN(in_channels, spec.channels)
 
 
-def build_neck(spec: NeckSpec, backbone_channels: tuple[int, ...]) -> FPN:
-    """backbone_channels: channels of C2..C5; the neck reads spec.in_levels of them."""
+def pafpn(spec: NeckSpec, in_channels: list[int]) -> PAFPN:
+    return PAFPN(in_channels, spec.channels)
+
+
+def fpn_cost(c: Counter, spec: NeckSpec, in_channels: list[int],
+             sizes: list[tuple[int, int]]) -> None:
+    """Cost of FPN over maps of `in_channels` at `sizes` (H_l, W_l)."""
+    n = spec.channels
+    for cin, (h, w) in zip(in_channels, sizes):
+        c.conv(cin, n, 1, 1, h, w, norm=False, act=False)  # lateral
+        c.conv(n, n, 3, 1, h, w, norm=False, act=False)  # fpn conv
+
+
+def pafpn_cost(c: Counter, spec: NeckSpec, in_channels: list[int],
+               sizes: list[tuple[int, int]]) -> None:
+    fpn_cost(c, spec, in_channels, sizes)
+    n = spec.channels
+    for h, w in sizes[:-1]:
+        c.conv(n, n, 3, 2, h, w, norm=False, act=False)  # bottom-up downsample
+    for h, w in sizes[1:]:
+        c.conv(n, n, 3, 1, h, w, norm=False, act=False)  # pafpn conv
+
+
+def build_neck(spec: NeckSpec, backbone_channels: tuple[int, ...]) -> nn.Module:
+    """backbone_channels: channels of C2, C3, ...; the neck reads spec.in_levels of them."""
+    from detectors.catalog import neck_entry
+
     cins = [backbone_channels[lv - 2] for lv in spec.in_levels]
-    return NECK_TYPES[spec.type](cins, spec.channels)
+    return neck_entry(spec.type).build(spec, cins)

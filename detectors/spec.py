@@ -14,10 +14,18 @@ Conventions (as SCRFD / mmdet):
 - block `basic` (two 3x3 convs), `bottleneck` (1x1, 3x3, 1x1; output width*4), `depthwise`
   (MobileNetV1 unit: 3x3 depthwise + 1x1 pointwise, no residual). Residual shortcuts that change
   shape use a 2x2 average pool (when striding) then a 1x1 conv + BN (ResNet-V1d/e "avg_down").
-- a stage's `width` is its planes (mmdet `stage_planes`); its output channels are width * 4 for
-  bottleneck and width otherwise.
-- backbone level k (C2..C5) has stride 2**k; the neck reads `in_levels` and its outputs have
-  strides 2**level, which must equal `anchors.strides`.
+- a stage's `width` is its planes (mmdet `stage_planes`); its output channels are width times
+  the block's expansion (4 for bottleneck, 1 otherwise). A stage's `block` is one name (every
+  layer) or a list of `depth` names, one per layer (a supernet path, e.g. BFBox).
+- a backbone has 1-6 stages; stage k (1-based) outputs level C_{k+1} at stride 2**(k+1); the
+  neck reads `in_levels` and its outputs have strides 2**level, which must equal
+  `anchors.strides`.
+
+Names of stems, blocks, necks and heads are the keys of detectors.catalog (each with its
+builder and analytic cost); an unknown name is a UserError listing the valid ones. A neck may
+carry `options`, a frozen dataclass of its own settings (the catalogue entry names its class).
+Fields added after the first release are written to YAML only when they differ from their
+default (`metadata={"omit_default": True}`), so the ids of earlier specs never change.
 """
 
 from __future__ import annotations
@@ -34,10 +42,8 @@ import yaml
 from detectors.errors import UserError
 
 __all__ = [
-    "BLOCKS",
-    "STEMS",
-    "NECKS",
     "NORMS",
+    "MAX_STAGES",
     "StageSpec",
     "BackboneSpec",
     "NeckSpec",
@@ -46,12 +52,17 @@ __all__ = [
     "DetectorSpec",
 ]
 
-BLOCKS = ("basic", "bottleneck", "depthwise")
-STEMS = ("deep", "mobilenet")
-NECKS = ("pafpn", "fpn")
 NORMS = ("gn", "bn")
-EXPANSION = {"basic": 1, "bottleneck": 4, "depthwise": 1}
 WIDTH_DIVISOR = 8
+MAX_STAGES = 6  # C2..C7 (strides 4..128: BFBox, ASFD, FANet)
+_OMIT_DEFAULT = {"omit_default": True}
+
+
+def _catalog():
+    # Imported on first validation, not at import time: the catalogue imports torch modules.
+    from detectors import catalog
+
+    return catalog
 
 
 def _is_int(v: Any) -> bool:
@@ -71,6 +82,11 @@ def _check_width(what: str, v: Any) -> None:
         raise UserError(f"{what} {v} is not divisible by {WIDTH_DIVISOR}")
 
 
+def _check_entry(what: str, v: Any, table: dict) -> None:
+    if not isinstance(v, str) or v not in table:
+        raise UserError(f"{what} {v!r} is not one of {', '.join(table)}")
+
+
 def _check_choice(what: str, v: Any, valid: tuple[str, ...]) -> None:
     if v not in valid:
         raise UserError(f"{what} {v!r} is not one of {', '.join(valid)}")
@@ -83,30 +99,36 @@ def _check_bool(what: str, v: Any) -> None:
 
 @dataclass(frozen=True)
 class StageSpec:
-    """One backbone stage: `depth` blocks of type `block` with `width` planes."""
+    """One backbone stage: `depth` blocks with `width` planes; `block` is one catalogue block
+    name for every layer, or a tuple of `depth` names (one per layer)."""
 
-    block: str
+    block: str | tuple[str, ...]
     depth: int
     width: int
 
     @property
+    def layer_blocks(self) -> tuple[str, ...]:
+        """The block name of each layer."""
+        return self.block if isinstance(self.block, tuple) else (self.block,) * self.depth
+
+    @property
     def out_channels(self) -> int:
-        return self.width * EXPANSION[self.block]
+        return self.width * _catalog().block_entry(self.layer_blocks[-1]).expansion
 
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """Stem plus exactly four stages (C2..C5)."""
+    """Stem plus 1-6 stages (C2, C3, ...; SCRFD's ResNets have four, C2..C5)."""
 
     stem_width: int
     stages: tuple[StageSpec, ...]
     stem: str = "deep"
 
     def __post_init__(self) -> None:
-        _check_choice("backbone stem", self.stem, STEMS)
+        _check_entry("backbone stem", self.stem, _catalog().STEMS)
         _check_width("backbone stem_width", self.stem_width)
-        if not isinstance(self.stages, tuple) or len(self.stages) != 4:
-            raise UserError(f"backbone needs exactly 4 stages, got {_len(self.stages)}")
+        if not isinstance(self.stages, tuple) or not 1 <= len(self.stages) <= MAX_STAGES:
+            raise UserError(f"backbone needs 1 to {MAX_STAGES} stages, got {_len(self.stages)}")
         for i, st in enumerate(self.stages, start=1):
             _validate_stage(i, st)
 
@@ -115,13 +137,25 @@ class BackboneSpec:
         """Channels of C2..C5."""
         return tuple(st.out_channels for st in self.stages)
 
+    @property
+    def levels(self) -> tuple[int, ...]:
+        """Levels of the stage outputs (2 = C2, stride 4)."""
+        return tuple(range(2, 2 + len(self.stages)))
+
 
 def _validate_stage(i: int, st: Any) -> None:
     """Messages number stages from 1 (stage 1 = C2)."""
     if not isinstance(st, StageSpec):
         raise UserError(f"stage {i} must be a StageSpec, got {type(st).__name__}")
-    _check_choice(f"stage {i} block", st.block, BLOCKS)
     _check_int(f"stage {i} depth", st.depth, 1)
+    blocks = _catalog().BLOCKS
+    if isinstance(st.block, tuple):
+        if len(st.block) != st.depth:
+            raise UserError(f"stage {i} lists {len(st.block)} blocks but has depth {st.depth}")
+        for j, name in enumerate(st.block):
+            _check_entry(f"stage {i} block[{j}]", name, blocks)
+    else:
+        _check_entry(f"stage {i} block", st.block, blocks)
     _check_width(f"stage {i} width", st.width)
 
 
@@ -134,20 +168,32 @@ def _len(x: Any) -> Any:
 
 @dataclass(frozen=True)
 class NeckSpec:
-    """Feature pyramid over backbone levels `in_levels` (2..5 = C2..C5), `channels` wide."""
+    """Feature pyramid over backbone levels `in_levels` (2 = C2 ...), `channels` wide.
+
+    `options`: the neck type's own settings (an instance of its catalogue entry's `options`
+    dataclass, e.g. a searched FPN's merge choices), None for types without any.
+    """
 
     type: str
     channels: int
     in_levels: tuple[int, ...] = (3, 4, 5)
+    options: Any = field(default=None, metadata=_OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
-        _check_choice("neck type", self.type, NECKS)
+        entry = _catalog().neck_entry(self.type) if isinstance(self.type, str) else None
+        _check_entry("neck type", self.type, _catalog().NECKS)
         _check_width("neck channels", self.channels)
         lv = self.in_levels
         if not isinstance(lv, tuple) or not lv or not all(_is_int(x) for x in lv):
             raise UserError(f"neck in_levels must be a non-empty list of integers, got {lv!r}")
-        if lv[0] < 2 or lv[-1] > 5 or list(lv) != list(range(lv[0], lv[0] + len(lv))):
-            raise UserError(f"neck in_levels {list(lv)} must be consecutive levels within 2..5")
+        top = 1 + MAX_STAGES
+        if lv[0] < 2 or lv[-1] > top or list(lv) != list(range(lv[0], lv[0] + len(lv))):
+            raise UserError(f"neck in_levels {list(lv)} must be consecutive levels within 2..{top}")
+        want = entry.options
+        if want is None and self.options is not None:
+            raise UserError(f"neck type {self.type!r} takes no options")
+        if want is not None and not isinstance(self.options, want):
+            raise UserError(f"neck type {self.type!r} needs options ({want.__name__})")
 
 
 @dataclass(frozen=True)
@@ -169,8 +215,10 @@ class HeadSpec:
     shared_towers: bool = True
     scale: bool = True
     keypoints: bool = False
+    type: str = field(default="scrfd", metadata=_OMIT_DEFAULT)
 
     def __post_init__(self) -> None:
+        _check_entry("head type", self.type, _catalog().HEADS)
         _check_width("head channels", self.channels)
         _check_int("head num_convs", self.num_convs, 0)
         _check_choice("head norm", self.norm, NORMS)
@@ -237,6 +285,10 @@ class DetectorSpec:
         s = self.input_size
         if not isinstance(s, tuple) or len(s) != 2 or not all(_is_int(x) and x >= 32 for x in s):
             raise UserError(f"input_size must be [height, width] integers >= 32, got {s!r}")
+        if self.neck.in_levels[-1] > self.backbone.levels[-1]:
+            raise UserError(
+                f"neck in_levels {list(self.neck.in_levels)} reach beyond the backbone's levels "
+                f"{list(self.backbone.levels)} ({len(self.backbone.stages)} stages)")
         expected = tuple(2**lv for lv in self.neck.in_levels)
         if self.anchors.strides != expected:
             raise UserError(
@@ -319,13 +371,20 @@ def _dump_yaml(data: dict[str, Any]) -> str:
 def _to_plain(obj: Any, flow: bool = False) -> Any:
     """Dataclasses -> dicts, tuples -> lists; `flow` marks values for one-line YAML."""
     if dataclasses.is_dataclass(obj):
-        d = {f.name: _to_plain(getattr(obj, f.name), flow) for f in dataclasses.fields(obj)}
+        d = {f.name: _to_plain(getattr(obj, f.name), flow) for f in dataclasses.fields(obj)
+             if not (f.metadata.get("omit_default") and getattr(obj, f.name) == _default(f))}
         return _FlowDict(d) if flow and isinstance(obj, StageSpec) else d
     if isinstance(obj, tuple):
         items = [_to_plain(x, flow) for x in obj]
         scalars = all(not isinstance(x, (dict, list)) for x in items)
         return _FlowList(items) if flow and scalars else items
     return obj
+
+
+def _default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return f.default
 
 
 # ---- parsing plain data into specs ------------------------------------------------------
@@ -362,9 +421,56 @@ def _stages(what: str, v: Any) -> tuple:
     return tuple(stages)
 
 
+def _block_names(what: str, v: Any) -> Any:
+    return tuple(v) if isinstance(v, list) else v
+
+
+def _nested_tuple(what: str, v: Any) -> Any:
+    """YAML lists (of lists ...) -> tuples (of tuples ...)."""
+    if isinstance(v, list):
+        return tuple(_nested_tuple(what, x) for x in v)
+    return v
+
+
+def _neck(what: str, v: Any) -> NeckSpec:
+    """A NeckSpec; `options` is parsed with the class its type's catalogue entry names."""
+    if isinstance(v, dict) and "options" in v:
+        rest = {k: x for k, x in v.items() if k != "options"}
+        neck_type = rest.get("type")
+        cat = _catalog()
+        try:
+            entry = cat.neck_entry(neck_type)
+        except UserError as err:
+            raise _located(f"{what}: {err}", _join(what, "type")) from None
+        if entry.options is None:
+            raise _located(f"{what}: neck type {neck_type!r} takes no options",
+                           _join(what, "options"))
+        rest["options"] = _parse(entry.options, v["options"], _join(what, "options"))
+        return _parse(NeckSpec, rest, what, converted={"options"})
+    return _parse(NeckSpec, v, what)
+
+
+def _generic_converters(cls: type) -> dict[str, Callable[[str, Any], Any]]:
+    """Converters of a catalogue options dataclass from its type hints: tuples from lists,
+    floats from numbers, nested dataclasses parsed (so neck options need no table here)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    out: dict[str, Callable[[str, Any], Any]] = {}
+    for f in dataclasses.fields(cls):
+        hint = hints.get(f.name)
+        if dataclasses.is_dataclass(hint):
+            out[f.name] = lambda w, v, h=hint: _parse(h, v, w)
+        elif hint is float:
+            out[f.name] = _as_float
+        elif typing.get_origin(hint) is tuple or hint is tuple:
+            out[f.name] = _nested_tuple
+    return out
+
+
 # field name -> converter from YAML value (anything not listed is taken as is)
 _CONVERTERS: dict[type, dict[str, Callable[[str, Any], Any]]] = {
-    StageSpec: {},
+    StageSpec: {"block": _block_names},
     BackboneSpec: {"stages": _stages},
     NeckSpec: {"in_levels": _list_of(_plain)},
     HeadSpec: {},
@@ -376,7 +482,7 @@ _CONVERTERS: dict[type, dict[str, Callable[[str, Any], Any]]] = {
     },
     DetectorSpec: {
         "backbone": lambda w, v: _parse(BackboneSpec, v, w),
-        "neck": lambda w, v: _parse(NeckSpec, v, w),
+        "neck": _neck,
         "head": lambda w, v: _parse(HeadSpec, v, w),
         "anchors": lambda w, v: _parse(AnchorSpec, v, w),
         "input_size": _list_of(_plain),
@@ -391,7 +497,7 @@ def _located(message: str, path: str) -> UserError:
     return err
 
 
-def _parse(cls: type, data: Any, where: str) -> Any:
+def _parse(cls: type, data: Any, where: str, converted: frozenset | set = frozenset()) -> Any:
     label = where or "the spec"
     if not isinstance(data, dict):
         raise _located(f"{label} must be a mapping of keys to values, got {data!r}", where)
@@ -409,9 +515,12 @@ def _parse(cls: type, data: Any, where: str) -> Any:
     for name in required:
         if name not in data:
             raise _located(f"missing key {_join(where, name)!r}", where)
-    convs = _CONVERTERS[cls]
+    convs = _CONVERTERS.get(cls) or _generic_converters(cls)
     kwargs = {}
     for k, v in data.items():
+        if k in converted:
+            kwargs[k] = v
+            continue
         try:
             kwargs[k] = convs.get(k, _plain)(_join(where, k), v)
         except UserError as err:

@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import random
 
-from detectors.spec import (BLOCKS, NECKS, AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec,
-                            NeckSpec, StageSpec)
+from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
+
+# The SCRFD family's entries; families with their own spaces sample their own entries.
+BLOCKS = ("basic", "bottleneck", "depthwise")
+NECKS = ("pafpn", "fpn")
 
 __all__ = ["random_spec"]
 

@@ -3,8 +3,10 @@
     result = train(config, data_root, out_dir)          # TrainConfig, WIDER-layout root
 
 Per iteration: a seeded batch (detectors.batches) -> forward in the device's training mode
-(detectors.device) -> ATSS assignment (detectors.assign) -> QFL + DIoU + keypoint losses
-(detectors.losses) -> SGD step with linear warm-up and step decay. Writes into out_dir:
+(detectors.device) -> the recipe's assigner (ATSS by default) -> its loss (SCRFD's QFL + DIoU
++ keypoints by default; both named in detectors.catalog), plus the loss of any auxiliary
+prediction sets -> SGD step with linear warm-up and step decay. `TrainHooks` extend the loop
+(supernet path sampling, architecture steps) without a second copy of it. Writes into out_dir:
 
 - config.yaml: the resolved config (spec inline + recipe) and, under `run:`, provenance
   (package versions, git revision, device mode, data root); `load_config` reads it back;
@@ -38,16 +40,52 @@ import yaml
 from tqdm import tqdm
 
 from detectors.anchors import anchor_boxes, anchor_points, anchor_strides
-from detectors.assign import Assignment, atss_assign
+from detectors.assign import Assignment
 from detectors.batches import SeededBatches
 from detectors.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detectors.config import Recipe, TrainConfig, schedule_in_iterations
 from detectors.device import TrainingMode, select_device, set_threads, training_mode
 from detectors.errors import UserError
-from detectors.losses import Targets, detection_loss
-from detectors.model import build
+from detectors.losses import LossInputs, Targets
+from detectors.model import HeadOutputs, build
 
-__all__ = ["train", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT", "METRICS", "CONFIG"]
+__all__ = ["train", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
+           "METRICS", "CONFIG"]
+
+
+class TrainHooks:
+    """The loop's extension points, for training that is more than one fixed network (a
+    supernet's per-iteration path, a DARTS architecture step). Override what you need; the
+    defaults train `build(config.spec)` plainly. A hook's state rides in the checkpoint, so a
+    resumed run continues exactly.
+
+    The model a hook builds must have `.spec` (its anchors drive assignment) and return
+    HeadOutputs; `after_step` may run extra forwards through `loop.loss(batch)`.
+    """
+
+    def build_model(self, config: TrainConfig) -> torch.nn.Module:
+        return build(config.spec)
+
+    def parameters(self, model: torch.nn.Module):
+        """What SGD trains (a DARTS hook leaves its architecture parameters out)."""
+        return model.parameters()
+
+    def before_step(self, iteration: int, model: torch.nn.Module) -> None:
+        """Called before iteration `iteration`'s forward (e.g. sample a supernet path)."""
+
+    def after_step(self, iteration: int, loop: "_Loop") -> dict[str, float]:
+        """Called after the SGD step; returns extra metrics for metrics.jsonl."""
+        return {}
+
+    def identity(self) -> dict[str, Any]:
+        """Plain data a resumed run must match (e.g. the supernet's definition)."""
+        return {}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what state_dict returned."""
 
 CHECKPOINT, METRICS, CONFIG = "checkpoint.pt", "metrics.jsonl", "config.yaml"
 
@@ -115,29 +153,44 @@ def _targets(batch: dict, assignment: Assignment, anchors: _Anchors) -> Targets:
                    points=anchors.points[anchor_idx], strides=anchors.strides[anchor_idx])
 
 
+def _prediction_loss(out: HeadOutputs, batch: dict, recipe: Recipe, spec, device,
+                     cache: dict) -> tuple[dict, int]:
+    """The recipe's assigner + loss on one prediction set; (loss parts, positives)."""
+    from detectors.catalog import assigner_fn, loss_fn
+
+    key = (tuple(out.feature_sizes), spec.anchors)
+    if key not in cache:
+        cache[key] = _anchors_for(spec, out.feature_sizes, device)
+    anchors = cache[key]
+    boxes = [b.to(device) for b in batch["boxes"]]
+    with torch.no_grad():
+        assignment = assigner_fn(recipe.assigner.type)(anchors.per_level, boxes, batch["ignore"],
+                                                       recipe.assigner)
+    inputs = LossInputs(
+        cls_logits=torch.cat(out.cls_logits, 1)[..., 0], box_dists=torch.cat(out.box_dists, 1),
+        kps_offsets=torch.cat(out.kps_offsets, 1) if out.kps_offsets is not None else None,
+        positive=assignment.positive, ignored=assignment.ignored, matched=assignment.matched,
+        targets=_targets(batch, assignment, anchors), anchors=torch.cat(anchors.per_level),
+        points=anchors.points, strides=anchors.strides)
+    return loss_fn(recipe.loss.type)(inputs, recipe.loss), int(assignment.positive.sum())
+
+
 def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict) -> tuple[dict, int]:
-    """Forward + loss for one batch; returns (loss parts, number of positives)."""
+    """Forward + loss for one batch; returns (loss parts, number of positives).
+
+    Auxiliary prediction sets (HeadOutputs.aux) add recipe.loss.aux_weight times their loss;
+    their parts are logged as aux<k>_<part>."""
     images = batch["image"].to(mode.device, non_blocking=True)
     if mode.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
     with mode.autocast():
         out = model(images)
-    key = tuple(out.feature_sizes)
-    if key not in cache:
-        cache[key] = _anchors_for(model.spec, out.feature_sizes, mode.device)
-    anchors = cache[key]
-    boxes = [b.to(mode.device) for b in batch["boxes"]]
-    with torch.no_grad():
-        assignment = atss_assign(anchors.per_level, boxes, batch["ignore"], recipe.assigner.topk)
-    cls = torch.cat(out.cls_logits, 1)[..., 0]
-    dists = torch.cat(out.box_dists, 1)
-    kps = torch.cat(out.kps_offsets, 1) if out.kps_offsets is not None else None
-    loss = recipe.loss
-    parts = detection_loss(
-        cls, dists, kps, assignment.positive, assignment.ignored, _targets(batch, assignment, anchors),
-        qfl_beta=loss.qfl_beta, cls_weight=loss.cls_weight, box_weight=loss.box_weight,
-        kps_weight=loss.kps_weight, kps_beta=loss.kps_beta)
-    return parts, int(assignment.positive.sum())
+    parts, num_pos = _prediction_loss(out, batch, recipe, model.spec, mode.device, cache)
+    for k, aux in enumerate(out.aux):
+        aux_parts, _ = _prediction_loss(aux, batch, recipe, model.spec, mode.device, cache)
+        parts.update({f"aux{k}_{name}": v for name, v in aux_parts.items()})
+        parts["total"] = parts["total"] + recipe.loss.aux_weight * aux_parts["total"]
+    return parts, num_pos
 
 
 def _git_revision() -> str:
@@ -178,7 +231,8 @@ def _write_text(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool) -> dict | None:
+def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
+                     hooks: TrainHooks) -> dict | None:
     """Checks the run directory; returns the checkpoint to resume from (or None)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / CHECKPOINT
@@ -193,6 +247,9 @@ def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool) -> dict |
     if state.get("spec") != config.spec.to_dict() or state.get("recipe") != config.recipe.to_dict():
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with a different "
                         f"spec or recipe than this config (see {out_dir / CONFIG})")
+    if state.get("hooks_identity", {}) != hooks.identity():
+        raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with another "
+                        "supernet or search setting than this run")
     return state
 
 
@@ -229,9 +286,9 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     _write_text(path, "".join(l + "\n" for l in kept))
 
 
-def _optimiser(model: torch.nn.Module, recipe: Recipe, milestones: tuple[int, ...]):
+def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):
     s = recipe.schedule
-    opt = torch.optim.SGD(model.parameters(), lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: lr_factor(it, s.warmup_iters, s.warmup_ratio, milestones, s.gamma))
     return opt, sched
@@ -247,13 +304,19 @@ class _Loop:
     opt: torch.optim.Optimizer
     sched: Any
     scaler: Any
+    hooks: TrainHooks = field(default_factory=TrainHooks)
     cache: dict = field(default_factory=dict)
 
-    def iteration(self, batch: dict) -> tuple[dict[str, float], int, bool]:
-        """One SGD step; returns (loss parts as floats, positives, finite). A non-finite loss
-        leaves the model untouched."""
+    def loss(self, batch: dict) -> tuple[dict, int]:
+        """Forward + the recipe's loss on `batch` (tensors with graph; for hooks)."""
+        return _step(self.model, batch, self.recipe, self.mode, self.cache)
+
+    def iteration(self, batch: dict, it: int = 0) -> tuple[dict[str, float], int, bool]:
+        """One SGD step (with the hooks around it); returns (loss parts as floats, positives,
+        finite). A non-finite loss leaves the model untouched."""
+        self.hooks.before_step(it, self.model)
         self.opt.zero_grad(set_to_none=True)
-        parts, num_pos = _step(self.model, batch, self.recipe, self.mode, self.cache)
+        parts, num_pos = self.loss(batch)
         values = {k: float(v.detach()) for k, v in parts.items()}
         if not all(np.isfinite(v) for v in values.values()):
             return values, num_pos, False
@@ -261,20 +324,22 @@ class _Loop:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
+        values.update(self.hooks.after_step(it, self))
         return values, num_pos, True
 
 
-def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp32: bool):
+def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp32: bool,
+           hooks: TrainHooks):
     recipe = config.recipe
     mode = training_mode(select_device(device), fp32=fp32)
     _seed_everything(recipe.seed)
     batches = SeededBatches(data_root, recipe)
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
-    model = build(config.spec).to(mode.device)
+    model = hooks.build_model(config).to(mode.device)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    opt, sched = _optimiser(model, recipe, milestones)
+    opt, sched = _optimiser(hooks.parameters(model), recipe, milestones)
     scaler = torch.amp.GradScaler(mode.device.type, enabled=mode.grad_scaler)
     start = 0
     if state is not None:
@@ -285,7 +350,8 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
             scaler.load_state_dict(state["scaler"])
         start = int(state["iteration"])
         _restore_rng(state["rng"], batches)
-    return _Loop(model, recipe, mode, opt, sched, scaler), batches, total, start
+        hooks.load_state_dict(state.get("hooks", {}))
+    return _Loop(model, recipe, mode, opt, sched, scaler, hooks), batches, total, start
 
 
 def _save(loop: _Loop, config: TrainConfig, batches: SeededBatches, iteration: int, path: Path) -> None:
@@ -293,7 +359,8 @@ def _save(loop: _Loop, config: TrainConfig, batches: SeededBatches, iteration: i
         "spec": config.spec.to_dict(), "model": loop.model.state_dict(),
         "optimizer": loop.opt.state_dict(), "scheduler": loop.sched.state_dict(),
         "scaler": loop.scaler.state_dict(), "iteration": iteration,
-        "rng": _rng_state(batches), "recipe": config.recipe.to_dict()})
+        "rng": _rng_state(batches), "recipe": config.recipe.to_dict(),
+        "hooks": loop.hooks.state_dict(), "hooks_identity": loop.hooks.identity()})
 
 
 def train(
@@ -308,20 +375,23 @@ def train(
     max_iterations: int | None = None,
     checkpoint_every: int | None = None,
     fp32: bool = False,
+    hooks: TrainHooks | None = None,
 ) -> TrainResult:
     """Train `config` on the train split of `data_root` into `out_dir` (see module docstring).
 
     max_iterations stops early (the schedule still spans the whole recipe, so a later
     `resume=True` continues it); checkpoint_every defaults to a tenth of the run (<= 500
     iterations); fp32 forces fp32 NCHW instead of the device's fastest mode. Raises
-    TrainingDiverged on a NaN/inf loss and UserError for bad inputs.
+    TrainingDiverged on a NaN/inf loss and UserError for bad inputs. `hooks` (TrainHooks)
+    change what is trained and add work around each step (supernets, DARTS).
     """
+    hooks = hooks or TrainHooks()
     out_dir, data_root = Path(out_dir), Path(data_root)
     if not data_root.is_dir():
         raise UserError(f"dataset root not found: {data_root}")
     threads = set_threads(num_threads)
-    state = _prepare_out_dir(out_dir, config, resume)
-    loop, batches, total, start = _setup(config, data_root, state, device, fp32)
+    state = _prepare_out_dir(out_dir, config, resume, hooks)
+    loop, batches, total, start = _setup(config, data_root, state, device, fp32, hooks)
     if state is None:
         info = {**config.to_dict(), "run": _provenance(config, data_root, loop.mode, threads)}
         _write_text(out_dir / CONFIG, yaml.safe_dump(info, sort_keys=False, default_flow_style=None))
@@ -358,7 +428,7 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
                 t0 = time.perf_counter()
                 batch = next(stream)
                 lr = loop.opt.param_groups[0]["lr"]
-                values, num_pos, finite = loop.iteration(batch)
+                values, num_pos, finite = loop.iteration(batch, it)
                 n = int(batch["image"].shape[0])
                 log.write(json.dumps({"iteration": it + 1, **values, "lr": lr, "num_pos": num_pos,
                                       "images_per_s": n / max(time.perf_counter() - t0, 1e-9)}) + "\n")

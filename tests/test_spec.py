@@ -90,7 +90,7 @@ def test_cross_field_validation():
     s = _spec()
     with pytest.raises(UserError, match=r"anchors strides \[8, 16, 32\] must match the neck levels \[2, 3, 4\]"):
         dataclasses.replace(s, neck=NeckSpec("pafpn", 24, (2, 3, 4)))
-    with pytest.raises(UserError, match="must be consecutive levels within 2..5"):
+    with pytest.raises(UserError, match="must be consecutive levels within 2..7"):
         NeckSpec("fpn", 24, (3, 5))
     with pytest.raises(UserError, match="needs exactly 4 stages, got 3"):
         BackboneSpec(stem_width=16, stages=s.backbone.stages[:3])
