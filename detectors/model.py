@@ -15,7 +15,7 @@ from torch import nn
 from detectors.anchors import anchor_points, anchor_strides
 from detectors.backbones import Backbone
 from detectors.heads import NUM_KEYPOINTS
-from detectors.necks import build_neck
+from detectors.necks import NeckOutput, build_neck
 from detectors.postprocess import distance_to_boxes, nms, offsets_to_keypoints
 from detectors.spec import DetectorSpec
 
@@ -72,6 +72,14 @@ class FaceDetector(nn.Module):
     def forward(self, images: torch.Tensor) -> HeadOutputs:
         c = self.backbone(images)
         feats = self.neck([c[lv - 2] for lv in self.spec.neck.in_levels])
+        aux_sets: list = []
+        if isinstance(feats, NeckOutput):  # necks with auxiliary feature sets
+            feats, aux_sets = feats.maps, (feats.aux if self.training else [])
+        out = self._predict(feats)
+        out.aux = [self._predict(f) for f in aux_sets]
+        return out
+
+    def _predict(self, feats: list[torch.Tensor]) -> HeadOutputs:
         cls, box, kps = self.head(feats)
         return HeadOutputs(
             cls_logits=[_flatten(x, 1) for x in cls],

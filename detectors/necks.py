@@ -11,6 +11,8 @@ mmdet (`lateral_convs.i.conv`, `fpn_convs.i.conv`, `downsample_convs.i.conv`,
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,7 +21,21 @@ from detectors.blocks.conv import ConvNormAct
 from detectors.macs import Counter
 from detectors.spec import NeckSpec
 
-__all__ = ["FPN", "PAFPN", "fpn", "pafpn", "fpn_cost", "pafpn_cost", "build_neck"]
+__all__ = ["NeckOutput", "FPN", "PAFPN", "fpn", "pafpn", "fpn_cost", "pafpn_cost", "build_neck"]
+
+
+@dataclass
+class NeckOutput:
+    """What a neck with auxiliary feature sets returns (others return a plain list of maps).
+
+    maps: the features the detector predicts from (one per level); aux: further feature sets
+    of the same shape that the same head also predicts from during training only, each one
+    an auxiliary loss (ASFD's first shot on the original features, FANet's lower hierarchy
+    levels). detectors.model turns them into HeadOutputs.aux.
+    """
+
+    maps: list[torch.Tensor]
+    aux: list[list[torch.Tensor]] = field(default_factory=list)
 
 
 def _convs(cins: list[int], cout: int, k: int, stride: int = 1) -> nn.ModuleList:
