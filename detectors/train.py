@@ -179,10 +179,16 @@ def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict) -
     """Forward + loss for one batch; returns (loss parts, number of positives).
 
     Auxiliary prediction sets (HeadOutputs.aux) add recipe.loss.aux_weight times their loss;
-    their parts are logged as aux<k>_<part>."""
+    their parts are logged as aux<k>_<part>. A model with a `training_loss(images, batch,
+    recipe) -> (parts with 'total', positives)` method is trained on that instead of the
+    recipe's assigner + loss (stages that are not detection, e.g. RSA's scale forecast)."""
     images = batch["image"].to(mode.device, non_blocking=True)
     if mode.channels_last:
         images = images.contiguous(memory_format=torch.channels_last)
+    own_loss = getattr(model, "training_loss", None)
+    if own_loss is not None:  # models trained with another objective (e.g. RSA's stages)
+        with mode.autocast():
+            return own_loss(images, batch, recipe)
     with mode.autocast():
         out = model(images)
     parts, num_pos = _prediction_loss(out, batch, recipe, model.spec, mode.device, cache)
