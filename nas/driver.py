@@ -1,22 +1,24 @@
 """Search orchestration on Ray Tune: plan, trials, results store, resume, analysis, export.
 
-This is the only module that imports Ray. A search run:
+This is the only module that imports Ray. What is searched comes from the space's entry in
+nas/spaces.py (its phases, their plans and trial functions); a search run:
 
 1. writes RUN_DIR/config.yaml (resolved search config, seed, versions, git revision) first;
-2. per step, plans its specs once (RUN_DIR/plan/stepN.yaml; step 2 is drawn inside step 1's
-   bootstrap ranges, RUN_DIR/plan/step2_ranges.csv) and runs every planned spec not yet
-   in the table as one Ray Tune trial (`tune.Tuner`, `tune.with_resources`);
+2. per phase, plans its specs once (RUN_DIR/plan/stepN.yaml; e.g. SCRFD's step 2 is drawn
+   inside step 1's bootstrap ranges) and runs every planned spec not yet finished as one Ray
+   Tune trial (`tune.Tuner`, `tune.with_resources`) of the phase's trial function;
 3. records each finished trial as one row of RUN_DIR/trials.parquet/.csv from the driver
    process (a `tune.Callback`), atomically; a trial that raises or diverges is retried up to
-   `max_failures` times by Tune and then recorded 'failed' with its reason;
-4. analyses the run (analysis.report.analyze_run) and exports the top-k retraining configs.
+   `max_failures` times by Tune and then recorded 'failed' with its reason (phases without
+   rows, e.g. a supernet's training, are recorded by their result.json only);
+4. hands over to the space's `finish` (SCRFD: analysis, export of the top-k configs).
 
 Resume: the plan is fixed on disk, so `--resume RUN_DIR` runs exactly plan minus finished ids.
 Each trial also writes its own RUN_DIR/trials/<id>/result.json when it finishes; resume folds
 those in first, so a trial that finished just before the driver was killed is not retrained.
 
-Test hook: the environment variable FACENAS_TRIAL_FN="module:function" replaces the trial
-function (nas.trial.run_trial) by any importable callable taking a TrialRequest and returning
+Test hook: the environment variable FACENAS_TRIAL_FN="module:function" replaces every
+phase's trial function by any importable callable taking a TrialRequest and returning
 the metric columns; the tests use it to run cheap deterministic or failing trials. Trials run
 in Ray worker processes, so the module must be importable there (PYTHONPATH is inherited).
 """
@@ -32,19 +34,18 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
-from nas import presets
-from nas.progress import Progress, summary_table
-from nas.results import COLUMNS, RunStore, atomic_write_text, cost_columns, failed_metrics
+from nas.progress import Progress
+from nas.results import METRIC_COLUMNS, RunStore, atomic_write_text, cost_columns, failed_metrics
+from nas.spaces import Phase, space_entry
 from nas.trial import TrialFn, TrialRequest, run_trial
-from search_spaces.scrfd import RATIO_QUANTITIES
 
-__all__ = ["SearchOptions", "resolve_trial_fn", "run_search", "step2_ranges"]
+__all__ = ["SearchOptions", "resolve_trial_fn", "run_search"]
 
 _REPO = Path(__file__).resolve().parents[1]
 TRIAL_FN_ENV = "FACENAS_TRIAL_FN"
@@ -70,13 +71,14 @@ class SearchOptions:
     resume: str | None = None
     top_k: int | None = None
     verbose: bool = False
+    space_options: dict[str, Any] = field(default_factory=dict)  # a space's own CLI options
 
 
-def resolve_trial_fn() -> TrialFn:
-    """nas.trial.run_trial, or the callable named by $FACENAS_TRIAL_FN (test hook)."""
+def resolve_trial_fn() -> TrialFn | None:
+    """The callable named by $FACENAS_TRIAL_FN (test hook), or None."""
     name = os.environ.get(TRIAL_FN_ENV)
     if not name:
-        return run_trial
+        return None
     module, _, attr = name.partition(":")
     try:
         return getattr(importlib.import_module(module), attr)
@@ -106,15 +108,11 @@ def _versions() -> dict[str, str]:
 
 
 def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
-    if opts.data is None:
-        data = presets.default_data(opts.space, opts.gflops, opts.budget)
-    else:
-        data = Path(opts.data)
+    space = space_entry(opts.space)
+    data = space.default_data(opts) if opts.data is None else Path(opts.data)
     if not data.is_dir():
         raise UserError(f"--data {opts.data}: no such directory")
-    search = presets.resolve(opts.space, opts.gflops, opts.budget, num_samples=opts.num_samples,
-                             seed=opts.seed, steps=opts.steps, data=str(data.resolve()),
-                             max_failures=opts.max_failures)
+    search = space.resolve(opts, data)
     if opts.top_k is not None:
         search["top_k"] = int(opts.top_k)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -122,9 +120,7 @@ def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
     store = RunStore(out)
     if store.config_path.exists():
         raise UserError(f"--out {out}: already holds a search run; resume it with --resume {out}")
-    space = presets.build_space(search)
-    for step in _steps(search):  # an infeasible budget is an error before anything is written
-        space.check_feasible(step)
+    space.check(search)  # an infeasible budget is an error before anything is written
     store.write_config({"search": search, "seed": search["seed"], "versions": _versions(),
                         "git_revision": _git_revision(),
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -133,80 +129,46 @@ def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
 
 
 # -- planning -------------------------------------------------------------------------------
-def step2_ranges(store: RunStore, search: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
-    """Step 1's bootstrap ranges of the backbone ratios (None if step 1 was not run).
-
-    Ranges narrower than the preset's `step2.min_range_width` are widened around their centre:
-    a small population (smoke/quick) can put every bootstrap winner on one model, which would
-    leave step 2 a single point to sample from.
-    """
-    from analysis.bootstrap import bootstrap_ranges, read_ranges_csv, write_ranges_csv
-    import pandas as pd
-
-    rows = [r for r in store.rows() if r["step"] == 1]
-    if not rows:
-        return None
-    # Kept with the plan, not in analysis/: `facenas analyze` (maybe with another seed) rewrites
-    # analysis/ranges_step1.csv, and a resumed step 2 must keep the constraint it started with.
-    path = store.run_dir / "plan" / "step2_ranges.csv"
-    if not path.is_file():
-        table = pd.DataFrame(rows, columns=COLUMNS)
-        if not (table["status"] == "ok").any():
-            raise UserError("step 1 has no successful trial, so it gives step 2 no ranges; "
-                            f"see the errors in {store.run_dir / 'trials.csv'}")
-        write_ranges_csv(bootstrap_ranges(table, metric="ap_hard", seed=search["seed"]), path)
-    ranges = read_ranges_csv(path)
-    if "quantity" in ranges.columns:
-        ranges = ranges.set_index("quantity")
-    min_width = float(search["step2"].get("min_range_width", 0.0))
-    out = {}
-    for q in RATIO_QUANTITIES:
-        if q in ranges.index:
-            low, high = float(ranges.loc[q, "low"]), float(ranges.loc[q, "high"])
-            pad = max(0.0, (min_width - (high - low)) / 2)
-            out[q] = (max(0.0, low - pad), min(1.0, high + pad))
-    return out
-
-
-def _plan(store: RunStore, search: dict[str, Any], step: int) -> list[DetectorSpec]:
-    specs = store.read_plan(step)
-    if specs is not None:
-        return specs
-    space = presets.build_space(search)
-    ranges = step2_ranges(store, search) if step == 2 else None
-    t0 = time.perf_counter()
-    specs = space.sample(search["num_samples"], seed=presets.sample_seed(search["seed"], step), step=step,
-                         ranges=ranges, exclude=store.read_plan(1) or [])
-    print(f"step {step}: planned {len(specs)} specs in {time.perf_counter() - t0:.2f}s"
-          + (f" within step-1 ranges {_fmt_ranges(ranges)}" if ranges else ""), file=sys.stderr)
-    store.write_plan(step, specs)
+def _plan(store: RunStore, search: dict[str, Any], phase: Phase) -> list[DetectorSpec]:
+    specs = store.read_plan(phase.step)
+    if specs is None:
+        specs = phase.plan(store, search)
+        store.write_plan(phase.step, specs)
     return specs
-
-
-def _fmt_ranges(ranges: dict[str, tuple[float, float]]) -> str:
-    return ", ".join(f"{q[6:]} {lo:.2f}-{hi:.2f}" for q, (lo, hi) in ranges.items())
 
 
 # -- rows ---------------------------------------------------------------------------------------
 def _row(spec: DetectorSpec, step: int, trial_id: str, seed: int,
          metrics: dict[str, Any]) -> dict[str, Any]:
+    """One results-table row; scalar metrics beyond the contract's become extra columns."""
     row = {"spec_id": spec.id, "step": step, "trial_id": trial_id, "seed": seed,
            "spec_yaml": spec.to_yaml()}
     row.update(cost_columns(spec))
-    row.update({k: metrics.get(k, math.nan) for k in
-                ("status", "error", "wall_time_s", "ap_easy", "ap_medium", "ap_hard")})
+    row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
     row["error"] = row["error"] if isinstance(row["error"], str) else ""
+    row.update({k: v for k, v in metrics.items() if k not in row and k != "trial_id"
+                and isinstance(v, (int, float, str, bool))})
     return row
 
 
-def _harvest(store: RunStore, step: int, specs: list[DetectorSpec], seed: int) -> None:
+def _harvest(store: RunStore, phase: Phase, specs: list[DetectorSpec], seed: int) -> None:
     """Fold in trials that finished (result.json) but whose row the killed driver never wrote."""
+    if not phase.rows:
+        return
     done = store.finished()
     for spec in specs:
         if spec.id not in done:
-            result = store.read_result(step, spec.id)
+            result = store.read_result(phase.step, spec.id)
             if result is not None:
-                store.add_row(_row(spec, step, result.get("trial_id", ""), seed, result))
+                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), seed, result))
+
+
+def _unfinished(store: RunStore, phase: Phase, specs: list[DetectorSpec]) -> list[DetectorSpec]:
+    """Planned specs of the phase without a row (or, for phases without rows, a result)."""
+    if phase.rows:
+        done = store.finished(phase.step)
+        return [s for s in specs if s.id not in done]
+    return [s for s in specs if store.read_result(phase.step, s.id) is None]
 
 
 def _request(store: RunStore, search: dict[str, Any], step: int, spec: DetectorSpec,
@@ -217,7 +179,7 @@ def _request(store: RunStore, search: dict[str, Any], step: int, spec: DetectorS
         out_dir=str(store.trial_dir(step, spec.id)), recipe=search["recipe"],
         recipe_overrides={**search["recipe_overrides"], "seed": search["seed"]},
         max_iterations=search["max_iterations"],
-        num_threads=threads).to_dict()
+        num_threads=threads, search=search).to_dict()
 
 
 # -- Ray -------------------------------------------------------------------------------------
@@ -239,8 +201,7 @@ def _ray_trainable(config: dict[str, Any], requests: dict[str, dict[str, Any]],
     metrics.setdefault("wall_time_s", time.perf_counter() - start)
     metrics["trial_id"] = tune.get_context().get_trial_id()
     RunStore.write_result(out_dir, metrics)
-    tune.report({k: metrics[k] for k in ("status", "error", "wall_time_s", "ap_easy",
-                                         "ap_medium", "ap_hard", "trial_id")})
+    tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
 
 
 def _error_reason(store: RunStore, step: int, spec_id: str, trial: Any) -> str:
@@ -258,7 +219,7 @@ def _running(trials: list, finishing: Any = None) -> int:
     return sum(1 for t in trials if t.status == "RUNNING" and t is not finishing)
 
 
-def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], step: int, seed: int,
+def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phase, seed: int,
                     progress: Progress):
     from ray import tune
 
@@ -274,15 +235,22 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], step: int, 
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             spec = specs[trial.config["spec_id"]]
-            metrics = dict(trial.last_result or {})
+            # The trial's own record holds exactly what it returned (Tune's result adds its
+            # bookkeeping keys: timestamp, time_this_iter_s, ...).
+            metrics = store.read_result(phase.step, spec.id) or dict(trial.last_result or {})
             metrics.setdefault("status", "ok")
-            store.add_row(_row(spec, step, trial.trial_id, seed, metrics))
+            if phase.rows:
+                store.add_row(_row(spec, phase.step, trial.trial_id, seed, metrics))
             progress.finished(metrics.get("ap_hard"), running=_running(trials, trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             spec_id = trial.config["spec_id"]
-            reason = _error_reason(store, step, spec_id, trial)
-            store.add_row(_row(specs[spec_id], step, trial.trial_id, seed, failed_metrics(reason)))
+            reason = _error_reason(store, phase.step, spec_id, trial)
+            if phase.rows:
+                store.add_row(_row(specs[spec_id], phase.step, trial.trial_id, seed,
+                                   failed_metrics(reason)))
+            else:
+                print(f"{phase.label}: trial {spec_id} failed: {reason}", file=sys.stderr)
             progress.finished(None, failed=True, running=_running(trials, trial))
 
     return _StoreRows()
@@ -306,8 +274,10 @@ def _init_ray(opts: SearchOptions) -> bool:
     return True
 
 
-def _resources(opts: SearchOptions) -> tuple[dict[str, float], int, int]:
-    """({'cpu', 'gpu'} per trial, max concurrent trials, torch threads per trial)."""
+def _resources(opts: SearchOptions, whole_node: bool = False) -> tuple[dict[str, float], int, int]:
+    """({'cpu', 'gpu'} per trial, max concurrent trials, torch threads per trial).
+
+    whole_node: one trial gets the CPUs of every concurrent slot and up to one GPU."""
     import ray
     import torch
 
@@ -316,6 +286,10 @@ def _resources(opts: SearchOptions) -> tuple[dict[str, float], int, int]:
     if cpus <= 0:
         raise UserError(f"--cpus-per-trial must be positive, got {cpus}")
     concurrent = opts.max_concurrent or max(1, int(cluster.get("CPU", 1) // cpus))
+    if whole_node:
+        n_gpu = cluster.get("GPU", 0) or (torch.cuda.device_count() if not opts.address else 0)
+        cpus = cpus * concurrent
+        return {"cpu": cpus, "gpu": 1.0 if n_gpu else 0.0}, 1, max(1, math.ceil(cpus))
     gpus = opts.gpus_per_trial
     if gpus is None:  # share the GPUs among the concurrent trials by default
         n_gpu = cluster.get("GPU", 0) or (torch.cuda.device_count() if not opts.address else 0)
@@ -323,21 +297,20 @@ def _resources(opts: SearchOptions) -> tuple[dict[str, float], int, int]:
     return {"cpu": cpus, "gpu": float(gpus)}, int(concurrent), max(1, math.ceil(cpus))
 
 
-def _run_step_trials(store: RunStore, search: dict[str, Any], opts: SearchOptions, step: int,
-                     specs: list[DetectorSpec], trial_fn: TrialFn) -> None:
+def _run_phase_trials(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Phase,
+                      specs: list[DetectorSpec], trial_fn: TrialFn) -> None:
     from ray import tune
 
-    done = store.finished()
-    todo = [s for s in specs if s.id not in done]
+    todo = _unfinished(store, phase, specs)
     best = max((r["ap_hard"] for r in store.rows() if r["status"] == "ok"
                 and math.isfinite(r["ap_hard"])), default=math.nan)
-    progress = Progress(step, len(specs), already_done=len(specs) - len(todo), best_ap=best)
+    progress = Progress(phase.step, len(specs), already_done=len(specs) - len(todo), best_ap=best)
     progress.show()
     if not todo:
         progress.close()
         return
-    resources, concurrent, threads = _resources(opts)
-    requests = {s.id: _request(store, search, step, s, threads) for s in todo}
+    resources, concurrent, threads = _resources(opts, phase.whole_node)
+    requests = {s.id: _request(store, search, phase.step, s, threads) for s in todo}
     trainable = tune.with_resources(
         tune.with_parameters(_ray_trainable, requests=requests, trial_fn=trial_fn), resources)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
@@ -345,9 +318,9 @@ def _run_step_trials(store: RunStore, search: dict[str, Any], opts: SearchOption
         trainable, param_space={"spec_id": tune.grid_search([s.id for s in todo])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
         run_config=tune.RunConfig(
-            name=f"step{step}-{stamp}", storage_path=str(store.run_dir / "ray"), verbose=0,
+            name=f"step{phase.step}-{stamp}", storage_path=str(store.run_dir / "ray"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            callbacks=[_store_callback(store, {s.id: s for s in todo}, step, search["seed"],
+            callbacks=[_store_callback(store, {s.id: s for s in todo}, phase, search["seed"],
                                        progress)]))
     try:
         tuner.fit()
@@ -356,52 +329,41 @@ def _run_step_trials(store: RunStore, search: dict[str, Any], opts: SearchOption
 
 
 # -- the whole search ---------------------------------------------------------------------------
-def _steps(search: dict[str, Any]) -> tuple[int, ...]:
-    return {"1": (1,), "2": (2,), "both": (1, 2)}[search["steps"]]
-
-
 def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
                after: Callable[[RunStore, dict[str, Any]], None] | None = None) -> tuple[Path, bool]:
     """Run (or resume) a search; returns (RUN_DIR, finished: every planned trial recorded).
 
-    `trial_fn` defaults to resolve_trial_fn(); `after` to analysis + export + summary.
+    `trial_fn` (default: $FACENAS_TRIAL_FN, else each phase's own) replaces every phase's
+    trial function; `after` the space's finish (analysis + export + summary).
     """
     if opts.resume:
         store = RunStore(opts.resume)
         search = store.read_config()["search"]
     else:
         store, search = _new_run(opts)
+    space = space_entry(search["space"])
     print(f"run directory: {store.run_dir}", file=sys.stderr)
-    trial_fn = trial_fn or resolve_trial_fn()
+    override = trial_fn or resolve_trial_fn()
     started = _init_ray(opts)
     try:
-        for step in _steps(search):
-            specs = _plan(store, search, step)
-            _harvest(store, step, specs, search["seed"])
-            _run_step_trials(store, search, opts, step, specs, trial_fn)
-            missing = {s.id for s in specs} - store.finished(step)
-            if missing:  # interrupted (SIGINT): Tune returned early; never go on half-done
-                print(f"step {step}: {len(missing)} planned trials unfinished; continue with "
+        for phase in space.phases(search):
+            specs = _plan(store, search, phase)
+            _harvest(store, phase, specs, search["seed"])
+            _run_phase_trials(store, search, opts, phase, specs,
+                              override or phase.trial_fn or run_trial)
+            missing = _unfinished(store, phase, specs)
+            if missing:  # interrupted (SIGINT) or failed: never go on half-done
+                print(f"{phase.label}: {len(missing)} planned trials unfinished; continue with "
                       f"facenas search --resume {store.run_dir}", file=sys.stderr)
                 return store.run_dir, False
     finally:
         if started:
             import ray
             ray.shutdown()
-    (after or finish_run)(store, search)
+    (after or space.finish)(store, search)
     return store.run_dir, True
 
 
 def finish_run(store: RunStore, search: dict[str, Any]) -> None:
-    """Analysis (plots, ranges, report), export of the top-k specs, the summary table."""
-    from analysis.report import analyze_run
-
-    from nas.export import export_top
-
-    table = store.read_table()
-    if table is not None and (table["status"] == "ok").any():
-        analyze_run(store.run_dir, metric="ap_hard", seed=search["seed"])
-        paths = export_top(store.run_dir, top=search["top_k"], metric="ap_hard")
-        print(f"exported {len(paths)} retraining configs to {store.run_dir / 'export'}",
-              file=sys.stderr)
-    print(summary_table(table, top=search["top_k"]) if table is not None else "no trials")
+    """The space's own finish (SCRFD: analysis, top-k export, summary); kept for callers."""
+    space_entry(search["space"]).finish(store, search)

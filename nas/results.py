@@ -32,6 +32,7 @@ from detectors.spec import DetectorSpec
 
 __all__ = [
     "COLUMNS",
+    "METRIC_COLUMNS",
     "COMPONENTS",
     "RunStore",
     "atomic_write_text",
@@ -51,6 +52,10 @@ COLUMNS = (
     + ["w1", "w2", "w3", "w4", "d1", "d2", "d3", "d4", "n", "h", "m"]
     + ["ap_easy", "ap_medium", "ap_hard"]
 )
+# What a trial function returns (the rest of a row comes from the spec). A trial may return
+# further scalar metrics (e.g. a candidate's generation); they become extra columns after
+# COLUMNS, as do the cost columns of backbones with more than four stages (gflops_c6, w5, ...).
+METRIC_COLUMNS = ("status", "error", "wall_time_s", "ap_easy", "ap_medium", "ap_hard")
 _VGA = 0.75  # SCRFD's convention: count at 640x640, scale by 0.75
 
 
@@ -78,16 +83,20 @@ def cost_columns(spec: DetectorSpec) -> dict[str, Any]:
     the backbone's MACs (SCRFD Fig. 5), detector ratios shares of the whole detector (Fig. 9).
     """
     report = cost(spec, input_hw=(640, 640))
-    macs = {name: report.components[name].macs for name in COMPONENTS}
-    backbone = sum(macs[c] for c in _BACKBONE)
+    macs = {name: c.macs for name, c in report.components.items()}
+    stages = [c for c in macs if c not in ("neck", "head")]
+    backbone = sum(macs[c] for c in stages)
     total = sum(macs.values())
     row: dict[str, Any] = {"params": int(report.params), "gflops": total * _VGA / 1e9}
-    row.update({f"gflops_{c}": macs[c] * _VGA / 1e9 for c in COMPONENTS})
-    row.update({f"ratio_{c}": macs[c] / backbone for c in _BACKBONE})
-    row["ratio_shallow"] = (macs["stem"] + macs["c2"] + macs["c3"]) / backbone
+    row.update({f"gflops_{c}": macs.get(c, 0) * _VGA / 1e9 for c in COMPONENTS})
+    row.update({f"gflops_{c}": macs[c] * _VGA / 1e9 for c in macs if c not in COMPONENTS})
+    row.update({f"ratio_{c}": macs.get(c, 0) / backbone for c in stages + list(_BACKBONE)})
+    row["ratio_shallow"] = (macs["stem"] + macs["c2"] + macs.get("c3", 0)) / backbone
     row["ratio_backbone"] = backbone / total
     row["ratio_neck"] = macs["neck"] / total
     row["ratio_head"] = macs["head"] / total
+    for i in range(1, 5):  # the contract's w1..w4/d1..d4 (0 for missing stages)
+        row[f"w{i}"] = row[f"d{i}"] = 0
     for i, stage in enumerate(spec.backbone.stages, start=1):
         row[f"w{i}"], row[f"d{i}"] = int(stage.width), int(stage.depth)
     row["n"], row["h"], row["m"] = int(spec.neck.channels), int(spec.head.channels), int(spec.head.num_convs)
@@ -171,12 +180,13 @@ class RunStore:
         if missing:
             raise ValueError(f"results row lacks columns {missing}")  # a bug, not a user error
         rows = [r for r in self.rows() if r["spec_id"] != row["spec_id"]]
-        rows.append({c: row[c] for c in COLUMNS})
+        rows.append(dict(row))
         self._rows = rows
         self._write(rows)
 
     def _write(self, rows: list[dict[str, Any]]) -> None:
-        table = pd.DataFrame(rows, columns=COLUMNS)
+        extra = list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
+        table = pd.DataFrame(rows, columns=list(COLUMNS) + extra)
         table["error"] = table["error"].fillna("").astype(str)
         _atomic(self.run_dir / "trials.parquet", lambda tmp: table.to_parquet(tmp, index=False))
         _atomic(self.run_dir / "trials.csv", lambda tmp: table.to_csv(tmp, index=False))

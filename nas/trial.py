@@ -40,6 +40,8 @@ class TrialRequest:
     max_iterations: int | None = None
     num_threads: int | None = None
     split: str = "val"
+    search: dict[str, Any] = field(default_factory=dict)  # the resolved search config (phases
+    # of other spaces read their own settings from it)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -55,3 +55,17 @@ def failing_trial(request) -> dict:
     if fails(request.spec_id):
         raise FloatingPointError(f"loss became nan at iteration 3 (spec {request.spec_id})")
     return fake_trial(request)
+
+
+def fake_phase_trial(request) -> dict:
+    """For the space-seam test: step 1 ('supernet') writes an artefact beside its trial dir
+    and must get every CPU of the node; later steps read it and report an extra metric."""
+    run_dir = _run_dir(request)
+    if request.step == 1:
+        (run_dir / "supernet.txt").write_text(f"{request.spec_id} threads={request.num_threads}\n")
+        return {"status": "ok", "error": "", "wall_time_s": 0.0}
+    owner = (run_dir / "supernet.txt").read_text().split()[0]
+    metrics = fake_trial(request)
+    metrics["inherited_from"] = owner
+    metrics["generation"] = request.step - 1
+    return metrics

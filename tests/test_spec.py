@@ -92,8 +92,11 @@ def test_cross_field_validation():
         dataclasses.replace(s, neck=NeckSpec("pafpn", 24, (2, 3, 4)))
     with pytest.raises(UserError, match="must be consecutive levels within 2..7"):
         NeckSpec("fpn", 24, (3, 5))
-    with pytest.raises(UserError, match="needs exactly 4 stages, got 3"):
-        BackboneSpec(stem_width=16, stages=s.backbone.stages[:3])
+    with pytest.raises(UserError, match="needs 1 to 6 stages, got 7"):
+        BackboneSpec(stem_width=16, stages=(s.backbone.stages * 2)[:7])
+    three = BackboneSpec(stem_width=16, stages=s.backbone.stages[:3])  # C2..C4: valid alone
+    with pytest.raises(UserError, match=r"reach beyond the backbone's levels \[2, 3, 4\]"):
+        dataclasses.replace(s, backbone=three)
     with pytest.raises(UserError, match="has 3 strides but 2 base_sizes"):
         AnchorSpec(base_sizes=(16, 64))
     with pytest.raises(UserError, match="input_size"):

@@ -1,4 +1,5 @@
-"""`facenas search`: two-step SCRFD computation-redistribution search on Ray Tune.
+"""`facenas search`: a search over one space (nas/spaces.py) on Ray Tune; SCRFD's two-step
+computation-redistribution search by default.
 
     facenas search --space scrfd --gflops 2.5 [--budget smoke|quick|paper] [--num-samples N]
                    [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
@@ -42,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="finish an interrupted run (its plan and config are reused)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    from nas.spaces import add_space_arguments
+
+    add_space_arguments(parser)  # each space's own options, in its own group
+
+
+_COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
+           "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
+           "resume", "verbose"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -52,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
-        resume=args.resume, top_k=args.top, verbose=args.verbose)
+        resume=args.resume, top_k=args.top, verbose=args.verbose,
+        space_options={k: v for k, v in vars(args).items() if k not in _COMMON and k not in ("func", "command")
+                       and not k.startswith("_")})
     _, finished = run_search(opts)
     return 0 if finished else 130
