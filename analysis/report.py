@@ -141,17 +141,26 @@ def _comparison(pop: Population, other: Population) -> list[str]:
 
 def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_images,
             metric: str, n_boot: int, seed: int, edf_pops: dict[str, pd.Series],
-            other: Population | None) -> str:
+            other: Population | None, include_stopped: bool = False) -> str:
     rows = pops[0].rows
     k = max(1, round(0.25 * len(rows)))
-    failed = int((table.get("status", pd.Series(dtype=str)).astype(str) != "ok").sum())
+    status = table.get("status", pd.Series(dtype=str)).astype(str)
+    stopped = int((status == "stopped").sum())
+    failed = int((~status.isin(["ok", "stopped"])).sum())
     out = [f"# Design-space analysis: {run_dir.name}", "",
            f"Results table `{table.attrs.get('source')}`: {len(table)} trials, {len(rows)} "
-           f"successful with a finite `{metric}`, {failed} failed or unfinished.",
+           f"ranked with a finite `{metric}`, {failed} failed or unfinished.",
            f"Empirical bootstrap: {n_boot} resamples of {k} model{'s' if k > 1 else ''} "
            f"(25%, with replacement); the winner of each is the model with the highest "
            f"`{metric}`; ranges are the 2.5th–97.5th percentiles of the winners' values, best "
            f"is the median (seed {seed}).", ""]
+    if stopped:
+        out += [(f"{stopped} trials were stopped early by ASHA at a rung and are ranked by their "
+                 f"`{metric}` at that rung (--include-stopped): mixed fidelities."
+                 if include_stopped else
+                 f"{stopped} trials were stopped early by ASHA at a rung and are not ranked: "
+                 f"only trials that reached full fidelity are bootstrapped "
+                 f"(`facenas analyze --include-stopped` ranks them by their rung `{metric}`)."), ""]
     if rows[metric].nunique() == 1:
         out += [f"**Warning: every model has the same `{metric}` ({rows[metric].iloc[0]:.3f}), so "
                 "the winners are decided by tie-breaking (the first model drawn) and the ranges "
@@ -173,7 +182,7 @@ def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_im
 
 def analyze_run(run_dir: str | os.PathLike, metric: str = "ap_hard",
                 compare_dir: str | os.PathLike | None = None, seed: int = 0,
-                n_boot: int = 2500) -> pd.DataFrame:
+                n_boot: int = 2500, include_stopped: bool = False) -> pd.DataFrame:
     """Bootstrap, plot and report a search run; return the ranges of all successful trials.
 
     Reads RUN_DIR/trials.parquet (or .csv), writes RUN_DIR/analysis/ (ranges*.csv, *.png,
@@ -185,7 +194,7 @@ def analyze_run(run_dir: str | os.PathLike, metric: str = "ap_hard",
     if not run_dir.is_dir():
         raise UserError(f"run directory {run_dir} does not exist")
     table = load_results(run_dir)
-    rows = ok_rows(table, metric)
+    rows = ok_rows(table, metric, include_stopped=include_stopped)
     ranges = bootstrap_ranges(rows, metric, n_boot=n_boot, seed=seed)
     pops = _populations(rows, ranges, metric, n_boot, seed)
     edf_pops = {p.name: p.rows[metric] for p in (pops[1:] or pops)}
@@ -202,5 +211,5 @@ def analyze_run(run_dir: str | os.PathLike, metric: str = "ap_hard",
         save_figure(draw(), out / name)
         (pop.images if pop is not None else extra).append((caption, name))
     _write_text(out / "report.md", _report(run_dir, table, pops, extra, metric, n_boot, seed,
-                                           edf_pops, other))
+                                           edf_pops, other, include_stopped))
     return ranges

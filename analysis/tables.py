@@ -80,8 +80,10 @@ def _where(table: pd.DataFrame) -> str:
     return table.attrs.get("source", "results table")
 
 
-def ok_rows(table: pd.DataFrame, metric: str = "ap_hard") -> pd.DataFrame:
-    """Rows with status 'ok' and a finite `metric` (all rows if there is no status column).
+def ok_rows(table: pd.DataFrame, metric: str = "ap_hard", include_stopped: bool = False) -> pd.DataFrame:
+    """Rows with status 'ok' and a finite `metric` (all rows if there is no status column);
+    include_stopped also keeps rows an early-stopping scheduler stopped ('stopped': their
+    metric is the one at the last rung they reached).
 
     Raises UserError when the metric column is missing or no row qualifies.
     """
@@ -95,7 +97,8 @@ def ok_rows(table: pd.DataFrame, metric: str = "ap_hard") -> pd.DataFrame:
     values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
     keep = np.isfinite(values)
     if "status" in table.columns:
-        keep &= (table["status"].astype(str) == "ok").to_numpy()
+        wanted = ["ok", "stopped"] if include_stopped else ["ok"]
+        keep &= table["status"].astype(str).isin(wanted).to_numpy()
     if not keep.any():
         raise UserError(f"{where}: no trial with status 'ok' and a finite '{metric}'")
     rows = table.loc[keep].copy()

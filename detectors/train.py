@@ -49,7 +49,7 @@ from detectors.errors import UserError
 from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
 
-__all__ = ["train", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
+__all__ = ["train", "total_iterations", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
            "METRICS", "CONFIG"]
 
 
@@ -409,6 +409,15 @@ def train(
     if result.status == "diverged":
         raise TrainingDiverged(result)
     return result
+
+
+def total_iterations(config: TrainConfig, data_root: str | os.PathLike) -> int:
+    """Iterations of the config's whole schedule (epochs count the train split's batches)."""
+    schedule = config.recipe.schedule
+    if schedule.unit == "iterations":
+        return schedule.total
+    per_epoch = SeededBatches(Path(data_root), config.recipe).iters_per_epoch
+    return schedule_in_iterations(schedule, per_epoch)[0]
 
 
 def _diverged(it: int, total: int, values: dict, lr: float, out_dir: Path) -> TrainResult:

@@ -72,6 +72,9 @@ class SearchOptions:
     top_k: int | None = None
     verbose: bool = False
     space_options: dict[str, Any] = field(default_factory=dict)  # a space's own CLI options
+    scheduler: str = "fifo"  # nas.fidelity: fifo | asha
+    grace: float | None = None  # first rung, as a fraction of the schedule
+    reduction_factor: float | None = None
 
 
 def resolve_trial_fn() -> TrialFn | None:
@@ -179,7 +182,18 @@ def _request(store: RunStore, search: dict[str, Any], step: int, spec: DetectorS
         out_dir=str(store.trial_dir(step, spec.id)), recipe=search["recipe"],
         recipe_overrides={**search["recipe_overrides"], "seed": search["seed"]},
         max_iterations=search["max_iterations"],
-        num_threads=threads, search=search).to_dict()
+        num_threads=threads, search=search,
+        rungs=_rungs(search)).to_dict()
+
+
+def _rungs(search: dict[str, Any]) -> list[float]:
+    """The rung fractions trials test at ([] = once, at the end)."""
+    from nas.fidelity import rung_fractions
+
+    f = search.get("fidelity") or {}
+    if f.get("grace") is None:
+        return []
+    return rung_fractions(f["grace"], f["reduction_factor"])
 
 
 # -- Ray -------------------------------------------------------------------------------------
@@ -193,7 +207,11 @@ def _ray_trainable(config: dict[str, Any], requests: dict[str, dict[str, Any]],
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
-        metrics = dict(trial_fn(request))
+        if request.rungs:  # multi-fidelity: rung results and checkpoints go through Tune
+            _restore_tune_checkpoint(out_dir / "train")
+            metrics = dict(trial_fn(request, report=_report_rung))
+        else:
+            metrics = dict(trial_fn(request))
     except Exception as err:
         # One line of reason for the results table; Tune keeps the traceback in its error file.
         atomic_write_text(out_dir / "error.txt", f"{type(err).__name__}: {err}".splitlines()[0])
@@ -202,6 +220,55 @@ def _ray_trainable(config: dict[str, Any], requests: dict[str, dict[str, Any]],
     metrics["trial_id"] = tune.get_context().get_trial_id()
     RunStore.write_result(out_dir, metrics)
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+
+
+_TUNE_CHECKPOINT_FILE = "checkpoint.pt"  # detectors.train.CHECKPOINT
+
+
+def _report_rung(metrics: dict[str, Any], train_dir: Path) -> None:
+    """A rung's result to Tune, with the trial's training checkpoint as a Tune checkpoint (so
+    a paused or moved trial resumes from it; the scheduler may stop the trial here)."""
+    import shutil
+    import tempfile
+
+    from ray import tune
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(train_dir) / _TUNE_CHECKPOINT_FILE
+        checkpoint = None
+        if src.is_file():
+            shutil.copy2(src, Path(tmp) / _TUNE_CHECKPOINT_FILE)
+            checkpoint = tune.Checkpoint.from_directory(tmp)
+        tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))},
+                    checkpoint=checkpoint)
+
+
+def _restore_tune_checkpoint(train_dir: Path) -> None:
+    """Put Tune's latest checkpoint of this trial in place when the trial dir lacks one (a
+    trial restarted on a node whose disk does not hold its earlier work)."""
+    import shutil
+
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    target = Path(train_dir) / _TUNE_CHECKPOINT_FILE
+    if checkpoint is None or target.is_file():
+        return
+    with checkpoint.as_directory() as d:
+        src = Path(d) / _TUNE_CHECKPOINT_FILE
+        if src.is_file():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.restore")
+            shutil.copy2(src, tmp)
+            tmp.replace(target)
+
+
+def _stopped_metrics(last_result: dict[str, Any]) -> dict[str, Any]:
+    """The row of a trial the scheduler stopped at a rung: its last rung's metrics."""
+    keep = {k: v for k, v in last_result.items()
+            if k in METRIC_COLUMNS or k == "fidelity" or k.startswith("ap_hard_r")}
+    keep["status"] = "stopped"
+    return keep
 
 
 def _error_reason(store: RunStore, step: int, spec_id: str, trial: Any) -> str:
@@ -237,8 +304,9 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
             spec = specs[trial.config["spec_id"]]
             # The trial's own record holds exactly what it returned (Tune's result adds its
             # bookkeeping keys: timestamp, time_this_iter_s, ...).
-            metrics = store.read_result(phase.step, spec.id) or dict(trial.last_result or {})
-            metrics.setdefault("status", "ok")
+            metrics = store.read_result(phase.step, spec.id)
+            if metrics is None:  # no record of its own: stopped early by the scheduler
+                metrics = _stopped_metrics(dict(trial.last_result or {}))
             if phase.rows:
                 store.add_row(_row(spec, phase.step, trial.trial_id, seed, metrics))
             progress.finished(metrics.get("ap_hard"), running=_running(trials, trial))
@@ -316,7 +384,8 @@ def _run_phase_trials(store: RunStore, search: dict[str, Any], opts: SearchOptio
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     tuner = tune.Tuner(
         trainable, param_space={"spec_id": tune.grid_search([s.id for s in todo])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True),
+        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True,
+                                    scheduler=_scheduler(search, phase)),
         run_config=tune.RunConfig(
             name=f"step{phase.step}-{stamp}", storage_path=str(store.run_dir / "ray"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
@@ -326,6 +395,16 @@ def _run_phase_trials(store: RunStore, search: dict[str, Any], opts: SearchOptio
         tuner.fit()
     finally:
         progress.close()
+
+
+def _scheduler(search: dict[str, Any], phase: Phase):
+    """Tune's ASHA for phases that train sampled models, when asked; else Tune's FIFO."""
+    from nas.fidelity import Fidelity, asha_scheduler
+
+    f = search.get("fidelity") or {}
+    if f.get("scheduler") != "asha" or not phase.rows:
+        return None
+    return asha_scheduler(Fidelity(**f))
 
 
 # -- the whole search ---------------------------------------------------------------------------

@@ -160,3 +160,18 @@ def build_space(search: dict[str, Any]) -> ScrfdSpace:
     return ScrfdSpace(DetectorSpec.from_dict(search["template"]), gflops=search["gflops"],
                       block=search["block"], step1=step1, tolerance=search["tolerance"],
                       gn_groups=search["gn_groups"], bounds=bounds)
+
+
+def trial_iterations(search: dict[str, Any]) -> int | None:
+    """Training iterations of one trial of this search (None when its schedule counts epochs:
+    the number then depends on the dataset, read only by the trial)."""
+    from detectors.config import TrainConfig, apply_budget, recipe_from_dict
+    from nas.trial import merge
+
+    base = TrainConfig(DetectorSpec.from_dict(search["template"]), recipe_from_dict(search["recipe"]))
+    scaled = apply_budget(base, search["budget"]).recipe.to_dict()
+    recipe = recipe_from_dict(merge(scaled, search["recipe_overrides"]))
+    if recipe.schedule.unit != "iterations":
+        return None
+    cap = search.get("max_iterations")
+    return min(recipe.schedule.total, int(cap)) if cap else recipe.schedule.total

@@ -40,6 +40,8 @@ class TrialRequest:
     max_iterations: int | None = None
     num_threads: int | None = None
     split: str = "val"
+    rungs: list[float] = field(default_factory=list)  # fractions of the schedule to test at
+    # (nas.fidelity); [] = test once, at the end
     search: dict[str, Any] = field(default_factory=dict)  # the resolved search config (phases
     # of other spaces read their own settings from it)
 
@@ -47,7 +49,9 @@ class TrialRequest:
         return asdict(self)
 
 
-TrialFn = Callable[[TrialRequest], dict]
+TrialFn = Callable[..., dict]  # (request) or (request, report=...) -> metric columns
+# report(metrics, checkpoint_dir): called by a multi-fidelity trial at each rung (nas.fidelity)
+Report = Callable[[dict, Path], None]
 
 
 def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
@@ -83,11 +87,18 @@ def trial_config(spec_yaml: str, recipe: dict[str, Any], budget: str,
     return config
 
 
-def run_trial(request: TrialRequest) -> dict[str, Any]:
-    """Train and test one spec; returns the metric columns of its results row."""
+def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, Any]:
+    """Train and test one spec; returns the metric columns of its results row.
+
+    With `request.rungs` (fractions of the schedule), training stops at each rung, the model
+    is tested and `report(metrics so far, train dir)` is called (the driver passes it to Tune,
+    whose scheduler may stop the trial there); the returned row then also holds `fidelity`
+    and the hard AP of every rung (ap_hard_r1, ...)."""
     from detectors.device import set_threads
     from detectors.test import test
-    from detectors.train import CHECKPOINT, train
+    from detectors.train import CHECKPOINT, total_iterations, train
+
+    from nas.fidelity import rung_iterations
 
     start = time.perf_counter()
     # Ray sets OMP_NUM_THREADS for the trial but torch ignores it once loaded: set it here.
@@ -97,13 +108,26 @@ def run_trial(request: TrialRequest) -> dict[str, Any]:
     config = trial_config(request.spec_yaml, request.recipe, request.budget,
                           request.recipe_overrides, out_dir / "trial_config.yaml")
     train_dir = out_dir / "train"
-    # A retried or resumed trial continues from its last checkpoint instead of starting over.
-    result = train(config, request.data_root, train_dir,
-                   resume=(train_dir / CHECKPOINT).is_file(), num_threads=request.num_threads,
-                   progress=False, max_iterations=request.max_iterations)
-    if result.status != "ok" or result.checkpoint is None:  # train raises TrainingDiverged itself
-        raise TrialDiverged(f"training {result.status} after {result.iterations} iterations")
-    ap = test(config, result.checkpoint, request.data_root, split=request.split, progress=False)
-    return {"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
-            "ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
-            "ap_hard": float(ap["hard"])}
+    total = total_iterations(config, request.data_root)
+    if request.max_iterations is not None:
+        total = min(total, int(request.max_iterations))
+    fractions = list(request.rungs) or [1.0]
+    metrics: dict[str, Any] = {}
+    for k, stop in enumerate(rung_iterations(fractions, total), start=1):
+        # A retried or resumed trial continues from its last checkpoint instead of starting over.
+        result = train(config, request.data_root, train_dir,
+                       resume=(train_dir / CHECKPOINT).is_file(), num_threads=request.num_threads,
+                       progress=False, max_iterations=stop)
+        if result.status != "ok" or result.checkpoint is None:  # train raises TrainingDiverged
+            raise TrialDiverged(f"training {result.status} after {result.iterations} iterations")
+        ap = test(config, result.checkpoint, request.data_root, split=request.split,
+                  progress=False)
+        metrics.update({"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
+                        "ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
+                        "ap_hard": float(ap["hard"])})
+        if request.rungs:
+            metrics.update({"fidelity": fractions[k - 1], f"ap_hard_r{k}": float(ap["hard"]),
+                            "rung_t": fractions[k - 1] / fractions[0]})
+            if report is not None and k < len(fractions):
+                report(dict(metrics), train_dir)
+    return metrics

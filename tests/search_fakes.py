@@ -27,18 +27,23 @@ def _log(request, name: str) -> None:
         f.write(f"{request.step} {request.spec_id}\n")
 
 
-def fake_trial(request, delay: float = 0.0) -> dict:
+def _fake_metrics(request, delay: float) -> dict:
     from detectors.spec import DetectorSpec
 
     spec = DetectorSpec.from_yaml(request.spec_yaml)
     comps = cost(spec, (640, 640)).components
     backbone = sum(comps[c].macs for c in ("stem", "c2", "c3", "c4", "c5"))
     shallow = (comps["c2"].macs + comps["c3"].macs) / backbone
-    time.sleep(delay)
     ap = 0.2 + 0.6 * shallow
-    _log(request, "completions.log")
     return {"status": "ok", "error": "", "wall_time_s": delay, "ap_easy": min(1.0, ap + 0.2),
             "ap_medium": min(1.0, ap + 0.1), "ap_hard": ap}
+
+
+def fake_trial(request, delay: float = 0.0) -> dict:
+    metrics = _fake_metrics(request, delay)
+    time.sleep(delay)
+    _log(request, "completions.log")
+    return metrics
 
 
 def slow_trial(request) -> dict:
@@ -68,4 +73,22 @@ def fake_phase_trial(request) -> dict:
     metrics = fake_trial(request)
     metrics["inherited_from"] = owner
     metrics["generation"] = request.step - 1
+    return metrics
+
+
+def rung_trial(request, report=None) -> dict:
+    """A multi-fidelity fake: AP at rung k is the spec's fake AP x the rung's fraction; it
+    reports every rung but the last (as nas.trial.run_trial) and logs each one."""
+    delay = float(os.environ.get("FACENAS_FAKE_DELAY", "0"))
+    final = _fake_metrics(request, delay)
+    fractions = list(request.rungs) or [1.0]
+    metrics = dict(final)
+    for k, f in enumerate(fractions, start=1):
+        time.sleep(delay / len(fractions))
+        metrics.update({"ap_hard": final["ap_hard"] * f, "fidelity": f,
+                        f"ap_hard_r{k}": final["ap_hard"] * f, "rung_t": f / fractions[0]})
+        _log(request, "rungs.log")
+        if report is not None and k < len(fractions):
+            report(dict(metrics), Path(request.out_dir) / "train")
+    _log(request, "completions.log")
     return metrics

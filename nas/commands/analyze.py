@@ -1,7 +1,7 @@
 """`facenas analyze RUN_DIR`: bootstrap ranges, plots and report of a search run.
 
     facenas analyze runs/scrfd-2.5g-... [--metric ap_hard] [--compare OTHER_RUN]
-                    [--n-boot 2500] [--seed 0]
+                    [--n-boot 2500] [--seed 0] [--include-stopped]
 
 Prints the ranges table and writes RUN_DIR/analysis/ (ranges.csv, PNGs, report.md).
 """
@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-boot", type=int, default=2500,
                         help="bootstrap resamples (default: 2500)")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed (default: 0)")
+    parser.add_argument("--include-stopped", action="store_true",
+                        help="also rank trials ASHA stopped early, by their AP at the last rung "
+                             "they reached (default: full-fidelity trials only)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
     from analysis.report import analyze_run
 
     ranges = analyze_run(args.run_dir, metric=args.metric, compare_dir=args.compare,
-                         seed=args.seed, n_boot=args.n_boot)
+                         seed=args.seed, n_boot=args.n_boot,
+                         include_stopped=args.include_stopped)
     with pd.option_context("display.max_rows", None, "display.width", 120):
         print(f"likely ranges of the best models by {args.metric} "
               f"({int(ranges['n_models'].iloc[0]) if len(ranges) else 0} models, "

@@ -4,7 +4,8 @@ computation-redistribution search by default.
     facenas search --space scrfd --gflops 2.5 [--budget smoke|quick|paper] [--num-samples N]
                    [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
-                   [--max-failures F] [--top K]
+                   [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
+                   [--reduction-factor RF]
     facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
 """
 
@@ -43,6 +44,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", default=None, metavar="RUN_DIR",
                         help="finish an interrupted run (its plan and config are reused)")
     parser.add_argument("--verbose", action="store_true", help="show Ray's own logs")
+    parser.add_argument("--scheduler", default="fifo", choices=("fifo", "asha"),
+                        help="fifo: train every trial to the end (default); asha: test at rungs "
+                             "and stop the weak trials early (Ray Tune's ASHA)")
+    parser.add_argument("--grace", type=float, default=None,
+                        help="first rung as a fraction of the schedule (asha default 1/rf^2, "
+                             "i.e. 1/9: rungs at 1/9, 1/3, 1); with fifo it records rung APs")
+    parser.add_argument("--reduction-factor", type=float, default=None,
+                        help="ASHA's reduction factor rf >= 2: rungs grace x rf^k, keeping the "
+                             "top 1/rf at each (default 3)")
     from nas.spaces import add_space_arguments
 
     add_space_arguments(parser)  # each space's own options, in its own group
@@ -50,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
-           "resume", "verbose"}
+           "resume", "verbose", "scheduler", "grace", "reduction_factor"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -61,7 +71,8 @@ def run(args: argparse.Namespace) -> int:
         data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
-        resume=args.resume, top_k=args.top, verbose=args.verbose,
+        resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,
+        grace=args.grace, reduction_factor=args.reduction_factor,
         space_options={k: v for k, v in vars(args).items() if k not in _COMMON and k not in ("func", "command")
                        and not k.startswith("_")})
     _, finished = run_search(opts)

@@ -28,9 +28,15 @@ def default_data(opts: Any) -> Path:
 
 
 def resolve(opts: Any, data: Path) -> dict[str, Any]:
-    return presets.resolve(opts.space, opts.gflops, opts.budget, num_samples=opts.num_samples,
-                           seed=opts.seed, steps=opts.steps, data=str(data.resolve()),
-                           max_failures=opts.max_failures)
+    from nas.fidelity import fidelity_from
+
+    search = presets.resolve(opts.space, opts.gflops, opts.budget, num_samples=opts.num_samples,
+                             seed=opts.seed, steps=opts.steps, data=str(data.resolve()),
+                             max_failures=opts.max_failures)
+    search["fidelity"] = fidelity_from(
+        opts.scheduler, opts.grace, opts.reduction_factor,
+        presets.trial_iterations(search)).to_dict()
+    return search
 
 
 def steps(search: dict[str, Any]) -> tuple[int, ...]:

@@ -1,0 +1,100 @@
+"""Multi-fidelity search: rungs at which a trial tests its model, and Tune's ASHA scheduler.
+
+A trial trains its schedule in pieces and tests at each rung, a fraction of the schedule:
+grace, grace x rf, grace x rf^2, ... (those below 1) and 1, e.g. 1/9, 1/3, 1 for grace 1/9 and
+reduction factor 3. Each rung's AP is reported to Tune with the trial's checkpoint; ASHA
+(`ASHAScheduler`, one bracket) compares a trial at a rung with the trials that reached it
+before and stops it when it is outside the top 1/rf. Tune's time unit here is `rung_t` =
+fraction / grace, so ASHA's milestones (1, rf, rf^2, ..., max_t = 1/grace) are exactly the rungs.
+
+A stopped trial is a row with status 'stopped', its `fidelity` (the last rung it reached) and
+its APs at that rung; analysis and step-2 ranges read only rows with status 'ok' (full
+fidelity) unless told to rank stopped trials by their rung AP (documented in the report).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from detectors.errors import UserError
+
+__all__ = ["SCHEDULERS", "Fidelity", "rung_fractions", "rung_iterations", "fidelity_from",
+           "asha_scheduler", "rung_columns"]
+
+SCHEDULERS = ("fifo", "asha")
+
+
+@dataclass(frozen=True)
+class Fidelity:
+    """scheduler: 'fifo' | 'asha'; grace: the first rung as a fraction of the schedule (None:
+    fifo without rungs, the trial tests once at the end); reduction_factor: rf."""
+
+    scheduler: str = "fifo"
+    grace: float | None = None
+    reduction_factor: float = 3.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scheduler": self.scheduler, "grace": self.grace,
+                "reduction_factor": self.reduction_factor}
+
+    @property
+    def rungs(self) -> list[float]:
+        return rung_fractions(self.grace, self.reduction_factor)
+
+
+def rung_fractions(grace: float | None, reduction_factor: float) -> list[float]:
+    """[grace, grace * rf, ... (< 1), 1.0]; [1.0] without a grace period."""
+    if grace is None:
+        return [1.0]
+    out, f = [], float(grace)
+    while f < 1 - 1e-9:
+        out.append(f)
+        f *= reduction_factor
+    return out + [1.0]
+
+
+def rung_iterations(fractions: list[float], total: int) -> list[int]:
+    """Training iterations at which each rung tests (ceil; the last rung is `total`)."""
+    return [min(total, max(1, math.ceil(f * total - 1e-9))) for f in fractions]
+
+
+def fidelity_from(scheduler: str, grace: float | None, reduction_factor: float | None,
+                  total_iterations: int | None) -> Fidelity:
+    """Validated options (CLI: --scheduler, --grace, --reduction-factor). total_iterations
+    (None when the schedule counts epochs of a dataset not read yet) lets a budget whose rungs
+    collapse onto one iteration count be refused up front."""
+    if scheduler not in SCHEDULERS:
+        raise UserError(f"--scheduler {scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    rf = 3.0 if reduction_factor is None else float(reduction_factor)
+    if rf < 2:
+        raise UserError(f"--reduction-factor must be >= 2, got {rf:g}")
+    if scheduler == "asha" and grace is None:
+        grace = 1.0 / rf**2
+    if grace is not None and not 0 < grace < 1:
+        raise UserError(f"--grace {grace:g} is not shorter than the schedule: give the first "
+                        "rung as a fraction of it, 0 < grace < 1 (e.g. 0.111 = 1/9)")
+    fidelity = Fidelity(scheduler, grace, rf)
+    if scheduler == "asha" and total_iterations is not None:
+        distinct = sorted(set(rung_iterations(fidelity.rungs, total_iterations)))
+        if len(distinct) < 2:
+            raise UserError(f"--scheduler asha needs at least two rungs, but this budget trains "
+                            f"{total_iterations} iterations, so every rung falls on iteration "
+                            f"{distinct[0]}; use a longer budget or a larger --grace")
+    return fidelity
+
+
+def rung_columns(fractions: list[float]) -> list[str]:
+    """Results-table columns of the rung APs: ap_hard_r1 ... (r<k> = k-th rung)."""
+    return [f"ap_hard_r{k}" for k in range(1, len(fractions) + 1)]
+
+
+def asha_scheduler(fidelity: Fidelity):
+    """Tune's ASHA over rung_t (see module docstring); maximises hard AP."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = fidelity.rungs[-1] / fidelity.grace
+    return ASHAScheduler(time_attr="rung_t", metric="ap_hard", mode="max", max_t=max_t,
+                         grace_period=1.0, reduction_factor=fidelity.reduction_factor,
+                         brackets=1)
