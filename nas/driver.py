@@ -26,6 +26,7 @@ in Ray worker processes, so the module must be importable there (PYTHONPATH is i
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import importlib
 import logging
 import math
@@ -218,6 +219,7 @@ def _ray_trainable(config: dict[str, Any], requests: dict[str, dict[str, Any]],
         raise
     metrics.setdefault("wall_time_s", time.perf_counter() - start)
     metrics["trial_id"] = tune.get_context().get_trial_id()
+    metrics.update(_where_it_ran())
     RunStore.write_result(out_dir, metrics)
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
 
@@ -324,6 +326,80 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
     return _StoreRows()
 
 
+def _where_it_ran() -> dict[str, str]:
+    """The Ray node (and host) a trial ran on: results-table columns node_id, host."""
+    import socket
+
+    import ray
+
+    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+
+
+_CONNECT_TIMEOUT_S = 3.0
+
+
+def _check_address(address: str) -> None:
+    """Fail within seconds, naming the address, when no Ray cluster listens there (ray.init
+    would retry for minutes). 'auto' is left to Ray (it reads the local cluster's address)."""
+    import socket
+
+    if address == "auto":
+        return
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        raise UserError(f"--address {address!r} is not HOST:PORT (e.g. 10.0.0.1:6379), "
+                        "ray://HOST:PORT or auto")
+    try:
+        socket.create_connection((host, int(port)), timeout=_CONNECT_TIMEOUT_S).close()
+    except OSError as err:
+        raise UserError(f"--address {address}: no Ray cluster answers there (tried for "
+                        f"{_CONNECT_TIMEOUT_S:g} s: {err.strerror or err}); start one with "
+                        "`ray start --head` or fix the address") from None
+
+
+def _check_gpus(opts: SearchOptions) -> None:
+    import ray
+
+    if opts.gpus_per_trial and not ray.cluster_resources().get("GPU", 0):
+        where = f"the cluster at {opts.address}" if opts.address else "this machine"
+        raise UserError(f"--gpus-per-trial {opts.gpus_per_trial:g}: {where} has no GPUs "
+                        "(Ray sees none); leave it out to train on CPUs")
+
+
+@functools.lru_cache(maxsize=None)
+def _sees_path_task():
+    import ray
+
+    @ray.remote(num_cpus=0)
+    def sees(path: str) -> bool:
+        return Path(path).is_file()
+
+    return sees
+
+
+def _check_run_dir_visible(store: RunStore) -> None:
+    """Every alive node must see RUN_DIR (trials write there; a dead node's trial resumes from
+    its checkpoint there): a tiny zero-CPU task per node looks for config.yaml."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    sees = _sees_path_task()
+    refs = {n["NodeManagerAddress"] + " " + n["NodeID"][:8]: sees.options(
+        scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+        str(store.config_path)) for n in nodes}
+    try:
+        blind = [name for name, ok in zip(refs, ray.get(list(refs.values()), timeout=60)) if not ok]
+    except ray.exceptions.GetTimeoutError:
+        raise UserError(f"could not check within 60 s that every Ray node sees {store.run_dir}; "
+                        "is the cluster busy or partitioned?") from None
+    if blind:
+        raise UserError(f"run directory {store.run_dir} is not visible from Ray node(s) "
+                        f"{', '.join(blind)}: put --out on storage every node mounts at the same "
+                        "path (see docs/cluster.md)")
+
+
 def _init_ray(opts: SearchOptions) -> bool:
     """Start (or attach to) Ray; returns whether we started it (and so shut it down)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's tables off our stdout
@@ -336,6 +412,7 @@ def _init_ray(opts: SearchOptions) -> bool:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     kwargs = dict(include_dashboard=False, log_to_driver=opts.verbose, configure_logging=False)
     if opts.address:
+        _check_address(opts.address)
         ray.init(address=opts.address, **kwargs)
     else:
         ray.init(num_cpus=len(os.sched_getaffinity(0)), **kwargs)
@@ -399,12 +476,16 @@ def _run_phase_trials(store: RunStore, search: dict[str, Any], opts: SearchOptio
 
 def _scheduler(search: dict[str, Any], phase: Phase):
     """Tune's ASHA for phases that train sampled models, when asked; else Tune's FIFO."""
-    from nas.fidelity import Fidelity, asha_scheduler
+    from ray.tune.schedulers import ASHAScheduler
+
+    from nas.fidelity import Fidelity
 
     f = search.get("fidelity") or {}
     if f.get("scheduler") != "asha" or not phase.rows:
         return None
-    return asha_scheduler(Fidelity(**f))
+    fidelity = Fidelity(**f)  # milestones 1, rf, rf^2 ... in rung_t = the rungs (nas.fidelity)
+    return ASHAScheduler(time_attr="rung_t", metric="ap_hard", mode="max", max_t=fidelity.max_t,
+                         grace_period=1.0, reduction_factor=fidelity.reduction_factor, brackets=1)
 
 
 # -- the whole search ---------------------------------------------------------------------------
@@ -415,16 +496,19 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
     `trial_fn` (default: $FACENAS_TRIAL_FN, else each phase's own) replaces every phase's
     trial function; `after` the space's finish (analysis + export + summary).
     """
-    if opts.resume:
-        store = RunStore(opts.resume)
-        search = store.read_config()["search"]
-    else:
-        store, search = _new_run(opts)
-    space = space_entry(search["space"])
-    print(f"run directory: {store.run_dir}", file=sys.stderr)
-    override = trial_fn or resolve_trial_fn()
-    started = _init_ray(opts)
+    started = _init_ray(opts)  # first: a wrong --address or --gpus-per-trial writes nothing
     try:
+        _check_gpus(opts)
+        if opts.resume:
+            store = RunStore(opts.resume)
+            search = store.read_config()["search"]
+        else:
+            store, search = _new_run(opts)
+        space = space_entry(search["space"])
+        print(f"run directory: {store.run_dir}", file=sys.stderr)
+        if opts.address:
+            _check_run_dir_visible(store)
+        override = trial_fn or resolve_trial_fn()
         for phase in space.phases(search):
             specs = _plan(store, search, phase)
             _harvest(store, phase, specs, search["seed"])

@@ -21,7 +21,7 @@ from typing import Any
 from detectors.errors import UserError
 
 __all__ = ["SCHEDULERS", "Fidelity", "rung_fractions", "rung_iterations", "fidelity_from",
-           "asha_scheduler", "rung_columns"]
+           "rung_columns"]
 
 SCHEDULERS = ("fifo", "asha")
 
@@ -42,6 +42,11 @@ class Fidelity:
     @property
     def rungs(self) -> list[float]:
         return rung_fractions(self.grace, self.reduction_factor)
+
+    @property
+    def max_t(self) -> float:
+        """The last rung in Tune's time unit rung_t = fraction / grace."""
+        return 1.0 / self.grace if self.grace else 1.0
 
 
 def rung_fractions(grace: float | None, reduction_factor: float) -> list[float]:
@@ -88,13 +93,3 @@ def fidelity_from(scheduler: str, grace: float | None, reduction_factor: float |
 def rung_columns(fractions: list[float]) -> list[str]:
     """Results-table columns of the rung APs: ap_hard_r1 ... (r<k> = k-th rung)."""
     return [f"ap_hard_r{k}" for k in range(1, len(fractions) + 1)]
-
-
-def asha_scheduler(fidelity: Fidelity):
-    """Tune's ASHA over rung_t (see module docstring); maximises hard AP."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    max_t = fidelity.rungs[-1] / fidelity.grace
-    return ASHAScheduler(time_attr="rung_t", metric="ap_hard", mode="max", max_t=max_t,
-                         grace_period=1.0, reduction_factor=fidelity.reduction_factor,
-                         brackets=1)
