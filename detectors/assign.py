@@ -72,11 +72,16 @@ def atss_assign(
         for start in range(0, batch, per_chunk):
             stop = min(batch, start + per_chunk)
             matched[start:stop] = _assign_chunk(anchors, level_sizes, gt_boxes[start:stop], topk)
+    return _with_ignore(matched, gt_ignore)
+
+
+def _with_ignore(matched: Tensor, gt_ignore: list[Tensor]) -> Assignment:
+    """The Assignment of `matched` (B, A): anchors matched to ignore regions are ignored."""
     ignored = torch.zeros_like(matched, dtype=torch.bool)
     for i, flags in enumerate(gt_ignore):
         if flags.numel():
             hit = matched[i] >= 0
-            ignored[i, hit] = flags.to(anchors.device)[matched[i, hit]]
+            ignored[i, hit] = flags.to(matched.device)[matched[i, hit]]
     positive = (matched >= 0) & ~ignored
     return Assignment(matched=matched, positive=positive, ignored=ignored)
 
@@ -150,13 +155,7 @@ def iou_assign(
         k_idx = torch.arange(boxes.shape[0], device=anchors.device)
         m[best_anchor[has_overlap]] = k_idx[has_overlap]
         matched[i] = m
-    ignored = torch.zeros_like(matched, dtype=torch.bool)
-    for i, flags in enumerate(gt_ignore):
-        if flags.numel():
-            hit = matched[i] >= 0
-            ignored[i, hit] = flags.to(anchors.device)[matched[i, hit]]
-    positive = (matched >= 0) & ~ignored
-    return Assignment(matched=matched, positive=positive, ignored=ignored)
+    return _with_ignore(matched, gt_ignore)
 
 
 def atss_from_config(anchors_per_level, gt_boxes, gt_ignore, config) -> Assignment:
