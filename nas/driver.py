@@ -112,6 +112,7 @@ def _versions() -> dict[str, str]:
 
 
 def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
+    """The new run's store and resolved config, every option checked; nothing written yet."""
     space = space_entry(opts.space)
     data = space.default_data(opts) if opts.data is None else Path(opts.data)
     if not data.is_dir():
@@ -125,11 +126,14 @@ def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
     if store.config_path.exists():
         raise UserError(f"--out {out}: already holds a search run; resume it with --resume {out}")
     space.check(search)  # an infeasible budget is an error before anything is written
+    return store, search
+
+
+def _write_new_run(store: RunStore, search: dict[str, Any]) -> None:
     store.write_config({"search": search, "seed": search["seed"], "versions": _versions(),
                         "git_revision": _git_revision(),
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "command": " ".join(sys.argv)})
-    return store, search
 
 
 # -- planning -------------------------------------------------------------------------------
@@ -415,7 +419,8 @@ def _init_ray(opts: SearchOptions) -> bool:
         _check_address(opts.address)
         ray.init(address=opts.address, **kwargs)
     else:
-        ray.init(num_cpus=len(os.sched_getaffinity(0)), **kwargs)
+        # "local": a Ray of our own, even when `ray start` left a cluster on this machine
+        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
     return True
 
 
@@ -442,18 +447,38 @@ def _resources(opts: SearchOptions, whole_node: bool = False) -> tuple[dict[str,
     return {"cpu": cpus, "gpu": float(gpus)}, int(concurrent), max(1, math.ceil(cpus))
 
 
+def _lost_with_its_node(error: BaseException | None) -> bool:
+    """Did a trial fail because its Ray actor or node died (not because of its own code)?"""
+    import ray
+
+    return isinstance(error, (ray.exceptions.RayActorError, ray.exceptions.NodeDiedError))
+
+
+_MAX_RESCHEDULES = 3  # rounds for trials lost with a dead node before the driver gives up
+
+
 def _run_phase_trials(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Phase,
                       specs: list[DetectorSpec], trial_fn: TrialFn) -> None:
+    """Runs the phase's unfinished trials; trials lost with a dead node run again (a new Tune
+    run over them), up to _MAX_RESCHEDULES times."""
+    for _ in range(1 + _MAX_RESCHEDULES):
+        lost = _fit(store, search, opts, phase, specs, _unfinished(store, phase, specs), trial_fn)
+        if not lost:
+            return
+
+
+def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Phase,
+         specs: list[DetectorSpec], todo: list[DetectorSpec], trial_fn: TrialFn) -> list[str]:
+    """One Tune run over `todo`; returns the ids of trials lost with their node."""
     from ray import tune
 
-    todo = _unfinished(store, phase, specs)
     best = max((r["ap_hard"] for r in store.rows() if r["status"] == "ok"
                 and math.isfinite(r["ap_hard"])), default=math.nan)
     progress = Progress(phase.step, len(specs), already_done=len(specs) - len(todo), best_ap=best)
     progress.show()
     if not todo:
         progress.close()
-        return
+        return []
     resources, concurrent, threads = _resources(opts, phase.whole_node)
     requests = {s.id: _request(store, search, phase.step, s, threads) for s in todo}
     trainable = tune.with_resources(
@@ -469,9 +494,18 @@ def _run_phase_trials(store: RunStore, search: dict[str, Any], opts: SearchOptio
             callbacks=[_store_callback(store, {s.id: s for s in todo}, phase, search["seed"],
                                        progress)]))
     try:
-        tuner.fit()
+        grid = tuner.fit()
     finally:
         progress.close()
+    # Tune retries only trials that were RUNNING; one whose actor died while starting on a
+    # dying node is errored at once. Such rows are taken back and the trials run again.
+    lost = [r.config["spec_id"] for r in grid
+            if r.error is not None and _lost_with_its_node(r.error)]
+    if lost:
+        store.remove_rows(lost)
+        print(f"{phase.label}: {len(lost)} trials lost with their node; running them again",
+              file=sys.stderr)
+    return lost
 
 
 def _scheduler(search: dict[str, Any], phase: Phase):
@@ -496,14 +530,16 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
     `trial_fn` (default: $FACENAS_TRIAL_FN, else each phase's own) replaces every phase's
     trial function; `after` the space's finish (analysis + export + summary).
     """
-    started = _init_ray(opts)  # first: a wrong --address or --gpus-per-trial writes nothing
+    if opts.resume:
+        store = RunStore(opts.resume)
+        search = store.read_config()["search"]
+    else:
+        store, search = _new_run(opts)
+    started = _init_ray(opts)  # a wrong --address or --gpus-per-trial still writes nothing
     try:
         _check_gpus(opts)
-        if opts.resume:
-            store = RunStore(opts.resume)
-            search = store.read_config()["search"]
-        else:
-            store, search = _new_run(opts)
+        if not opts.resume:
+            _write_new_run(store, search)
         space = space_entry(search["space"])
         print(f"run directory: {store.run_dir}", file=sys.stderr)
         if opts.address:

@@ -184,6 +184,12 @@ class RunStore:
         self._rows = rows
         self._write(rows)
 
+    def remove_rows(self, spec_ids: Iterable[str]) -> None:
+        """Drop the rows of these spec ids (trials that will run again) and rewrite atomically."""
+        drop = set(spec_ids)
+        self._rows = [r for r in self.rows() if r["spec_id"] not in drop]
+        self._write(self._rows)
+
     def _write(self, rows: list[dict[str, Any]]) -> None:
         extra = list(dict.fromkeys(k for r in rows for k in r if k not in COLUMNS))
         table = pd.DataFrame(rows, columns=list(COLUMNS) + extra)

@@ -92,3 +92,16 @@ def rung_trial(request, report=None) -> dict:
             report(dict(metrics), Path(request.out_dir) / "train")
     _log(request, "completions.log")
     return metrics
+
+
+def lost_once_trial(request) -> dict:
+    """Dies the first time as if its node went down (a RayActorError raised in the trial; the
+    driver cannot tell it from a real lost node), then trains normally."""
+    marker = Path(request.out_dir) / "lost_once"
+    if not marker.exists():
+        marker.write_text("lost")
+        _log(request, "lost.log")
+        from ray.exceptions import RayActorError
+
+        raise RayActorError()
+    return fake_trial(request)
