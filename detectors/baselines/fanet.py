@@ -14,7 +14,9 @@ A-block (Fig. 2): the shallower map goes through the context module (1x1 conv to
 parallel branches 1x1, 1x3, 3x1, 3x3 of X/4 channels each, concatenated: 1:1:1:1); the deeper
 map is 1x1-reduced to N / deep_ratio (N its channels, ratio 8) and bilinearly upsampled to the
 shallower map's size; both are concatenated and smoothed by a 3x3 conv to `neck.channels`.
-Every conv has a bias and a ReLU. `options.context: false` replaces the context module by its
+Every conv has a bias and a ReLU. As S3FD, the first backbone maps are L2-normalised with a
+learnable per-channel scale (`options.l2norm`: initial scales, S3FD's 10, 8, 5 for conv3_3,
+conv4_3, conv5_3; [] for none) before anything reads them. `options.context: false` replaces the context module by its
 1x1 reduce alone (the paper's "without context" ablation).
 
 The hierarchical loss (Eq. 4): every hierarchy k < m is returned as an auxiliary feature set
@@ -58,6 +60,7 @@ class FANetOptions:
     context_channels: int = 256
     deep_ratio: int = 8
     context: bool = True
+    l2norm: tuple[float, ...] = (10.0, 8.0, 5.0)
 
     def __post_init__(self) -> None:
         if not _is_int(self.depth) or not 1 <= self.depth <= MAX_DEPTH:
@@ -72,6 +75,11 @@ class FANetOptions:
                             f"got {self.deep_ratio!r}")
         if not isinstance(self.context, bool):
             raise UserError(f"fanet neck options context must be true or false, got {self.context!r}")
+        ok = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0  # noqa: E731
+        if not isinstance(self.l2norm, tuple) or not all(ok(v) for v in self.l2norm):
+            raise UserError(f"fanet neck options l2norm must be a list of positive numbers "
+                            f"(S3FD: [10, 8, 5]), got {self.l2norm!r}")
+        object.__setattr__(self, "l2norm", tuple(float(v) for v in self.l2norm))
 
 
 def computed_levels(num_levels: int, depth: int) -> list[int]:
@@ -92,6 +100,19 @@ def fanet_check(spec) -> None:
     if len(levels) < depth:
         raise UserError(f"neck type 'fanet' with depth {depth} needs at least {depth} levels, "
                         f"in_levels has {len(levels)}")
+
+
+class L2Norm(nn.Module):
+    """S3FD / SSD's L2 normalisation across channels with a learnable per-channel scale
+    (initialised to `scale`): (N, C, H, W) -> same shape, x / ||x||_2 * weight."""
+
+    def __init__(self, channels: int, scale: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.full((channels,), float(scale)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        norm = x.pow(2).sum(1, keepdim=True).sqrt().clamp(min=1e-10)
+        return x / norm * self.weight.view(1, -1, 1, 1)
 
 
 def _conv(cin: int, cout: int, k) -> nn.Sequential:
@@ -176,6 +197,8 @@ class FANetNeck(nn.Module):
         self.hierarchy = nn.ModuleList(
             nn.ModuleList(ABlock(prev[l], prev[l + 1], channels, opts) for l in range(count))
             for prev, count in zip(sets, computed_levels(len(in_channels), opts.depth)))
+        # S3FD normalises its shallow maps (conv3_3, conv4_3, conv5_3: scales 10, 8, 5)
+        self.l2norms = nn.ModuleList(L2Norm(c, v) for c, v in zip(in_channels, opts.l2norm))
         self.adapters = nn.ModuleList(
             nn.Identity() if c == channels else _conv(c, channels, 1) for c in in_channels)
         for m in self.modules():  # the paper: new layers are initialised with "xavier"
@@ -184,6 +207,7 @@ class FANetNeck(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, feats: list[torch.Tensor]):
+        feats = [n(x) for n, x in zip(self.l2norms, feats)] + list(feats[len(self.l2norms):])
         sets = [list(feats)]
         for blocks in self.hierarchy:
             prev = sets[-1]
@@ -220,6 +244,7 @@ def fanet_cost(c: Counter, spec, in_channels: list[int], sizes: list[tuple[int, 
     for prev, count in zip(sets, computed_levels(n, opts.depth)):
         for l in range(count):
             ablock_cost(c, prev[l], prev[l + 1], cout, opts, sizes[l], sizes[l + 1])
+    c.p += sum(in_channels[: len(opts.l2norm)])  # L2Norm scales (ops not counted, as mmcv)
     first_raw = n - 1 if opts.depth > 1 else 0  # levels of the final set that are backbone maps
     for l, cin in enumerate(in_channels):
         if cin == cout:
