@@ -14,7 +14,8 @@ and its modules elsewhere (detectors/blocks/, necks, heads); nothing registers i
                               neck_spec.channels at the same strides;
                               cost(counter, neck_spec, in_channels, sizes) -> None;
                               `options`: the frozen dataclass of the neck's own settings
-                              (spec key neck.options), or None
+                              (spec key neck.options), or None; `check`: check(detector_spec) raising
+                              UserError for rules across the spec (fanet: its levels), or None
     HEADS   detection heads:  build(head_spec, in_channels, num_levels, num_anchors)
                               cost(counter, head_spec, in_channels, sizes, num_anchors) -> None
     ASSIGNERS  recipe.assigner.type: fn(anchors_per_level, gt_boxes, gt_ignore, config) -> Assignment

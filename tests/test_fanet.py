@@ -366,3 +366,29 @@ def test_memorisation_reduced_fanet_learns(widerface_mini, tmp_path):
 
 
 MEMO_FANET_ITERS = 250
+
+
+def test_reduced_fanet_onnx_export_matches_torch(tmp_path):
+    """export-onnx of a FANet (L2Norm, context branches, bilinear upsampling, 6 strides) runs
+    in onnxruntime at another input size than exported and matches the torch outputs."""
+    ort = pytest.importorskip("onnxruntime")
+    from detectors.checkpoint import save_checkpoint
+    from detectors.onnx_io import RawExport
+
+    spec = _small()
+    spec_path = tmp_path / "fanet_small.yaml"
+    spec_path.write_text(spec.to_yaml())
+    model = build(spec).eval()
+    ckpt = save_checkpoint(tmp_path / "w.pt", {"spec": spec.to_dict(), "model": model.state_dict()})
+    out = tmp_path / "fanet.onnx"
+    assert main(["export-onnx", str(spec_path), "--weights", str(ckpt), "-o", str(out),
+                 "--size", "128"]) == 0
+    x = torch.randn(1, 3, 160, 96, generator=torch.Generator().manual_seed(5))
+    session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input": x.numpy()})
+    with torch.no_grad():
+        want = RawExport(model, spec.anchors.strides)(x)
+    assert len(got) == len(want) == 2 * 6
+    for g, w in zip(got, want):
+        assert g.shape == tuple(w.shape)
+        assert np.abs(g - w.numpy()).max() <= 1e-4
