@@ -14,7 +14,8 @@ and its modules elsewhere (detectors/blocks/, necks, heads); nothing registers i
                               neck_spec.channels at the same strides;
                               cost(counter, neck_spec, in_channels, sizes) -> None;
                               `options`: the frozen dataclass of the neck's own settings
-                              (spec key neck.options), or None
+                              (spec key neck.options), or None; `check`: check(detector_spec) raising
+                              UserError for rules across the spec (fanet: its levels), or None
     HEADS   detection heads:  build(head_spec, in_channels, num_levels, num_anchors)
                               cost(counter, head_spec, in_channels, sizes, num_anchors) -> None
     ASSIGNERS  recipe.assigner.type: fn(anchors_per_level, gt_boxes, gt_ignore, config) -> Assignment
@@ -56,6 +57,9 @@ class NeckEntry:
     build: Callable[..., Any]
     cost: Callable[..., None]
     options: type | None = None
+    # check(detector_spec) -> None: rules tying the neck to the rest of the spec (raises
+    # UserError), run by DetectorSpec validation; None: no extra rules
+    check: Callable[[Any], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -64,23 +68,30 @@ class HeadEntry:
     cost: Callable[..., None]
 
 
-from detectors import assign, heads, losses, necks  # noqa: E402
-from detectors.blocks import mobilenet, resnet  # noqa: E402
+from detectors import assign, heads, losses, multibox, necks  # noqa: E402
+from detectors.baselines import fanet  # noqa: E402
+from detectors.blocks import mobilenet, resnet, vgg  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
     "bottleneck": BlockEntry(resnet.Bottleneck, resnet.bottleneck_cost, expansion=4),
     "depthwise": BlockEntry(mobilenet.DepthwiseBlock, mobilenet.depthwise_cost),
+    "vgg": BlockEntry(vgg.VGGConv, vgg.vgg_conv_cost),
+    "vgg_fc": BlockEntry(vgg.VGGFc, vgg.vgg_fc_cost),
+    "ssd_extra": BlockEntry(vgg.SSDExtra, vgg.ssd_extra_cost),
 }
 
 STEMS: dict[str, StemEntry] = {
     "deep": StemEntry(resnet.deep_stem, resnet.deep_stem_cost, stride=4),
     "mobilenet": StemEntry(mobilenet.mobilenet_stem, mobilenet.mobilenet_stem_cost, stride=2),
+    "vgg": StemEntry(vgg.vgg_stem, vgg.vgg_stem_cost, stride=4),
 }
 
 NECKS: dict[str, NeckEntry] = {
     "pafpn": NeckEntry(necks.pafpn, necks.pafpn_cost),
     "fpn": NeckEntry(necks.fpn, necks.fpn_cost),
+    "fanet": NeckEntry(fanet.fanet, fanet.fanet_cost, options=fanet.FANetOptions,
+                       check=fanet.fanet_check),
 }
 
 HEADS: dict[str, HeadEntry] = {
@@ -94,6 +105,7 @@ ASSIGNERS: dict[str, Callable[..., Any]] = {
 
 LOSSES: dict[str, Callable[..., Any]] = {
     "scrfd": losses.scrfd_loss,
+    "multibox": multibox.multibox_loss,
 }
 
 

@@ -295,6 +295,9 @@ class DetectorSpec:
                 f"anchors strides {list(self.anchors.strides)} must match the neck levels "
                 f"{list(self.neck.in_levels)} (strides {list(expected)})"
             )
+        check = _catalog().neck_entry(self.neck.type).check
+        if check is not None:  # the neck's own rules across the spec (e.g. fanet's levels)
+            check(self)
         h = self.head
         if h.norm == "gn" and h.depthwise and h.num_convs and self.neck.channels % h.gn_groups:
             # the first depthwise conv is normalised over the neck's channels
