@@ -64,13 +64,15 @@ class HeadEntry:
     cost: Callable[..., None]
 
 
-from detectors import assign, heads, losses, necks  # noqa: E402
-from detectors.blocks import mobilenet, resnet  # noqa: E402
+from detectors import assign, bfbox_fpn, heads, losses, necks  # noqa: E402
+from detectors.blocks import bfbox, mobilenet, resnet  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
     "bottleneck": BlockEntry(resnet.Bottleneck, resnet.bottleneck_cost, expansion=4),
     "depthwise": BlockEntry(mobilenet.DepthwiseBlock, mobilenet.depthwise_cost),
+    # BFBox's choice blocks (Fig. 2): bf_conv{k}, bf_dw{k}, bf_dw{k2}_{k3}, bf_dense{n}x{g}
+    **{name: BlockEntry(build, cost) for name, (build, cost) in bfbox.BLOCKS.items()},
 }
 
 STEMS: dict[str, StemEntry] = {
@@ -81,6 +83,8 @@ STEMS: dict[str, StemEntry] = {
 NECKS: dict[str, NeckEntry] = {
     "pafpn": NeckEntry(necks.pafpn, necks.pafpn_cost),
     "fpn": NeckEntry(necks.fpn, necks.fpn_cost),
+    "bfbox_fpn": NeckEntry(bfbox_fpn.bfbox_fpn, bfbox_fpn.bfbox_fpn_cost,
+                           options=bfbox_fpn.BFBoxFPNOptions),
 }
 
 HEADS: dict[str, HeadEntry] = {
