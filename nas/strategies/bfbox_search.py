@@ -4,8 +4,13 @@ plan candidates (random / evolution), evaluate one candidate, export the best.
     config = resolve(gflops=2.5, budget="smoke", strategy="random")   # plain data
     ckpt = run_supernet(config, run_dir)                               # phase 1: one trial
     plan = plan_candidates(config, generation, scored)                 # phase 2+: trials
-    row = evaluate_candidate(config, spec_yaml, ckpt)                  # one candidate trial
-    export_configs(config, best_specs, run_dir / "export")             # retraining configs
+    row = evaluate_candidate(config, spec_yaml, ckpt, data_root)       # one candidate trial
+
+`nas.strategies.bfbox_driver.entry()` is the driver's SpaceEntry (nas/spaces.py): phase step 0 trains the supernet (one
+trial taking the whole node, no results row; skipped with --supernet), steps 1..G are the
+candidate generations (random search: one), each candidate one Ray Tune trial and one row;
+`finish` exports the top-k paths as retraining configs (nas.export.export_top, so
+`facenas export` works on bfbox runs too).
 
 The preset is experiments/search/bfbox.yaml; a budget (smoke / quick / paper) overrides its
 `frame` (the BFBoxSpace), candidate counts, subsets and recipes. Every bad option is a
@@ -29,7 +34,7 @@ from detectors.errors import UserError
 from search_spaces.bfbox import BFBoxSpace
 
 __all__ = ["PRESET", "resolve", "space_of", "run_supernet", "plan_candidates",
-           "evaluate_candidate", "export_configs"]
+           "evaluate_candidate", "planner", "load_preset", "scored_rows"]
 
 PRESET = Path(__file__).resolve().parents[2] / "experiments" / "search" / "bfbox.yaml"
 _BUDGET_KEYS = {"frame", "num_candidates", "candidates", "evolution", "recipe", "retrain_recipe",
@@ -58,13 +63,15 @@ def load_preset(budget: str, path: Path = PRESET) -> dict[str, Any]:
 
 def resolve(gflops: float, budget: str = "quick", *, strategy: str | None = None,
             num_candidates: int | None = None, seed: int = 0, supernet: str | None = None,
-            data: str | None = None, top_k: int | None = None) -> dict[str, Any]:
-    """The resolved search config (plain data for RUN_DIR/config.yaml); checks every option."""
+            data: str | None = None, top_k: int | None = None, evolution: dict | None = None,
+            frame: dict | None = None) -> dict[str, Any]:
+    """The resolved search config (plain data for RUN_DIR/config.yaml); checks every option.
+    `evolution` / `frame` override the preset's (CLI options)."""
     from detectors.config import recipe_from_dict
-    from nas.strategies.evolution import make_strategy
 
     preset = load_preset(budget)
-    space = BFBoxSpace.from_dict(preset["frame"], "frame")
+    preset["evolution"] = {**preset["evolution"], **(evolution or {})}
+    space = BFBoxSpace.from_dict({**preset["frame"], **(frame or {})}, "frame")
     config = {
         "space": "bfbox", "preset": str(PRESET), "budget": budget, "gflops": float(gflops),
         "tolerance": float(preset["tolerance"]), "frame": space.to_dict(),
@@ -168,24 +175,6 @@ def evaluate_candidate(config: dict[str, Any], spec_yaml: str, supernet_path: st
     metrics = evaluate_path(net, space, path, data_root, subsets, config["candidates"]["test_size"],
                             recal, gt, test["score_thresh"], test["iou_thresh"])
     return {"status": "ok", "error": "", **metrics}
-
-
-def export_configs(config: dict[str, Any], spec_yamls: list[str], out_dir: str | os.PathLike) -> list[Path]:
-    """Retraining configs (spec inline + the preset's retrain recipe) for `facenas train`,
-    one per path, named rank-<i>-<spec id>.yaml, each written atomically."""
-    from detectors.spec import DetectorSpec
-    from nas.results import atomic_write_text
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for rank, text in enumerate(spec_yamls, start=1):
-        spec = DetectorSpec.from_yaml(text)
-        path = out_dir / f"rank-{rank}-{spec.id}.yaml"
-        body = {"spec": spec.to_dict(), "recipe": config["retrain_recipe"]}
-        atomic_write_text(path, yaml.safe_dump(body, sort_keys=False, default_flow_style=None))
-        paths.append(path)
-    return paths
 
 
 def scored_rows(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
