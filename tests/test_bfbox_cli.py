@@ -97,3 +97,50 @@ def test_smoke_search_end_to_end_then_reuse_the_supernet(tmp_path, tiny_data):
     table = pd.read_parquet(again / "trials.parquet")
     assert sorted(table["step"]) == [1, 1, 2, 2] and table["spec_id"].nunique() == 4
     assert not list((again / "trials").glob("step0-*"))  # the given supernet was reused
+
+
+def _rows(run: Path) -> int:
+    try:
+        return len(pd.read_parquet(run / "trials.parquet"))
+    except (OSError, ValueError):
+        return 0
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_candidate_phase_then_resume_gives_exactly_n_candidates(tmp_path):
+    """Evolution, 2 generations of 3: killed after 2 candidate rows, resumed, the run holds
+    exactly the 6 planned candidates, each evaluated once (fake trials: the driver is tested)."""
+    import os
+    import signal
+    import time
+    from collections import Counter
+
+    from nas.results import RunStore
+
+    tests, repo = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(repo), os.environ.get("PYTHONPATH", "")]),
+           "FACENAS_TRIAL_FN": "search_fakes:slow_trial", "FACENAS_FAKE_DELAY": "1.5"}
+    (tmp_path / "data").mkdir()
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "nas.cli", "search", "--space", "bfbox", "--gflops", "2.5",
+           "--budget", "smoke", "--data", str(tmp_path / "data"), "--strategy", "evolution",
+           "--population", "3", "--parents", "2", "--num-candidates", "6"]
+    driver = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while _rows(run) < 2 and driver.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert driver.poll() is None, "the search ended before it could be killed: " + driver.stderr.read()
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    assert 2 <= _rows(run) < 6
+    resumed = subprocess.run([sys.executable, "-m", "nas.cli", "search", "--resume", str(run)],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    table = pd.read_parquet(run / "trials.parquet")
+    store = RunStore(run)
+    planned = [s.id for step in (1, 2) for s in store.read_plan(step)]
+    assert len(planned) == len(set(planned)) == 6 and sorted(table["spec_id"]) == sorted(planned)
+    completions = Counter(l.split()[1] for l in (run / "completions.log").read_text().splitlines()
+                          if not l.startswith("0 "))  # step 0: the (fake) supernet trial
+    assert set(completions) == set(planned) and max(completions.values()) == 1
