@@ -183,7 +183,6 @@ class BFBoxSpace:
                                scales=(1.0,), ratios=(1.0,)),
             input_size=(self.input_size, self.input_size))
 
-    to_spec = template
 
     def from_spec(self, spec: DetectorSpec) -> BFBoxPath:
         """The path a spec of this space encodes (UserError naming the mismatch otherwise)."""

@@ -78,7 +78,7 @@ class _SuperFPN(nn.Module):
         self.rf = nn.ModuleList(
             nn.ModuleDict({name: rf_module(name, n) for name in RF_MODULES}) for _ in range(m))
         choices = space.layer_choices()
-        self._layers_of_level = _layers_by_stage(space.depths)
+        self._layers_of_stage = _layers_by_stage(space.depths)
         if space.attention:
             pool = len(_LEVELS) + m - 1
             self.attn_theta = nn.Parameter(torch.zeros(m, pool))
@@ -98,7 +98,7 @@ class _SuperFPN(nn.Module):
 
     def _logit(self, k: int, j: int, genes) -> torch.Tensor:
         stage = self.levels[j] - _LEVELS[0]
-        layers = self._layers_of_level[stage]
+        layers = self._layers_of_stage[stage]
         cond = self.attn_cond[k, j, layers, torch.as_tensor(genes[layers])].sum()
         return self.attn_theta[k, j] + cond
 

@@ -34,7 +34,7 @@ def test_choices_follow_fig2_and_fdb():
                                    BFBoxSpace(attention=False, merges=3, shallow_stages=3, **SMALL)])
 def test_gene_table_equals_spec_cost_and_round_trips(space):
     rng = np.random.default_rng(0)
-    for genes in space.random_genes(rng, 20):
+    for genes in space.random_genes(rng, 8):
         path = space.decode(genes)
         spec = space.template(path)
         assert DetectorSpec.from_yaml(spec.to_yaml()) == spec
