@@ -68,6 +68,12 @@ def main() -> None:
     p.add_argument("--attention", nargs="+", default=["on", "off"], choices=("on", "off"))
     p.add_argument("--data", default=None)
     p.add_argument("--out", default="/tmp/facenas-bfbox-ranking")
+    p.add_argument("--supernet-iterations", type=int, default=None,
+                   help="shorten the budget's supernet schedule (milestones scaled alike)")
+    p.add_argument("--retrain-iterations", type=int, default=None,
+                   help="shorten the standalone schedule (milestones scaled alike)")
+    p.add_argument("--train-size", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
     a = p.parse_args()
 
     import numpy as np
@@ -80,13 +86,24 @@ def main() -> None:
 
     torch.set_num_threads(1)
     out = Path(a.out)
-    base = bs.resolve(a.gflops, a.budget, num_candidates=a.candidates, strategy="random")
+    def shrink(config):
+        for key, its in (("recipe", a.supernet_iterations), ("retrain_recipe", a.retrain_iterations)):
+            r = config[key]
+            r.update({k: v for k, v in (("train_size", a.train_size), ("batch_size", a.batch_size))
+                      if v is not None})
+            if its is not None:
+                s = r["schedule"]
+                s["milestones"] = [max(1, m * its // s["total"]) for m in s["milestones"]]
+                s["total"], s["warmup_iters"] = its, min(s["warmup_iters"], its // 4)
+        return config
+
+    base = shrink(bs.resolve(a.gflops, a.budget, num_candidates=a.candidates, strategy="random"))
     data = Path(a.data) if a.data else Path(default_root(**base["synthetic"]))
     plan = bs.plan_candidates(base, 0, [])
     inherited: dict[str, list[float]] = {}
     for setting in a.attention:
-        config = bs.resolve(a.gflops, a.budget, num_candidates=a.candidates, strategy="random",
-                            frame={"attention": setting == "on"})
+        config = shrink(bs.resolve(a.gflops, a.budget, num_candidates=a.candidates,
+                                   strategy="random", frame={"attention": setting == "on"}))
         t0 = time.perf_counter()
         ckpt = bs.run_supernet(config, out / f"supernet-{setting}", data, num_threads=a.workers)
         print(f"supernet attention {setting}: {time.perf_counter() - t0:.0f} s "
