@@ -120,7 +120,11 @@ def test_sigkill_of_the_candidate_phase_then_resume_gives_exactly_n_candidates(t
 
     tests, repo = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(repo), os.environ.get("PYTHONPATH", "")]),
-           "FACENAS_TRIAL_FN": "search_fakes:slow_trial", "FACENAS_FAKE_DELAY": "1.5"}
+           "FACENAS_TRIAL_FN": "search_fakes:slow_trial", "FACENAS_FAKE_DELAY": "1.5",
+           # a new local Ray cluster for the resumed driver: ray.init() would otherwise join the
+           # killed driver's (or another process's) still-running cluster via
+           # /tmp/ray/ray_current_cluster and refuse num_cpus
+           "RAY_ADDRESS": "local"}
     (tmp_path / "data").mkdir()
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "nas.cli", "search", "--space", "bfbox", "--gflops", "2.5",
@@ -128,7 +132,7 @@ def test_sigkill_of_the_candidate_phase_then_resume_gives_exactly_n_candidates(t
            "--population", "3", "--parents", "2", "--num-candidates", "6"]
     driver = subprocess.Popen(cmd + ["--out", str(run)], env=env, stdout=subprocess.DEVNULL,
                               stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
+    deadline = time.monotonic() + 600  # Ray start-up and the fake supernet phase come first
     while _rows(run) < 2 and driver.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
     assert driver.poll() is None, "the search ended before it could be killed: " + driver.stderr.read()
