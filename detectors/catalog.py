@@ -68,9 +68,9 @@ class HeadEntry:
     cost: Callable[..., None]
 
 
-from detectors import assign, heads, losses, multibox, necks  # noqa: E402
+from detectors import assign, bfbox_fpn, heads, losses, multibox, necks  # noqa: E402
 from detectors.baselines import fanet  # noqa: E402
-from detectors.blocks import mobilenet, resnet, vgg  # noqa: E402
+from detectors.blocks import bfbox, mobilenet, resnet, vgg  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
@@ -79,6 +79,8 @@ BLOCKS: dict[str, BlockEntry] = {
     "vgg": BlockEntry(vgg.VGGConv, vgg.vgg_conv_cost),
     "vgg_fc": BlockEntry(vgg.VGGFc, vgg.vgg_fc_cost),
     "ssd_extra": BlockEntry(vgg.SSDExtra, vgg.ssd_extra_cost),
+    # BFBox's choice blocks (Fig. 2): bf_conv{k}, bf_dw{k}, bf_dw{k2}_{k3}, bf_dense{n}x{g}
+    **{name: BlockEntry(build, cost) for name, (build, cost) in bfbox.BLOCKS.items()},
 }
 
 STEMS: dict[str, StemEntry] = {
@@ -92,6 +94,8 @@ NECKS: dict[str, NeckEntry] = {
     "fpn": NeckEntry(necks.fpn, necks.fpn_cost),
     "fanet": NeckEntry(fanet.fanet, fanet.fanet_cost, options=fanet.FANetOptions,
                        check=fanet.fanet_check),
+    "bfbox_fpn": NeckEntry(bfbox_fpn.bfbox_fpn, bfbox_fpn.bfbox_fpn_cost,
+                           options=bfbox_fpn.BFBoxFPNOptions),
 }
 
 HEADS: dict[str, HeadEntry] = {

@@ -85,9 +85,16 @@ def _scrfd() -> SpaceEntry:
                       finish=two_step.finish, default_data=two_step.default_data)
 
 
+def _bfbox() -> SpaceEntry:
+    from nas.strategies import bfbox_driver
+
+    return bfbox_driver.entry()
+
+
 # name -> a function returning the entry (imported when chosen: spaces pull in their models)
 SPACES: dict[str, Callable[[], SpaceEntry]] = {
     "scrfd": _scrfd,
+    "bfbox": _bfbox,
 }
 
 

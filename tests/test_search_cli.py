@@ -24,7 +24,7 @@ def _facenas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     (["--gflops", "0.001"], ["0.001 GFLOPs", "spans"]),
     (["--gflops", "100000"], ["100000 GFLOPs", "spans"]),
     (["--budget", "nonsense"], ["unknown budget", "smoke"]),
-    (["--space", "bfbox"], ["unknown search space", "scrfd"]),
+    (["--space", "nonsense"], ["unknown search space", "scrfd"]),
     (["--num-samples", "0"], ["--num-samples"]),
     (["--data", "/nonexistent/facenas-data"], ["no such directory"]),
 ])

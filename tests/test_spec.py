@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detectors import catalog
 from detectors.errors import UserError
 from detectors.spec import (AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec,
                             StageSpec)
@@ -63,9 +64,9 @@ def test_defaults_are_scrfd():
 @pytest.mark.parametrize("make, message", [
     (lambda: StageSpec("basic", 2, 20), "stage 3 width 20 is not divisible by 8"),
     (lambda: StageSpec("basic", -1, 24), "stage 3 depth must be >= 1, got -1"),
-    # the valid names are the catalogue's, whatever families it holds
+    # the valid names are the catalogue's (families add blocks): basic, bottleneck, depthwise, ...
     (lambda: StageSpec("resnext", 2, 24),
-     "stage 3 block 'resnext' is not one of " + ", ".join(__import__("detectors.catalog").catalog.BLOCKS)),
+     "stage 3 block 'resnext' is not one of " + ", ".join(catalog.BLOCKS)),
 ])
 def test_stage_validation_messages(make, message):
     stages = [StageSpec("basic", 1, 8)] * 4
