@@ -64,7 +64,7 @@ class HeadEntry:
     cost: Callable[..., None]
 
 
-from detectors import assign, heads, losses, necks  # noqa: E402
+from detectors import assign, autofem, drmc, heads, losses, necks  # noqa: E402
 from detectors.blocks import mobilenet, resnet  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
@@ -81,6 +81,7 @@ STEMS: dict[str, StemEntry] = {
 NECKS: dict[str, NeckEntry] = {
     "pafpn": NeckEntry(necks.pafpn, necks.pafpn_cost),
     "fpn": NeckEntry(necks.fpn, necks.fpn_cost),
+    "autofem": NeckEntry(autofem.autofem, autofem.autofem_cost, options=autofem.AutoFEMOptions),
 }
 
 HEADS: dict[str, HeadEntry] = {
@@ -94,6 +95,7 @@ ASSIGNERS: dict[str, Callable[..., Any]] = {
 
 LOSSES: dict[str, Callable[..., Any]] = {
     "scrfd": losses.scrfd_loss,
+    "drmc": drmc.drmc_loss,
 }
 
 
