@@ -65,17 +65,23 @@ class HeadEntry:
 
 
 from detectors import assign, autofem, drmc, heads, losses, necks  # noqa: E402
-from detectors.blocks import mobilenet, resnet  # noqa: E402
+from detectors.blocks import extra, mobilenet, mobilenet_v1, resnet, tv_resnet  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
     "bottleneck": BlockEntry(resnet.Bottleneck, resnet.bottleneck_cost, expansion=4),
     "depthwise": BlockEntry(mobilenet.DepthwiseBlock, mobilenet.depthwise_cost),
+    "tv_basic": BlockEntry(tv_resnet.TVBasicBlock, tv_resnet.tv_basic_cost),
+    "tv_bottleneck": BlockEntry(tv_resnet.TVBottleneck, tv_resnet.tv_bottleneck_cost, expansion=4),
+    "ssd_extra": BlockEntry(extra.ExtraBlock, extra.extra_cost),
 }
 
 STEMS: dict[str, StemEntry] = {
     "deep": StemEntry(resnet.deep_stem, resnet.deep_stem_cost, stride=4),
     "mobilenet": StemEntry(mobilenet.mobilenet_stem, mobilenet.mobilenet_stem_cost, stride=2),
+    "tv_resnet": StemEntry(tv_resnet.tv_stem, tv_resnet.tv_stem_cost, stride=4),
+    "mobilenet_v1": StemEntry(mobilenet_v1.mobilenet_v1_stem, mobilenet_v1.mobilenet_v1_stem_cost,
+                              stride=2),
 }
 
 NECKS: dict[str, NeckEntry] = {
