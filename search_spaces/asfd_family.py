@@ -31,7 +31,8 @@ from detectors.autofem import AutoFEMOptions
 from detectors.errors import UserError
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 
-__all__ = ["TABLE1", "TABLE5", "autofem_depth", "head_depth", "backbone", "family_spec"]
+__all__ = ["TABLE1", "TABLE5", "autofem_depth", "head_depth", "backbone", "family_spec",
+           "search_base"]
 
 LEVELS = (2, 3, 4, 5, 6, 7)
 # D -> (theta, backbone); Table 1
@@ -86,15 +87,28 @@ def family_spec(d: int, autofem: AutoFEMOptions, name: str | None = None) -> Det
     depth = autofem_depth(theta)
     options = dataclasses.replace(autofem, cpm=autofem.cpm if depth >= 1 else (),
                                   repeats=max(1, int(depth)))
-    width = 64 * theta
+    return _detector(name or f"asfd_d{d}", backbone(net), 64 * theta, head_depth(theta),
+                     NeckSpec("autofem", 64 * theta, LEVELS, options))
+
+
+def _detector(name: str, bb: BackboneSpec, width: int, head_convs: int,
+              neck: NeckSpec) -> DetectorSpec:
     return DetectorSpec(
-        name=name or f"asfd_d{d}", backbone=backbone(net),
-        neck=NeckSpec("autofem", width, LEVELS, options),
-        head=HeadSpec(channels=width, num_convs=head_depth(theta), norm="gn",
-                      shared_towers=False, depthwise=True),
+        name=name, backbone=bb, neck=neck,
+        head=HeadSpec(channels=width, num_convs=head_convs, norm="gn", shared_towers=False,
+                      depthwise=True),
         anchors=AnchorSpec(strides=tuple(2**lv for lv in LEVELS),
                            base_sizes=tuple(2**(lv + 2) for lv in LEVELS), scales=(1.0,),
                            ratios=(1.5,)))
+
+
+def search_base(net: str, channels: int, head_convs: int, name: str = "asfd_search") -> DetectorSpec:
+    """The detector a search builds its supernet into: a Table 1 backbone, the family's head
+    and anchors; its neck (an FPN over C2-C7) only names the channels and levels."""
+    if net not in _RESNETS and net not in ("mobilenet0.25", "mobilenet1.0"):
+        raise UserError(f"base backbone {net!r} is not one of mobilenet0.25, mobilenet1.0, "
+                        f"{', '.join(_RESNETS)}")
+    return _detector(name, backbone(net), channels, head_convs, NeckSpec("fpn", channels, LEVELS))
 
 
 def _write(spec: DetectorSpec, path: Path, source: str) -> None:

@@ -11,6 +11,7 @@ import torch
 from detectors.checkpoint import load_checkpoint
 from detectors.config import TrainConfig, recipe_from_dict
 from detectors.cost import cost
+from detectors.errors import UserError
 from detectors.measure import measured_cost
 from detectors.model import build
 from detectors.spec import DetectorSpec
@@ -83,3 +84,23 @@ def test_sgd_never_moves_the_architecture(widerface_mini, tmp_path):
     assert arch and all(torch.equal(state["model"][k], init[k]) for k in arch)
     assert not all(torch.equal(state["model"][k], init[k]) for k in init if "arch_" not in k)
     assert not (tmp_path / "w" / HISTORY).exists()
+
+
+def test_smoke_preset_searches_and_derives_six_levels(widerface_mini, tmp_path):
+    from nas.asfd_search import resolve, run_seed
+
+    cfg = resolve("smoke")
+    spec = run_seed(cfg, 3, widerface_mini, tmp_path / "s", num_threads=1)
+    opts = spec.neck.options
+    assert spec.neck.in_levels == (2, 3, 4, 5, 6, 7) and len(opts.cpm) == 6
+    assert all(len(cell) == cfg["supernet"]["nodes"] for cell in opts.cpm)
+    assert spec.neck.channels == cfg["base"]["channels"]
+
+
+def test_preset_errors():
+    from nas.asfd_search import resolve
+
+    with pytest.raises(UserError, match="unknown budget 'huge'; valid: smoke, quick, paper"):
+        resolve("huge")
+    with pytest.raises(UserError, match="--seeds must be >= 1"):
+        resolve("smoke", seeds=0)
