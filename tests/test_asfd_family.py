@@ -100,3 +100,10 @@ def test_bad_family_index(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
     assert main([str(derived), "--out", str(tmp_path / "out"), "--models", "0,6"]) == 0
     assert DetectorSpec.from_yaml(tmp_path / "out" / "asfd_d6.yaml") == family_spec(6, AUTOFEM)
+
+
+def test_shipped_family_is_the_family_of_the_shipped_autofem(repo_root):
+    models = repo_root / "experiments" / "models"
+    autofem = DetectorSpec.from_yaml(models / "asfd_autofem_quick.yaml").neck.options
+    for d in range(7):
+        assert DetectorSpec.from_yaml(models / f"asfd_d{d}.yaml") == family_spec(d, autofem)
