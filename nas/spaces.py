@@ -85,9 +85,17 @@ def _scrfd() -> SpaceEntry:
                       finish=two_step.finish, default_data=two_step.default_data)
 
 
+def _asfd() -> SpaceEntry:
+    from nas.strategies import asfd_phases as a
+
+    return SpaceEntry(resolve=a.resolve, check=a.check, phases=a.phases, finish=a.finish,
+                      default_data=a.default_data, add_arguments=a.add_arguments)
+
+
 # name -> a function returning the entry (imported when chosen: spaces pull in their models)
 SPACES: dict[str, Callable[[], SpaceEntry]] = {
     "scrfd": _scrfd,
+    "asfd": _asfd,
 }
 
 

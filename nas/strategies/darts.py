@@ -159,9 +159,10 @@ def _total_iterations(config: TrainConfig, root: Path) -> int:
 def run_search(config: TrainConfig, data_root: str | Path, out_dir: str | Path,
                supernet: SupernetConfig, settings: DartsSettings, *, resume: bool = False,
                progress: bool = False, num_threads: int | None = None,
-               max_iterations: int | None = None) -> DetectorSpec:
-    """Search, derive and write RUN/derived_spec.yaml (+ the history plot); returns the spec.
-    config.spec is the base spec (backbone, head, anchors, neck channels and levels)."""
+               max_iterations: int | None = None, derived: Path | None = None) -> DetectorSpec:
+    """Search, derive and write the derived spec (default RUN/derived_spec.yaml) and the
+    history plot; returns the spec. config.spec is the base spec (backbone, head, anchors,
+    neck channels and levels)."""
     from nas.strategies.heldout import split_train
 
     out = Path(out_dir)
@@ -169,10 +170,14 @@ def run_search(config: TrainConfig, data_root: str | Path, out_dir: str | Path,
     weights_root, heldout_root = split_train(data_root, out / "data", settings.seed)
     total = _total_iterations(config, weights_root)
     hooks = DartsHooks(config.spec, supernet, settings, heldout_root, out, total)
+    if not resume and not (out / CHECKPOINT).exists():
+        (out / HISTORY).unlink(missing_ok=True)  # a fresh start keeps no earlier history
     train(config, weights_root, out, resume=resume, progress=progress, hooks=hooks,
           num_threads=num_threads, max_iterations=max_iterations)
     spec = derive_from_checkpoint(out / CHECKPOINT, name=f"{config.spec.name}-autofem")
-    _write_text(out / DERIVED, spec.to_yaml())
+    derived = Path(derived) if derived is not None else out / DERIVED
+    derived.parent.mkdir(parents=True, exist_ok=True)
+    _write_text(derived, spec.to_yaml())
     if (out / HISTORY).exists():
         plot_history(out / HISTORY, out / PLOT)
     return spec
