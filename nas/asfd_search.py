@@ -14,7 +14,8 @@ DRMC loss needs without the paper's 500-iteration warm-up).
 is the base detector, named asfd_search-seed<k> (the seed of that trial).
 
 Also runnable alone: `python -m nas.asfd_search --budget quick --seed 0 --out DIR [--data
-ROOT] [--resume]` (one line and exit 2 on a user error).
+ROOT] [--resume]`, or `--derive CHECKPOINT` to print the spec a search checkpoint derives
+(one line and exit 2 on a user error).
 """
 
 from __future__ import annotations
@@ -167,12 +168,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", default="quick")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--gflops", type=float, default=70.0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None)
+    p.add_argument("--derive", default=None, metavar="CHECKPOINT",
+                   help="only derive: print the spec derived from a search checkpoint.pt")
     p.add_argument("--data", default=None, help="WIDER-layout root (default: the budget's)")
     p.add_argument("--resume", action="store_true")
     p.add_argument("--threads", type=int, default=1)
     args = p.parse_args(argv)
     try:
+        if args.derive:
+            from search_spaces.asfd import derive_from_checkpoint
+
+            print(derive_from_checkpoint(args.derive).to_yaml())
+            return 0
+        if not args.out:
+            raise UserError("--out is required (or --derive CHECKPOINT)")
         cfg = resolve(args.budget, gflops=args.gflops, seed=args.seed)
         check(cfg)
         data = Path(args.data) if args.data else default_data(cfg)
