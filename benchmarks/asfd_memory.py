@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{'fit err':>8s} {'step @' + str(args.time_size) + 'px':>14s} {'x PC-DARTS':>10s}")
     for mode, r in res.items():
         print(f"{mode:8s} {r['bytes'] / 2**30:17.2f} GiB {r['bytes'] / ref['bytes']:10.3f} "
-              f"{100 * r['check_err']:7.2f}% {r['time'] * 1e3:11.0f} ms {r['time'] / ref['time']:10.3f}")
+              f"{100 * r['check_err']:7.2f}% {r['time'] * 1e3:11.0f} ms "
+              f"{r['time'] / ref['time']:10.3f}")
     return 0
 
 

@@ -63,7 +63,8 @@ class AutoFEMOptions:
         n = len(self.fpn)
         for lv, ops in enumerate(self.fpn):
             if not isinstance(ops, tuple) or len(ops) != 3:
-                raise UserError(f"autofem fpn[{lv}] must be [same, top_down, bottom_up], got {ops!r}")
+                raise UserError(f"autofem fpn[{lv}] must be [same, top_down, bottom_up], "
+                                f"got {ops!r}")
             for path, op in zip(PATHS, ops):
                 exists = path == "same" or (path == "top_down" and lv < n - 1) or (
                     path == "bottom_up" and lv > 0)

@@ -53,7 +53,8 @@ class MixedOp(nn.Module):
     def __init__(self, names: tuple[str, ...], channels: int, partial: int = 1) -> None:
         super().__init__()
         if channels % partial:
-            raise UserError(f"channels {channels} are not divisible by partial channels K={partial}")
+            raise UserError(f"channels {channels} are not divisible by partial channels "
+                            f"K={partial}")
         self.partial, self.width = partial, channels // partial
         self.ops = nn.ModuleList(OPS[n].build(self.width, self.width) for n in names)
 

@@ -58,7 +58,8 @@ def head_depth(theta: int) -> int:
 
 
 def _extras(alpha: float = 1.0) -> tuple[StageSpec, ...]:
-    return (StageSpec("ssd_extra", 1, int(512 * alpha)), StageSpec("ssd_extra", 1, int(256 * alpha)))
+    return (StageSpec("ssd_extra", 1, int(512 * alpha)),
+            StageSpec("ssd_extra", 1, int(256 * alpha)))
 
 
 def backbone(name: str) -> BackboneSpec:
@@ -102,7 +103,8 @@ def _detector(name: str, bb: BackboneSpec, width: int, head_convs: int,
                            ratios=(1.5,)))
 
 
-def search_base(net: str, channels: int, head_convs: int, name: str = "asfd_search") -> DetectorSpec:
+def search_base(net: str, channels: int, head_convs: int,
+                name: str = "asfd_search") -> DetectorSpec:
     """The detector a search builds its supernet into: a Table 1 backbone, the family's head
     and anchors; its neck (an FPN over C2-C7) only names the channels and levels."""
     if net not in _RESNETS and net not in ("mobilenet0.25", "mobilenet1.0"):

@@ -86,15 +86,15 @@ def test_sgd_never_moves_the_architecture(widerface_mini, tmp_path):
     assert not (tmp_path / "w" / HISTORY).exists()
 
 
-def test_smoke_preset_searches_and_derives_six_levels(widerface_mini, tmp_path):
-    from nas.asfd_search import resolve, run_seed
+def test_one_planned_search_per_seed():
+    from nas.asfd_search import resolve, seed_of, seed_specs
 
-    cfg = resolve("smoke")
-    spec = run_seed(cfg, 3, widerface_mini, tmp_path / "s", num_threads=1)
-    opts = spec.neck.options
-    assert spec.neck.in_levels == (2, 3, 4, 5, 6, 7) and len(opts.cpm) == 6
-    assert all(len(cell) == cfg["supernet"]["nodes"] for cell in opts.cpm)
-    assert spec.neck.channels == cfg["base"]["channels"]
+    cfg = resolve("smoke", seeds=3, seed=5)
+    specs = seed_specs(cfg)
+    assert [seed_of(s) for s in specs] == [5, 6, 7] and len({s.id for s in specs}) == 3
+    assert all(s.neck.in_levels == (2, 3, 4, 5, 6, 7) for s in specs)
+    assert resolve("paper", gflops=70)["base"] == {"backbone": "resnet50", "channels": 256,
+                                                    "head_convs": 2}  # the paper's supernet
 
 
 def test_preset_errors():
@@ -102,5 +102,5 @@ def test_preset_errors():
 
     with pytest.raises(UserError, match="unknown budget 'huge'; valid: smoke, quick, paper"):
         resolve("huge")
-    with pytest.raises(UserError, match="--seeds must be >= 1"):
+    with pytest.raises(UserError, match="--seeds must be an integer >= 1"):
         resolve("smoke", seeds=0)

@@ -46,23 +46,23 @@ def test_bad_asfd_options_are_one_line_exit_2(tmp_path, args, words):
 @pytest.mark.slow
 def test_asfd_smoke_search_end_to_end(tmp_path, tiny_data):
     out = tmp_path / "run"
-    result = _facenas("search", "--space", "asfd", "--budget", "smoke", "--seeds", "2",
+    result = _facenas("search", "--space", "asfd", "--budget", "smoke", "--seeds", "1",
                       "--seed", "5", "--data", str(tiny_data), "--out", str(out),
                       "--max-failures", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     plan = yaml_plan(out / "plan" / "step1.yaml")
-    assert [s.name for s in plan] == ["asfd_search-seed5", "asfd_search-seed6"]
+    assert [s.name for s in plan] == ["asfd_search-seed5"]
     for base in plan:
         trial = out / "trials" / f"step1-{base.id}"
         derived = DetectorSpec.from_yaml(trial / "derived_spec.yaml")
         assert derived.neck.type == "autofem" and derived.name == f"{base.name}-autofem"
         assert (trial / "search" / "architecture.jsonl").is_file()
     table = pd.read_parquet(out / "trials.parquet")
-    assert sorted(table["search_seed"]) == [5, 6] and (table["step"] == 2).all()
+    assert table["search_seed"].tolist() == [5] and (table["step"] == 2).all()
     assert (table["status"] == "ok").all(), table["error"].tolist()
     assert table["ap_hard"].between(0, 1).all()
     exported = sorted((out / "export").glob("*.yaml"))
-    assert len(exported) == 2 and load_config(exported[0]).spec.id in set(table["spec_id"])
+    assert len(exported) == 1 and load_config(exported[0]).spec.id in set(table["spec_id"])
     retrain = _facenas("train", str(exported[0]), "--budget", "smoke", "--data", str(tiny_data),
                        "--out", str(tmp_path / "retrain"), "--quiet")
     assert retrain.returncode == 0, retrain.stderr[-2000:]

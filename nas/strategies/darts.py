@@ -202,10 +202,13 @@ def plot_history(history: Path, png: Path) -> Path:
             if key.endswith(".gamma") and len(weights) == 1:
                 continue  # node 1 has a single input
             best = weights.index(max(weights))
-            ax.plot(steps, [r[key][lv][best] for r in rows], label=str(lv + (key.endswith("gamma"))))
+            label = str(lv + 1 if key.endswith("gamma") else lv)  # node j / level index
+            ax.plot(steps, [r[key][lv][best] for r in rows], label=label)
         ax.set_title(key, fontsize=9)
         ax.set_xlabel("architecture step")
         ax.set_ylim(0, 1)
+        ax.legend(fontsize=6, title="node" if key.endswith("gamma") else "level",
+                  title_fontsize=6)
     axes[0][0].set_ylabel("weight of the final choice")
     fig.tight_layout()
     tmp = png.with_name(f".{png.name}.tmp.png")
