@@ -146,8 +146,9 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
                       num_threads=num_threads, progress=progress, derived=out / DERIVED)
 
 
-def search_trial(request) -> dict[str, Any]:
-    """The driver's trial of the search phase: one seed's search, resumed if interrupted."""
+def search_trial(request, report=None) -> dict[str, Any]:
+    """The driver's trial of the search phase: one seed's search, resumed if interrupted
+    (`report`, the driver's rung callback under ASHA, is not used: a search has no rungs)."""
     from detectors.device import set_threads
     from detectors.spec import DetectorSpec
     from detectors.train import CHECKPOINT

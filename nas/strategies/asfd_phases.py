@@ -68,11 +68,12 @@ def _plan_derived(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]
     return specs
 
 
-def derived_trial(request) -> dict[str, Any]:
-    """run_trial (train + test) of a derived detector, plus its search seed."""
+def derived_trial(request, report=None) -> dict[str, Any]:
+    """run_trial (train + test; rung reports under ASHA) of a derived detector, plus its
+    search seed."""
     from nas.trial import run_trial
 
-    metrics = run_trial(request)
+    metrics = run_trial(request, report=report)
     name = DetectorSpec.from_yaml(request.spec_yaml).name
     m = re.search(r"seed(\d+)", name)
     metrics["search_seed"] = int(m.group(1)) if m else -1
