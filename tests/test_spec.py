@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from detectors import catalog
 from detectors.errors import UserError
 from detectors.spec import (AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec,
                             StageSpec)
@@ -63,7 +64,10 @@ def test_defaults_are_scrfd():
 @pytest.mark.parametrize("make, message", [
     (lambda: StageSpec("basic", 2, 20), "stage 3 width 20 is not divisible by 8"),
     (lambda: StageSpec("basic", -1, 24), "stage 3 depth must be >= 1, got -1"),
-    (lambda: StageSpec("resnext", 2, 24), "stage 3 block 'resnext' is not one of basic, bottleneck, depthwise"),
+    # the valid names are the catalogue's blocks (families add entries after these three)
+    (lambda: StageSpec("resnext", 2, 24),
+     "stage 3 block 'resnext' is not one of basic, bottleneck, depthwise" + "".join(
+         f", {b}" for b in list(catalog.BLOCKS)[3:])),
 ])
 def test_stage_validation_messages(make, message):
     stages = [StageSpec("basic", 1, 8)] * 4
