@@ -68,9 +68,9 @@ class HeadEntry:
     cost: Callable[..., None]
 
 
-from detectors import assign, bfbox_fpn, heads, losses, multibox, necks  # noqa: E402
+from detectors import assign, autofem, bfbox_fpn, drmc, heads, losses, multibox, necks  # noqa: E402
 from detectors.baselines import fanet  # noqa: E402
-from detectors.blocks import bfbox, mobilenet, resnet, vgg  # noqa: E402
+from detectors.blocks import bfbox, extra, mobilenet, mobilenet_v1, resnet, tv_resnet, vgg  # noqa: E402,E501
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
@@ -81,12 +81,18 @@ BLOCKS: dict[str, BlockEntry] = {
     "ssd_extra": BlockEntry(vgg.SSDExtra, vgg.ssd_extra_cost),
     # BFBox's choice blocks (Fig. 2): bf_conv{k}, bf_dw{k}, bf_dw{k2}_{k3}, bf_dense{n}x{g}
     **{name: BlockEntry(build, cost) for name, (build, cost) in bfbox.BLOCKS.items()},
+    "tv_basic": BlockEntry(tv_resnet.TVBasicBlock, tv_resnet.tv_basic_cost),
+    "tv_bottleneck": BlockEntry(tv_resnet.TVBottleneck, tv_resnet.tv_bottleneck_cost, expansion=4),
+    "ssd_extra_bn": BlockEntry(extra.ExtraBlock, extra.extra_cost),
 }
 
 STEMS: dict[str, StemEntry] = {
     "deep": StemEntry(resnet.deep_stem, resnet.deep_stem_cost, stride=4),
     "mobilenet": StemEntry(mobilenet.mobilenet_stem, mobilenet.mobilenet_stem_cost, stride=2),
     "vgg": StemEntry(vgg.vgg_stem, vgg.vgg_stem_cost, stride=4),
+    "tv_resnet": StemEntry(tv_resnet.tv_stem, tv_resnet.tv_stem_cost, stride=4),
+    "mobilenet_v1": StemEntry(mobilenet_v1.mobilenet_v1_stem, mobilenet_v1.mobilenet_v1_stem_cost,
+                              stride=2),
 }
 
 NECKS: dict[str, NeckEntry] = {
@@ -96,6 +102,7 @@ NECKS: dict[str, NeckEntry] = {
                        check=fanet.fanet_check),
     "bfbox_fpn": NeckEntry(bfbox_fpn.bfbox_fpn, bfbox_fpn.bfbox_fpn_cost,
                            options=bfbox_fpn.BFBoxFPNOptions),
+    "autofem": NeckEntry(autofem.autofem, autofem.autofem_cost, options=autofem.AutoFEMOptions),
 }
 
 HEADS: dict[str, HeadEntry] = {
@@ -110,6 +117,7 @@ ASSIGNERS: dict[str, Callable[..., Any]] = {
 LOSSES: dict[str, Callable[..., Any]] = {
     "scrfd": losses.scrfd_loss,
     "multibox": multibox.multibox_loss,
+    "drmc": drmc.drmc_loss,
 }
 
 

@@ -91,10 +91,18 @@ def _bfbox() -> SpaceEntry:
     return bfbox_driver.entry()
 
 
+def _asfd() -> SpaceEntry:
+    from nas.strategies import asfd_phases as a
+
+    return SpaceEntry(resolve=a.resolve, check=a.check, phases=a.phases, finish=a.finish,
+                      default_data=a.default_data, add_arguments=a.add_arguments)
+
+
 # name -> a function returning the entry (imported when chosen: spaces pull in their models)
 SPACES: dict[str, Callable[[], SpaceEntry]] = {
     "scrfd": _scrfd,
     "bfbox": _bfbox,
+    "asfd": _asfd,
 }
 
 
