@@ -34,7 +34,7 @@ from detectors.errors import UserError
 
 __all__ = ["BlockEntry", "StemEntry", "NeckEntry", "HeadEntry", "BLOCKS", "STEMS", "NECKS",
            "HEADS", "ASSIGNERS", "LOSSES", "block_entry", "stem_entry", "neck_entry",
-           "head_entry", "assigner_fn", "loss_fn", "lookup"]
+           "head_entry", "assigner_fn", "loss_fn", "lookup", "neck_out_levels"]
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,23 @@ class NeckEntry:
     build: Callable[..., Any]
     cost: Callable[..., None]
     options: type | None = None
+    # A neck that makes its own pyramid (RSA's roll-out) names its output levels from its
+    # spec; its cost function then returns their (h, w) sizes. None: outputs at in_levels.
+    out_levels: Callable[..., tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
 class HeadEntry:
     build: Callable[..., Any]
     cost: Callable[..., None]
+    # The FaceDetector subclass `build(spec)` makes for this head (a family whose inference is
+    # more than one forward, e.g. RSA's forecast -> roll-out pipeline); None: FaceDetector.
+    detector: type | None = None
 
 
 from detectors import assign, heads, losses, necks  # noqa: E402
 from detectors.blocks import mobilenet, resnet  # noqa: E402
+from detectors.baselines import rsa, rsa_forecast, rsa_lrn, rsa_unit  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
@@ -76,15 +83,19 @@ BLOCKS: dict[str, BlockEntry] = {
 STEMS: dict[str, StemEntry] = {
     "deep": StemEntry(resnet.deep_stem, resnet.deep_stem_cost, stride=4),
     "mobilenet": StemEntry(mobilenet.mobilenet_stem, mobilenet.mobilenet_stem_cost, stride=2),
+    "resnet": StemEntry(rsa_forecast.resnet7_stem, rsa_forecast.resnet7_stem_cost, stride=4),
 }
 
 NECKS: dict[str, NeckEntry] = {
     "pafpn": NeckEntry(necks.pafpn, necks.pafpn_cost),
     "fpn": NeckEntry(necks.fpn, necks.fpn_cost),
+    "rsa": NeckEntry(rsa_unit.rsa_neck, rsa_unit.rsa_neck_cost, rsa_unit.RSAOptions,
+                     out_levels=rsa_unit.rsa_out_levels),
 }
 
 HEADS: dict[str, HeadEntry] = {
     "scrfd": HeadEntry(heads.scrfd_head, heads.scrfd_head_cost),
+    "rsa_lrn": HeadEntry(rsa_lrn.lrn_head, rsa_lrn.lrn_head_cost, detector=rsa.RSADetector),
 }
 
 ASSIGNERS: dict[str, Callable[..., Any]] = {
@@ -95,6 +106,12 @@ ASSIGNERS: dict[str, Callable[..., Any]] = {
 LOSSES: dict[str, Callable[..., Any]] = {
     "scrfd": losses.scrfd_loss,
 }
+
+
+def neck_out_levels(neck_spec: Any) -> tuple[int, ...]:
+    """The levels a neck outputs (in_levels, unless its entry makes its own pyramid)."""
+    entry = neck_entry(neck_spec.type)
+    return neck_spec.in_levels if entry.out_levels is None else entry.out_levels(neck_spec)
 
 
 def lookup(table: dict, name: Any, what: str) -> Any:
