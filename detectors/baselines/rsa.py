@@ -83,7 +83,10 @@ class RSADetector(FaceDetector):
         if recipe.rsa.init_weights and not int(self.stage_initialised):
             self.load_stage(recipe.rsa.init_weights)
         self.stage_initialised.fill_(1)
-        return rsa_training_loss(self, images, batch, recipe)
+        # fp32 even under the trainer's bf16 autocast: in bf16 the res3a gradients of the
+        # smallest roll-out maps (1x1, 2x2) became NaN within 10 steps (CPU, channels_last)
+        with torch.autocast(images.device.type, enabled=False):
+            return rsa_training_loss(self, images.float(), batch, recipe)
 
     def load_stage(self, path: str | os.PathLike) -> None:
         """Weights of an earlier stage's checkpoint (same spec), e.g. the trained forecast."""

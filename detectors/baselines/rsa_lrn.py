@@ -1,16 +1,16 @@
 """RSA's landmark retracing network (LRN, Liu et al. 2017, sec. 3.3): the `rsa_lrn` head.
 
 Per scale, on res3a's output (the `rsa` neck computes res3a, shared by all scales):
-- landmark branch: a 3x3 conv to 5 maps P_j (one per landmark), sigmoid: p^land;
+- landmark branch: a 3x3 conv to 5 maps P_j (one per landmark; logits, sigmoid: p^land);
 - RPN branch: res3b, res3c (`head.num_convs` basic blocks of `head.channels`), then 1x1 convs
   to one anchor's logit a, its box (l, t, r, b) and its 5 landmarks t_j.
   One anchor of side A = 64 sqrt(2) (times 2^m at scale m); with ratio r = A / stride:
   box distances (stride units) = r/2 * exp(raw); landmarks: t_j = (p_j - c) / A - mu_j, so
   keypoint offsets (stride units) = r * (mu_j + t_j), mu the training set's mean layout.
 - retracing (Eq. 9-10): each anchor's landmark j lands at cell (x, y) + offset_j; P_j there
-  (bilinear, 0 outside the map) is p^land_ij; the face score is
-  max(sigmoid(a), p^land_i1, ..., p^land_i5) ("max pool" of Eq. 9), emitted as its logit, so
-  the standard decode, NMS and ONNX export use the revised score.
+  (bilinear over the logits; a landmark outside the map does not count) is p^land_ij; the
+  face score is max(sigmoid(a), p^land_i1, ..., p^land_i5) ("max pool" of Eq. 9), emitted as
+  its logit, so the standard decode, NMS and ONNX export use the revised score.
 
 The head also holds the scale-forecast network (`forecast`): its parameters count in this
 component; it runs on its own 224-px input in the pipeline, not in the fixed-scale forward.
@@ -32,7 +32,7 @@ __all__ = ["LRNHead", "lrn_head", "lrn_head_cost", "retrace_scores", "landmark_p
            "DEFAULT_ANCHOR_RATIO"]
 
 DEFAULT_ANCHOR_RATIO = 64 * 2**0.5 / 8  # anchor side / stride (64 sqrt 2 at stride 8)
-_EPS = 1e-6
+_OUTSIDE = -1e4  # the logit of a landmark outside the map: never the maximum
 
 
 def landmark_positions(kps_offsets: torch.Tensor) -> torch.Tensor:
@@ -45,19 +45,24 @@ def landmark_positions(kps_offsets: torch.Tensor) -> torch.Tensor:
     return off + torch.stack([xs, ys], -1)
 
 
-def retrace_scores(anchor_logits: torch.Tensor, landmark_probs: torch.Tensor,
+def retrace_scores(anchor_logits: torch.Tensor, landmark_logits: torch.Tensor,
                    kps_offsets: torch.Tensor) -> torch.Tensor:
-    """Eq. 9-10: (N, 1, H, W) anchor logits, (N, 5, H, W) landmark maps P (probabilities),
-    (N, 10, H, W) keypoint offsets (stride units) -> (N, 1, H, W) revised face probability
-    max(sigmoid(a), P_j(position_j)). Positions are not differentiated (the scores are)."""
-    n, k, h, w = landmark_probs.shape
-    pos = landmark_positions(kps_offsets.detach())  # (N, 5, H, W, 2) cells
+    """Eq. 9-10: (N, 1, H, W) anchor logits, (N, 5, H, W) landmark map logits P, (N, 10, H, W)
+    keypoint offsets (stride units) -> (N, 1, H, W) revised face logit
+    max(a, P_j(position_j)): sigmoid of it is max(sigmoid(a), sigmoid(P_j(position_j))).
+    P_j is read bilinearly (in logit space, for stable gradients); a landmark outside the map
+    does not count. Positions are not differentiated (the scores are)."""
+    # fp32 (also under bf16 autocast): positions need the precision, grid_sample the range
+    anchor_logits, landmark_logits = anchor_logits.float(), landmark_logits.float()
+    n, k, h, w = landmark_logits.shape
+    pos = landmark_positions(kps_offsets.detach().float())  # (N, 5, H, W, 2) cells
+    inside = ((pos >= 0) & (pos <= pos.new_tensor([w - 1, h - 1]))).all(-1)  # (N, 5, H, W)
     scale = pos.new_tensor([2.0 / max(w - 1, 1), 2.0 / max(h - 1, 1)])
     grid = (pos * scale - 1).reshape(n * k, h, w, 2)
-    sampled = F.grid_sample(landmark_probs.reshape(n * k, 1, h, w), grid, mode="bilinear",
-                            padding_mode="zeros", align_corners=True).reshape(n, k, h, w)
-    both = torch.cat([anchor_logits.sigmoid(), sampled], dim=1)
-    return both.max(dim=1, keepdim=True).values
+    sampled = F.grid_sample(landmark_logits.reshape(n * k, 1, h, w), grid, mode="bilinear",
+                            padding_mode="border", align_corners=True).reshape(n, k, h, w)
+    sampled = torch.where(inside, sampled, torch.full_like(sampled, _OUTSIDE))
+    return torch.cat([anchor_logits, sampled], dim=1).max(dim=1, keepdim=True).values
 
 
 class LRNHead(nn.Module):
@@ -82,14 +87,14 @@ class LRNHead(nn.Module):
     def level(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """One scale's raw outputs: anchor logit, landmark maps P, box raw, landmark t, and
         the emitted (revised) logit, box distances and keypoint offsets (stride units)."""
-        lmk = self.landmarks(x).sigmoid()
+        lmk = self.landmarks(x)
         y = self.rpn(x)
         anchor, raw_box, t = self.cls_preds[0](y), self.box_pred(y), self.kps_pred(y)
         r = self.ratio.to(y.dtype)
         kps = r * (self.layout.to(y.dtype)[None, :, None, None] + t)
-        prob = retrace_scores(anchor, lmk, kps).clamp(_EPS, 1 - _EPS)
         return {"anchor": anchor, "landmarks": lmk, "raw_box": raw_box, "t": t,
-                "cls": torch.logit(prob), "box": r / 2 * raw_box.clamp(-6, 6).exp(), "kps": kps}
+                "cls": retrace_scores(anchor, lmk, kps),
+                "box": r / 2 * raw_box.clamp(-6, 6).exp(), "kps": kps}
 
     def forward(self, feats: list[torch.Tensor]):
         outs = [self.level(f) for f in feats]
