@@ -359,3 +359,27 @@ def test_rollout_depth_in_a_spec_file_exits_2(tmp_path, capsys):
     path.write_text(SPEC_PATH.read_text().replace("rollouts: 5", "rollouts: 6"))
     assert main(["cost", str(path)]) == 2
     assert "rollouts must be an integer in 0..5" in one_line_error(capsys)
+
+
+def test_pipeline_cost_parts_equal_hook_counts():
+    """Table 1's split: forecast at long side 224 and trunk + RSA + LRN at VGA (depth 2) equal
+    forward-hook counts of the modules that run them."""
+    from detectors.baselines.rsa_cost import pipeline_cost
+    from detectors.measure import measured_cost
+
+    class Holder(torch.nn.Module):  # measured_cost's "head" component = the forecast net
+        def __init__(self, net):
+            super().__init__()
+            self.head = net
+
+        def forward(self, x):
+            return self.head(x)
+
+    spec = _spec(rollouts=2)
+    model = build(spec)
+    parts = pipeline_cost(spec, (480, 640), 2)
+    forecast = measured_cost(Holder(model.head.forecast), (168, 224)).components["head"]
+    assert (parts["forecast"].params, parts["forecast"].macs) == (forecast.params, forecast.macs)
+    fixed = measured_cost(model, (480, 640)).components
+    assert parts["trunk"].macs == fixed["stem"].macs + fixed["c2"].macs
+    assert parts["rsa"].macs + parts["lrn"].macs == fixed["neck"].macs + fixed["head"].macs
