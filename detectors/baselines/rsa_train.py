@@ -16,8 +16,11 @@ the revised score, smooth-L1 on the box (log-space, anchor-relative) and on the 
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
+from torchvision.ops import roi_align
 
 from detectors.anchors import anchor_boxes
 from detectors.assign import iou_assign
@@ -40,6 +43,18 @@ def check_landmarks(batch: dict) -> None:
                             "dataset a retinaface_gt label file or set it to false")
 
 
+def _crop_resized(img: torch.Tensor, f: float, x0: int, y0: int) -> torch.Tensor:
+    """The S x S window at (x0, y0) of `img` (3, S, S) scaled by f, sampled directly
+    (torchvision roi_align: bilinear, averaging ceil(1/f)^2 samples per pixel when shrinking;
+    0 outside the image), without resizing the whole image."""
+    s = img.shape[-1]
+    box = img.new_tensor([[0, x0 / f, y0 / f, (x0 + s) / f, (y0 + s) / f]])
+    out = roi_align(img[None], box, (s, s), 1.0, max(1, math.ceil(1 / f)), aligned=True)[0]
+    inside = img.new_zeros(1, 1, s, s)
+    inside[..., :min(s, round(s * f) - y0), :min(s, round(s * f) - x0)] = 1
+    return out * inside[0]
+
+
 def _rescale_one(img: torch.Tensor, boxes, ignore, kps, kvalid, gen: torch.Generator | None):
     """One (3, S, S) sample scaled so a random valid face is 64..128 px, cropped back to S."""
     s = img.shape[-1]
@@ -51,15 +66,11 @@ def _rescale_one(img: torch.Tensor, boxes, ignore, kps, kvalid, gen: torch.Gener
     target = 64.0 * 2.0 ** float(torch.rand((), generator=gen))
     f = target / float(sizes[j])
     new = max(1, round(s * f))
-    scaled = F.interpolate(img[None], size=(new, new), mode="bilinear", align_corners=False,
-                           antialias=f < 1)[0]
     cx, cy = ((boxes[j, :2] + boxes[j, 2:]) / 2 * f).tolist()
     u = torch.rand(2, generator=gen).tolist()
     x0 = int(min(max(cx - u[0] * s, 0), max(new - s, 0)))
     y0 = int(min(max(cy - u[1] * s, 0), max(new - s, 0)))
-    out = img.new_zeros(img.shape)
-    crop = scaled[:, y0:y0 + s, x0:x0 + s]
-    out[:, :crop.shape[1], :crop.shape[2]] = crop
+    out = _crop_resized(img, f, x0, y0)
     shift = boxes.new_tensor([x0, y0])
     b = boxes * f - shift.repeat(2)
     centre = (b[:, :2] + b[:, 2:]) / 2
