@@ -383,3 +383,30 @@ def test_pipeline_cost_parts_equal_hook_counts():
     fixed = measured_cost(model, (480, 640)).components
     assert parts["trunk"].macs == fixed["stem"].macs + fixed["c2"].macs
     assert parts["rsa"].macs + parts["lrn"].macs == fixed["neck"].macs + fixed["head"].macs
+
+
+def test_stage_weights_load_once_at_the_first_step(tmp_path):
+    """recipe.rsa.init_weights: the first training_loss call loads the earlier stage's
+    checkpoint (same spec) and marks the model, so a resumed run does not load it again."""
+    from detectors.checkpoint import save_checkpoint
+    from detectors.config import recipe_from_dict
+
+    spec = _spec(rollouts=1)
+    torch.manual_seed(1)
+    earlier = build(spec)
+    path = save_checkpoint(tmp_path / "stage1.pt", {"spec": spec.to_dict(),
+                                                    "model": earlier.state_dict()})
+    torch.manual_seed(2)
+    model = build(spec)
+    recipe = recipe_from_dict({"rsa": {"stage": "forecast", "init_weights": str(path)}})
+    batch = {"boxes": [torch.tensor([[8.0, 8.0, 40.0, 40.0]])], "ignore": [torch.tensor([False])],
+             "keypoints": [torch.zeros(1, 5, 2)], "keypoints_valid": [torch.tensor([False])],
+             "image_id": ["x/y"]}
+    parts, _ = model.training_loss(torch.zeros(1, 3, 64, 64), batch, recipe)
+    key = "head.forecast.fc.weight"
+    assert torch.equal(model.state_dict()[key], earlier.state_dict()[key])
+    assert int(model.stage_initialised) == 1 and set(parts) == {"forecast", "total"}
+    with torch.no_grad():
+        model.head.forecast.fc.weight.add_(1.0)
+    model.training_loss(torch.zeros(1, 3, 64, 64), batch, recipe)  # not loaded again
+    assert not torch.equal(model.state_dict()[key], earlier.state_dict()[key])
