@@ -285,8 +285,8 @@ def test_memorisation_ap_rises(widerface_mini, tmp_path):
     """4 widerface-mini train images (1-3 faces >= 40 px at long side 128, stored at 128 px),
     trained 120 iterations with the 'all' stage (forecast + RSA + LRN) through train(), no
     crop / flip / colour; tested with the full pipeline (forecast -> resize -> roll-out ->
-    LRN -> NMS; max_side 384) on the same images. AP (hard; every face kept) starts at 0 and
-    rises clearly (measured 0.26); losses fall."""
+    LRN -> NMS; max_side 384) on the same images. AP (hard; every face kept) starts near 0
+    and rises clearly (measured 0.001 -> 1.0); losses fall."""
     from detectors.checkpoint import load_model_weights
     from detectors.config import TrainConfig, recipe_from_dict
     from detectors.test import evaluate_predictions, predict_split, split_ground_truth
@@ -314,8 +314,8 @@ def test_memorisation_ap_rises(widerface_mini, tmp_path):
     last = {k: np.mean([r[k] for r in rows[-10:]]) for k in ("forecast", "rsa", "total")}
     print(f"AP before {before:.3f} after {after:.3f}; losses {first} -> {last}")
     assert before < 0.05
-    assert after >= 0.15
-    assert all(last[k] < 0.5 * first[k] for k in first)
+    assert after >= 0.5
+    assert all(last[k] < 0.6 * first[k] for k in first)
 
 
 # ---- bad input: one line, exit 2 --------------------------------------------------------

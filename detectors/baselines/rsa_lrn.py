@@ -2,7 +2,8 @@
 
 Per scale, on res3a's output (the `rsa` neck computes res3a, shared by all scales):
 - landmark branch: a 3x3 conv to 5 maps P_j (one per landmark; logits, sigmoid: p^land);
-- RPN branch: res3b, res3c (`head.num_convs` basic blocks of `head.channels`), then 1x1 convs
+- RPN branch: res3b, res3c (`head.num_convs` basic blocks of `head.channels`, GroupNorm as
+  every module applied per scale, see rsa_unit.per_scale_norms), then 1x1 convs
   to one anchor's logit a, its box (l, t, r, b) and its 5 landmarks t_j.
   One anchor of side A = 64 sqrt(2) (times 2^m at scale m); with ratio r = A / stride:
   box distances (stride units) = r/2 * exp(raw); landmarks: t_j = (p_j - c) / A - mu_j, so
@@ -24,6 +25,7 @@ from torch import nn
 
 from detectors.blocks.resnet import BasicBlock, basic_cost
 from detectors.baselines.rsa_forecast import ScaleForecastNet, forecast_cost
+from detectors.baselines.rsa_unit import per_scale_norms
 from detectors.errors import UserError
 from detectors.heads import NUM_KEYPOINTS
 from detectors.macs import Counter
@@ -76,7 +78,7 @@ class LRNHead(nn.Module):
         for _ in range(num_convs):
             blocks.append(BasicBlock(cin, channels, 1))
             cin = channels
-        self.rpn = nn.Sequential(*blocks)
+        self.rpn = per_scale_norms(nn.Sequential(*blocks))
         self.cls_preds = nn.ModuleList([nn.Conv2d(cin, 1, 1)])  # init_weights sets the prior
         self.box_pred = nn.Conv2d(cin, 4, 1)
         self.kps_pred = nn.Conv2d(cin, 2 * NUM_KEYPOINTS, 1)

@@ -8,8 +8,9 @@ in [64, 128] px, the paper's training resize), or 'all' (their sum; the forecast
 parameters are disjoint from the others', so this trains both stages side by side).
 
 LRN loss (Eq. 11, with the departures in docs/rsa.md): max-IoU assignment of the single
-anchors (recipe.assigner.pos_iou, each face also takes its best anchor), positives and as many
-sampled negatives (1:1, at least MIN_NEGATIVES per batch) scored by binary cross entropy on
+anchors (recipe.assigner.pos_iou, each face also takes its best anchor), positives and the
+hardest negatives (recipe.loss.neg_pos_ratio per positive: the paper's 1:1 is 1.0; at least
+MIN_NEGATIVES per batch) scored by binary cross entropy on
 the revised score, smooth-L1 on the box (log-space, anchor-relative) and on the landmarks t_j
 (faces with landmark labels only).
 """
@@ -112,9 +113,12 @@ def lrn_loss(levels: list[dict], spec, boxes, ignore, kps, kvalid, recipe,
     pos = a.positive
     neg = ~pos & ~a.ignored
     num_pos = int(pos.sum())
-    neg_idx = neg.flatten().nonzero().squeeze(1)
-    take = neg_idx[torch.randperm(neg_idx.numel(), device=neg_idx.device)[:max(num_pos, MIN_NEGATIVES)]]
     flat_logits = logits.flatten()
+    neg_idx = neg.flatten().nonzero().squeeze(1)
+    count = min(neg_idx.numel(), max(int(num_pos * recipe.loss.neg_pos_ratio), MIN_NEGATIVES))
+    with torch.no_grad():  # hard negatives: the highest revised scores
+        hardest = flat_logits[neg_idx].float().topk(count).indices
+    take = neg_idx[hardest]
     pos_idx = pos.flatten().nonzero().squeeze(1)
     chosen = torch.cat([pos_idx, take])
     labels = torch.cat([torch.ones_like(pos_idx), torch.zeros_like(take)]).float()
@@ -140,12 +144,15 @@ def lrn_loss(levels: list[dict], spec, boxes, ignore, kps, kvalid, recipe,
 def _pyramid_targets(model, imgs: torch.Tensor, depth: int) -> list[torch.Tensor]:
     """G^1..G^depth: res2b of the image average-pooled by 2^m (no gradient: targets)."""
     out = []
+    was_training = model.backbone.training
+    model.backbone.eval()  # G^m as the trunk computes it at test (and no BN-statistics update)
     with torch.no_grad():
         for m in range(1, depth + 1):
             k = 2**m
             if min(imgs.shape[-2:]) < k:
                 break
             out.append(model.backbone(F.avg_pool2d(imgs, k, k, ceil_mode=True))[0])
+    model.backbone.train(was_training)
     return out
 
 
