@@ -26,6 +26,8 @@ from detectors.model import HeadOutputs, build
 from detectors.spec import DetectorSpec
 from nas.cli import main
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = ROOT / "experiments" / "rsa.yaml"
 SPEC = DetectorSpec.from_yaml(ROOT / "experiments" / "models" / "rsa.yaml")

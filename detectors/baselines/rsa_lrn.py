@@ -71,14 +71,14 @@ class LRNHead(nn.Module):
     """feats [(N, C, H_l, W_l)] -> ([cls (N, 1, H, W)], [box (N, 4, H, W)], [kps (N, 10, H, W)])
     per level, as the SCRFD head's layout (one anchor)."""
 
-    def __init__(self, channels: int, in_channels: int, num_convs: int) -> None:
+    def __init__(self, channels: int, in_channels: int, num_convs: int, groups: int = 8) -> None:
         super().__init__()
         self.landmarks = nn.Conv2d(in_channels, NUM_KEYPOINTS, 3, padding=1)
         blocks, cin = [], in_channels
         for _ in range(num_convs):
             blocks.append(BasicBlock(cin, channels, 1))
             cin = channels
-        self.rpn = per_scale_norms(nn.Sequential(*blocks))
+        self.rpn = per_scale_norms(nn.Sequential(*blocks), groups)
         self.cls_preds = nn.ModuleList([nn.Conv2d(cin, 1, 1)])  # init_weights sets the prior
         self.box_pred = nn.Conv2d(cin, 4, 1)
         self.kps_pred = nn.Conv2d(cin, 2 * NUM_KEYPOINTS, 1)
@@ -104,10 +104,15 @@ class LRNHead(nn.Module):
 
 
 def lrn_head(head_spec, in_channels: int, num_levels: int, num_anchors: int) -> LRNHead:
+    """The LRN of a HeadSpec: channels, num_convs (res3b, res3c: 2), gn_groups; the spec must
+    say norm gn, keypoints true, depthwise false (the other SCRFD head fields do not apply)."""
     if num_anchors != 1 or not head_spec.keypoints:
         raise UserError("head type 'rsa_lrn' has one anchor per cell (anchors: one scale, one "
                         "ratio) and predicts keypoints (head.keypoints: true)")
-    return LRNHead(head_spec.channels, in_channels, head_spec.num_convs)
+    if head_spec.norm != "gn" or head_spec.depthwise:
+        raise UserError("head type 'rsa_lrn' uses GroupNorm basic blocks: head.norm must be gn "
+                        "and head.depthwise false")
+    return LRNHead(head_spec.channels, in_channels, head_spec.num_convs, head_spec.gn_groups)
 
 
 def _level_cost(c: Counter, head_spec, cin: int, h: int, w: int) -> None:
