@@ -35,7 +35,7 @@ from detectors.errors import UserError
 
 __all__ = ["BlockEntry", "StemEntry", "NeckEntry", "HeadEntry", "BLOCKS", "STEMS", "NECKS",
            "HEADS", "ASSIGNERS", "LOSSES", "block_entry", "stem_entry", "neck_entry",
-           "head_entry", "assigner_fn", "loss_fn", "lookup"]
+           "head_entry", "assigner_fn", "loss_fn", "lookup", "neck_out_levels"]
 
 
 @dataclass(frozen=True)
@@ -60,17 +60,24 @@ class NeckEntry:
     # check(detector_spec) -> None: rules tying the neck to the rest of the spec (raises
     # UserError), run by DetectorSpec validation; None: no extra rules
     check: Callable[[Any], None] | None = None
+    # A neck that makes its own pyramid (RSA's roll-out) names its output levels from its
+    # spec; its cost function then returns their (h, w) sizes. None: outputs at in_levels.
+    out_levels: Callable[..., tuple[int, ...]] | None = None
 
 
 @dataclass(frozen=True)
 class HeadEntry:
     build: Callable[..., Any]
     cost: Callable[..., None]
+    # The FaceDetector subclass `build(spec)` makes for this head (a family whose inference is
+    # more than one forward, e.g. RSA's forecast -> roll-out pipeline); None: FaceDetector.
+    detector: type | None = None
 
 
 from detectors import assign, autofem, bfbox_fpn, drmc, heads, losses, multibox, necks  # noqa: E402
 from detectors.baselines import fanet  # noqa: E402
 from detectors.blocks import bfbox, extra, mobilenet, mobilenet_v1, resnet, tv_resnet, vgg  # noqa: E402,E501
+from detectors.baselines import rsa, rsa_lrn, rsa_unit  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),
@@ -103,10 +110,13 @@ NECKS: dict[str, NeckEntry] = {
     "bfbox_fpn": NeckEntry(bfbox_fpn.bfbox_fpn, bfbox_fpn.bfbox_fpn_cost,
                            options=bfbox_fpn.BFBoxFPNOptions),
     "autofem": NeckEntry(autofem.autofem, autofem.autofem_cost, options=autofem.AutoFEMOptions),
+    "rsa": NeckEntry(rsa_unit.rsa_neck, rsa_unit.rsa_neck_cost, rsa_unit.RSAOptions,
+                     out_levels=rsa_unit.rsa_out_levels),
 }
 
 HEADS: dict[str, HeadEntry] = {
     "scrfd": HeadEntry(heads.scrfd_head, heads.scrfd_head_cost),
+    "rsa_lrn": HeadEntry(rsa_lrn.lrn_head, rsa_lrn.lrn_head_cost, detector=rsa.RSADetector),
 }
 
 ASSIGNERS: dict[str, Callable[..., Any]] = {
@@ -119,6 +129,12 @@ LOSSES: dict[str, Callable[..., Any]] = {
     "multibox": multibox.multibox_loss,
     "drmc": drmc.drmc_loss,
 }
+
+
+def neck_out_levels(neck_spec: Any) -> tuple[int, ...]:
+    """The levels a neck outputs (in_levels, unless its entry makes its own pyramid)."""
+    entry = neck_entry(neck_spec.type)
+    return neck_spec.in_levels if entry.out_levels is None else entry.out_levels(neck_spec)
 
 
 def lookup(table: dict, name: Any, what: str) -> Any:

@@ -34,7 +34,7 @@ if TYPE_CHECKING:  # imported lazily so recipes work without building anything
 
 __all__ = [
     "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Recipe",
-    "TrainConfig", "load_config", "BUDGETS", "apply_budget", "BASELINE_CROPS", "SR_CROPS",
+    "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations",
 ]
 
@@ -143,6 +143,28 @@ class TestConfig:
     max_det: int | None = None
 
 
+RSA_STAGES = ("all", "forecast", "rsa_lrn")
+
+
+@dataclass(frozen=True)
+class RSARecipe:
+    """Training stages of the RSA baseline (models of head type 'rsa_lrn'; ignored by others;
+    docs/rsa.md). stage: 'forecast' (scale-forecast network, Eq. 2), 'rsa_lrn' (RSA unit +
+    LRN end-to-end, Eq. 7 + 11), 'all' (both objectives each step: their parameters are
+    disjoint); init_weights: a checkpoint of the same spec from an earlier stage, loaded at
+    the first step; require_landmarks: a sample with faces but no landmark labels is a
+    UserError (else its faces train the score and box only); rsa_weight multiplies Eq. 7."""
+
+    stage: str = "all"
+    init_weights: str | None = None
+    require_landmarks: bool = False
+    rsa_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.stage not in RSA_STAGES:
+            raise UserError(f"recipe.rsa.stage {self.stage!r} is not one of {', '.join(RSA_STAGES)}")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything about training except the architecture."""
@@ -156,6 +178,7 @@ class Recipe:
     loss: LossWeights = field(default_factory=LossWeights)
     assigner: AssignerConfig = field(default_factory=AssignerConfig)
     test: TestConfig = field(default_factory=TestConfig)
+    rsa: RSARecipe = field(default_factory=RSARecipe)  # omitted from to_dict at its default
 
     def __post_init__(self) -> None:
         if self.train_size < 32 or self.train_size % 32:
@@ -164,7 +187,10 @@ class Recipe:
             raise UserError("recipe.batch_size must be >= 1 and recipe.workers >= 0")
 
     def to_dict(self) -> dict:
-        return _plain(dataclasses.asdict(self))
+        d = _plain(dataclasses.asdict(self))
+        if self.rsa == RSARecipe():  # recipes (and checkpoints) written before it stay equal
+            d.pop("rsa")
+        return d
 
 
 @dataclass(frozen=True)

@@ -105,21 +105,30 @@ def level_sizes(spec: DetectorSpec, input_hw: tuple[int, int]) -> list[tuple[int
     """(H_l, W_l) of each neck/head level for an (H, W) input, as the built model computes."""
     n = len(spec.backbone.stages)
     sizes = _backbone(spec, int(input_hw[0]), int(input_hw[1]), [Counter() for _ in range(n + 1)])
-    return [sizes[lv - 2] for lv in spec.neck.in_levels]
+    return _neck(spec, sizes, Counter())
+
+
+def _neck(spec: DetectorSpec, sizes: list[tuple[int, int]], counter: Counter) -> list[tuple[int, int]]:
+    """Counts the neck into `counter`; returns the sizes of its output levels (a neck whose
+    entry has `out_levels` makes its own pyramid and its cost returns them)."""
+    from detectors.catalog import neck_entry
+
+    levels = spec.neck.in_levels
+    cins = [spec.backbone.stages[lv - 2].out_channels for lv in levels]
+    lsizes = [sizes[lv - 2] for lv in levels]
+    out = neck_entry(spec.neck.type).cost(counter, spec.neck, cins, lsizes)
+    return lsizes if out is None else list(out)
 
 
 def cost(spec: DetectorSpec, input_hw: tuple[int, int] | None = None) -> CostReport:
     """Analytic cost of `spec` at input_hw (H, W); default spec.input_size (640x640)."""
-    from detectors.catalog import head_entry, neck_entry
+    from detectors.catalog import head_entry
 
     hw = tuple(spec.input_size if input_hw is None else input_hw)
     names = components_of(spec)
     counters = [Counter() for _ in names]
     sizes = _backbone(spec, int(hw[0]), int(hw[1]), counters)
-    levels = spec.neck.in_levels
-    cins = [spec.backbone.stages[lv - 2].out_channels for lv in levels]
-    lsizes = [sizes[lv - 2] for lv in levels]
-    neck_entry(spec.neck.type).cost(counters[-2], spec.neck, cins, lsizes)
+    lsizes = _neck(spec, sizes, counters[-2])
     head_entry(spec.head.type).cost(counters[-1], spec.head, spec.neck.channels, lsizes,
                                     spec.anchors.num_anchors)
     comps = {name: ComponentCost(c.p, c.m, c.e) for name, c in zip(names, counters)}

@@ -156,7 +156,10 @@ def init_weights(model: FaceDetector) -> None:
 
 
 def build(spec: DetectorSpec) -> FaceDetector:
-    """A FaceDetector for `spec`, initialised as SCRFD (see init_weights)."""
-    model = FaceDetector(spec)
+    """A FaceDetector for `spec` (or the subclass its head entry names), initialised as SCRFD
+    (see init_weights)."""
+    from detectors.catalog import head_entry
+
+    model = (head_entry(spec.head.type).detector or FaceDetector)(spec)
     init_weights(model)
     return model

@@ -289,11 +289,12 @@ class DetectorSpec:
             raise UserError(
                 f"neck in_levels {list(self.neck.in_levels)} reach beyond the backbone's levels "
                 f"{list(self.backbone.levels)} ({len(self.backbone.stages)} stages)")
-        expected = tuple(2**lv for lv in self.neck.in_levels)
+        out_levels = _catalog().neck_out_levels(self.neck)
+        expected = tuple(2**lv for lv in out_levels)
         if self.anchors.strides != expected:
             raise UserError(
                 f"anchors strides {list(self.anchors.strides)} must match the neck levels "
-                f"{list(self.neck.in_levels)} (strides {list(expected)})"
+                f"{list(out_levels)} (strides {list(expected)})"
             )
         check = _catalog().neck_entry(self.neck.type).check
         if check is not None:  # the neck's own rules across the spec (e.g. fanet's levels)
