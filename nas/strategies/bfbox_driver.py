@@ -133,19 +133,10 @@ def phases(search: dict[str, Any]) -> list:
 
 def finish(store, search: dict[str, Any]) -> None:
     """Analysis (ranges, plots, report over the candidates), export of the top-k paths as
-    retraining configs, the summary table."""
-    from analysis.report import analyze_run
+    retraining configs, the summary table: the same finish as SCRFD's."""
+    from nas.strategies.two_step import finish as analyze_and_export
 
-    from nas.export import export_top
-    from nas.progress import summary_table
-
-    table = store.read_table()
-    if table is not None and (table["status"] == "ok").any():
-        analyze_run(store.run_dir, metric="ap_hard", seed=search["seed"])
-        paths = export_top(store.run_dir, top=search["top_k"], metric="ap_hard")
-        print(f"exported {len(paths)} retraining configs to {store.run_dir / 'export'}",
-              file=sys.stderr)
-    print(summary_table(table, top=search["top_k"]) if table is not None else "no trials")
+    analyze_and_export(store, search)
 
 
 def entry():
