@@ -9,25 +9,20 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from _cli import fakes_pythonpath
 from detectors.errors import UserError
 from nas.cli import main
 from nas.fidelity import fidelity_from, rung_fractions, rung_iterations
 from nas.results import RunStore
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
+    return {**os.environ, "PYTHONPATH": fakes_pythonpath(), **extra}
 
 
 def test_rungs_hand_computed():
@@ -72,7 +67,7 @@ def test_asha_stops_weak_trials_and_ranks_only_full_fidelity(tmp_path, monkeypat
     import search_fakes
     from nas.driver import SearchOptions, run_search
 
-    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "run"

@@ -10,18 +10,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from _cli import one_line_error
+from _cli import facenas, fakes_pythonpath, one_line_error
 
 from detectors.checkpoint import save_checkpoint
 from detectors.config import load_config
 from detectors.cost import vga_gflops
 from nas.strategies.bfbox_search import load_preset
 from search_spaces.bfbox import BFBoxSpace
-
-
-def _facenas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
 
 
 def _other_space_checkpoint(path: Path) -> Path:
@@ -69,7 +64,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_smoke_search_end_to_end_then_reuse_the_supernet(tmp_path, tiny_data):
     out = tmp_path / "run"
-    result = _facenas("search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
+    result = facenas("search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
                       "--data", str(tiny_data), "--out", str(out), "--max-failures", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(out / "trials.parquet")
@@ -85,12 +80,12 @@ def test_smoke_search_end_to_end_then_reuse_the_supernet(tmp_path, tiny_data):
     assert len(supernets) == 1
     exported = sorted((out / "export").glob("*.yaml"))
     assert len(exported) == 3 and load_config(exported[0]).spec.id in set(table["spec_id"])
-    retrain = _facenas("train", str(exported[0]), "--budget", "smoke", "--data", str(tiny_data),
+    retrain = facenas("train", str(exported[0]), "--budget", "smoke", "--data", str(tiny_data),
                        "--out", str(tmp_path / "retrain"), "--quiet")
     assert retrain.returncode == 0, retrain.stderr[-2000:]
 
     again = tmp_path / "again"
-    result = _facenas("search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
+    result = facenas("search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
                       "--data", str(tiny_data), "--out", str(again), "--supernet", str(supernets[0]),
                       "--strategy", "evolution", "--population", "2", "--parents", "2",
                       "--num-candidates", "4")
@@ -118,8 +113,7 @@ def test_sigkill_of_the_candidate_phase_then_resume_gives_exactly_n_candidates(t
 
     from nas.results import RunStore
 
-    tests, repo = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tests), str(repo), os.environ.get("PYTHONPATH", "")]),
+    env = {**os.environ, "PYTHONPATH": fakes_pythonpath(),
            "FACENAS_TRIAL_FN": "search_fakes:slow_trial", "FACENAS_FAKE_DELAY": "1.5",
            # a new local Ray cluster for the resumed driver: ray.init() would otherwise join the
            # killed driver's (or another process's) still-running cluster via

@@ -4,7 +4,6 @@ checkpoints refused for another space; BN recalibration of an inherited candidat
 from __future__ import annotations
 
 import json
-from collections import Counter
 
 import numpy as np
 import pytest

@@ -4,7 +4,6 @@ round-trip; trainer hooks and auxiliary prediction sets behave as documented."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from dataclasses import dataclass
 

@@ -3,24 +3,19 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from nas.cli import main
+from _cli import facenas
 
 MODELS = Path(__file__).resolve().parents[1] / "experiments" / "models"
 SPEC_25 = MODELS / "scrfd_2.5g.yaml"
 
 
-def _facenas(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True, text=True)
-
-
 def test_json_reports_published_figures_via_subprocess():
-    result = _facenas("cost", str(SPEC_25), "--json")
+    result = facenas("cost", str(SPEC_25), "--json")
     assert result.returncode == 0, result.stderr
     data = json.loads(result.stdout)
     assert {"params", "gflops", "components"} <= set(data)
@@ -86,7 +81,7 @@ def test_missing_file_and_bad_input_via_subprocess(tmp_path):
         (["cost", str(tmp_path)], "is a directory"),
         (["cost"], "required"),
     ]:
-        result = _facenas(*args)
+        result = facenas(*args)
         assert result.returncode == 2, args
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
         assert expected in result.stderr

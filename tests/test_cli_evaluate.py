@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ import pytest
 from detectors.data.widerface import load_eval_ground_truth
 from detectors.evaluate import write_predictions
 from nas.cli import main
+from _cli import facenas
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +29,9 @@ def mini_preds(widerface_mini, tmp_path_factory):
     return out, expected
 
 
-def _facenas(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True, text=True)
-
-
 def test_json_and_plot(widerface_mini, mini_preds, tmp_path):
     preds, expected = mini_preds
-    result = _facenas("evaluate", str(preds), "--gt", str(widerface_mini), "--json", "--plot", str(tmp_path / "pr.png"))
+    result = facenas("evaluate", str(preds), "--gt", str(widerface_mini), "--json", "--plot", str(tmp_path / "pr.png"))
     assert result.returncode == 0, result.stderr
     aps = json.loads(result.stdout)
     assert aps == pytest.approx(expected, abs=1e-12) and aps["hard"] < 1.0
@@ -103,6 +98,6 @@ def test_user_mistakes_exit_2(widerface_mini, mini_preds, tmp_path, capsys):
 
 
 def test_missing_gt_option_is_usage_error():
-    result = _facenas("evaluate", "somewhere")
+    result = facenas("evaluate", "somewhere")
     assert result.returncode == 2 and "--gt" in result.stderr
     assert len(result.stderr.strip().splitlines()) <= 3  # argparse usage + one error line

@@ -4,7 +4,6 @@ exactly once; a wrong --address fails in seconds."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections import Counter
@@ -13,11 +12,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from _cli import fakes_pythonpath
 from detectors.errors import UserError
 from nas.results import RunStore
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
 pytestmark = pytest.mark.slow
 
 
@@ -34,8 +32,7 @@ def cluster(monkeypatch):
     from ray.cluster_utils import Cluster
 
     # Ray workers import the fake trial functions; they inherit this from the raylets.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
     monkeypatch.setenv("FACENAS_FAKE_DELAY", "3")
     c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 0})
     workers = [c.add_node(num_cpus=1) for _ in range(2)]
@@ -123,8 +120,7 @@ def test_trials_lost_with_their_node_run_again_once(tmp_path, monkeypatch):
     import search_fakes
     from nas.driver import SearchOptions, run_search
 
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
     data, run = tmp_path / "data", tmp_path / "run"
     data.mkdir()
     opts = SearchOptions(budget="smoke", num_samples=3, steps="1", data=str(data), out=str(run),

@@ -20,13 +20,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from _cli import fakes_pythonpath
 from detectors.config import load_config
 from detectors.cost import vga_gflops
 from detectors.spec import DetectorSpec
 from nas.results import COLUMNS, RunStore, cost_columns, failed_metrics
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -39,10 +39,7 @@ def data_dir(tmp_path) -> Path:
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(TESTS), str(REPO), env.get("PYTHONPATH", "")])
-    env.update(extra)
-    return env
+    return {**os.environ, "PYTHONPATH": fakes_pythonpath(), **extra}
 
 
 # -- the results store -----------------------------------------------------------------------
@@ -99,7 +96,7 @@ def test_two_step_search_records_failed_trials_and_completes(tmp_path, data_dir,
     import search_fakes
     from nas.driver import SearchOptions, run_search
 
-    monkeypatch.setenv("PYTHONPATH", _env()["PYTHONPATH"])  # Ray workers import search_fakes
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())  # Ray workers import search_fakes
     out = tmp_path / "run"
     opts = SearchOptions(budget="smoke", num_samples=5, data=str(data_dir), out=str(out),
                          max_failures=1, seed=3)

@@ -4,7 +4,6 @@ training through the one trainer (smoke, memorisation) and one-line errors for b
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from pathlib import Path
@@ -15,7 +14,7 @@ import torch
 from PIL import Image
 
 from _cli import one_line_error
-from detectors.baselines.rsa import RSADetector, TARGET_FACE, plan_scales
+from detectors.baselines.rsa import TARGET_FACE, plan_scales
 from detectors.baselines.rsa_forecast import (NUM_BINS, bin_to_size, forecast_loss,
                                               gaussian_targets, scale_bin, select_scales)
 from detectors.baselines.rsa_lrn import retrace_scores

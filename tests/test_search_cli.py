@@ -4,8 +4,6 @@ end to end and leaves the table, analysis and exported configs."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -13,11 +11,7 @@ import pytest
 
 from detectors.config import load_config
 from nas.results import COLUMNS
-
-
-def _facenas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "nas.cli", *args], capture_output=True,
-                          text=True, timeout=timeout)
+from _cli import facenas
 
 
 @pytest.mark.parametrize("args, words", [
@@ -31,7 +25,7 @@ def _facenas(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
 def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, words):
     out = tmp_path / "run"
     data = [] if "--data" in args else ["--data", str(tmp_path)]
-    result = _facenas("search", "--out", str(out), *data, *args, timeout=120)
+    result = facenas("search", "--out", str(out), *data, *args, timeout=120)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and all(w in lines[0] for w in words), lines
@@ -39,11 +33,11 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, args, words
 
 
 def test_resume_of_a_non_run_and_reuse_of_a_run_dir_are_user_errors(tmp_path):
-    result = _facenas("search", "--resume", str(tmp_path / "nothing"), timeout=120)
+    result = facenas("search", "--resume", str(tmp_path / "nothing"), timeout=120)
     assert result.returncode == 2 and "not a search run directory" in result.stderr
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.yaml").write_text("search: {}\n")
-    again = _facenas("search", "--out", str(tmp_path / "run"), "--data", str(tmp_path), timeout=120)
+    again = facenas("search", "--out", str(tmp_path / "run"), "--data", str(tmp_path), timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
 
@@ -59,7 +53,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.mark.slow
 def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     out = tmp_path / "run"
-    result = _facenas("search", "--space", "scrfd", "--gflops", "2.5", "--budget", "smoke",
+    result = facenas("search", "--space", "scrfd", "--gflops", "2.5", "--budget", "smoke",
                       "--num-samples", "1", "--data", str(tiny_data), "--out", str(out),
                       "--max-failures", "0")
     assert result.returncode == 0, result.stderr[-3000:]
@@ -82,7 +76,7 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     assert exported and load_config(exported[0]).spec.id in set(table["spec_id"])
     assert "2 trials: 2 ok, 0 failed" in result.stdout
     # the issue's acceptance: an exported config retrains with `facenas train` unchanged
-    retrain = _facenas("train", str(exported[0]), "--budget", "smoke", "--data", str(tiny_data),
+    retrain = facenas("train", str(exported[0]), "--budget", "smoke", "--data", str(tiny_data),
                        "--out", str(tmp_path / "retrain"), "--quiet")
     assert retrain.returncode == 0, retrain.stderr[-2000:]
     assert (tmp_path / "retrain" / "checkpoint.pt").is_file()

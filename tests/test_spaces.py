@@ -4,19 +4,18 @@ driver, table, resume and finish as SCRFD."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+from _cli import fakes_pythonpath
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from nas import spaces
 from nas.results import COLUMNS, RunStore
 
-TESTS = Path(__file__).resolve().parent
-REPO = TESTS.parent
+REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
@@ -70,8 +69,7 @@ def test_phased_space_runs_through_the_one_driver(tmp_path, monkeypatch):
     from nas.driver import SearchOptions, run_search
 
     monkeypatch.setitem(spaces.SPACES, "toy", _entry)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(TESTS), str(REPO),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "run"

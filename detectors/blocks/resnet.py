@@ -7,6 +7,8 @@ block starts as identity (mmdet's zero_init_residual=True, which SCRFD keeps).
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
@@ -14,7 +16,10 @@ from detectors.blocks.conv import ConvNormAct
 from detectors.macs import Counter, ceil2
 
 __all__ = ["BasicBlock", "Bottleneck", "basic_cost", "bottleneck_cost", "deep_stem",
-           "deep_stem_cost"]
+           "deep_stem_cost", "ShortcutCost"]
+
+# shortcut_cost(counter, cin, cout, stride, h, w, times): counts a block's shortcut
+ShortcutCost = Callable[[Counter, int, int, int, int, int, int], None]
 
 
 def _shortcut(cin: int, cout: int, stride: int) -> nn.Module:
@@ -55,10 +60,12 @@ class BasicBlock(nn.Module):
 
 
 def basic_cost(c: Counter, cin: int, width: int, s: int, h: int, w: int,
-               times: int = 1) -> tuple[int, int]:
+               times: int = 1, shortcut_cost: ShortcutCost | None = None) -> tuple[int, int]:
+    """Two 3x3 convs + shortcut + the ReLU after the add; `shortcut_cost` counts the shortcut
+    (default: this module's avg-pool + 1x1; torchvision's blocks pass their strided 1x1)."""
     ho, wo = c.conv(cin, width, 3, s, h, w, times=times)
     c.conv(width, width, 3, 1, ho, wo, act=False, times=times)
-    _shortcut_cost(c, cin, width, s, h, w, times)
+    (shortcut_cost or _shortcut_cost)(c, cin, width, s, h, w, times)
     c.e += times * width * ho * wo  # the ReLU after the residual add
     return ho, wo
 
@@ -85,12 +92,13 @@ class Bottleneck(nn.Module):
 
 
 def bottleneck_cost(c: Counter, cin: int, width: int, s: int, h: int, w: int,
-                    times: int = 1) -> tuple[int, int]:
+                    times: int = 1, shortcut_cost: ShortcutCost | None = None) -> tuple[int, int]:
+    """1x1, strided 3x3, 1x1 to 4 x width + shortcut + the ReLU after the add (as basic_cost)."""
     cout = 4 * width
     c.conv(cin, width, 1, 1, h, w, times=times)
     ho, wo = c.conv(width, width, 3, s, h, w, times=times)
     c.conv(width, cout, 1, 1, ho, wo, act=False, times=times)
-    _shortcut_cost(c, cin, cout, s, h, w, times)
+    (shortcut_cost or _shortcut_cost)(c, cin, cout, s, h, w, times)
     c.e += times * cout * ho * wo  # the ReLU after the residual add
     return ho, wo
 

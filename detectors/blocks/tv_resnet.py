@@ -21,6 +21,7 @@ from typing import Mapping
 import torch
 from torch import nn
 
+from detectors.blocks.resnet import basic_cost, bottleneck_cost
 from detectors.macs import Counter, conv_out
 
 __all__ = ["TVBasicBlock", "TVBottleneck", "tv_basic_cost", "tv_bottleneck_cost", "tv_stem",
@@ -85,22 +86,12 @@ def _downsample_cost(c: Counter, cin: int, cout: int, s: int, h: int, w: int, ti
 
 def tv_basic_cost(c: Counter, cin: int, width: int, s: int, h: int, w: int,
                   times: int = 1) -> tuple[int, int]:
-    ho, wo = c.conv(cin, width, 3, s, h, w, times=times)
-    c.conv(width, width, 3, 1, ho, wo, act=False, times=times)
-    _downsample_cost(c, cin, width, s, h, w, times)
-    c.e += times * width * ho * wo  # the ReLU after the residual add
-    return ho, wo
+    return basic_cost(c, cin, width, s, h, w, times, shortcut_cost=_downsample_cost)
 
 
 def tv_bottleneck_cost(c: Counter, cin: int, width: int, s: int, h: int, w: int,
                        times: int = 1) -> tuple[int, int]:
-    cout = 4 * width
-    c.conv(cin, width, 1, 1, h, w, times=times)
-    ho, wo = c.conv(width, width, 3, s, h, w, times=times)
-    c.conv(width, cout, 1, 1, ho, wo, act=False, times=times)
-    _downsample_cost(c, cin, cout, s, h, w, times)
-    c.e += times * cout * ho * wo  # the ReLU after the residual add
-    return ho, wo
+    return bottleneck_cost(c, cin, width, s, h, w, times, shortcut_cost=_downsample_cost)
 
 
 class _TVStem(nn.Module):

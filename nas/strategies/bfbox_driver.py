@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from nas.strategies import bfbox_search as bs
 
