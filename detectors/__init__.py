@@ -1,13 +1,14 @@
 """Detectors: specs, building, cost, data, training and evaluation.
 
-`detectors.build(spec)` and `detectors.cost(spec)` are the public entry points. They are
+`detectors.build(spec)`, `detectors.cost(spec)` and `detectors.latency(spec, table)` are the
+public entry points. They are
 resolved lazily so that torch-free code (analysis/, detectors.errors, detectors.spec) can
 import this package without importing torch.
 """
 
 from typing import Any
 
-__all__ = ["build", "cost", "DetectorSpec", "UserError"]
+__all__ = ["build", "cost", "latency", "DetectorSpec", "UserError"]
 
 
 def __getattr__(name: str) -> Any:
@@ -19,6 +20,10 @@ def __getattr__(name: str) -> Any:
         from detectors.cost import cost
 
         return cost
+    if name == "latency":
+        import detectors.latency as module  # a callable module: detectors.latency(spec, table)
+
+        return module
     if name == "DetectorSpec":
         from detectors.spec import DetectorSpec
 

@@ -18,12 +18,13 @@ from __future__ import annotations
 import sys
 import types
 from dataclasses import dataclass
+from typing import Callable
 
 from detectors.macs import Counter
 from detectors.spec import DetectorSpec
 
 __all__ = ["ComponentCost", "CostReport", "COMPONENTS", "components_of", "cost", "vga_gflops",
-           "level_sizes", "VGA_FACTOR"]
+           "level_sizes", "VGA_FACTOR", "count"]
 
 # The components of a four-stage (SCRFD) spec; components_of(spec) gives any spec's.
 COMPONENTS = ("stem", "c2", "c3", "c4", "c5", "neck", "head")
@@ -120,18 +121,25 @@ def _neck(spec: DetectorSpec, sizes: list[tuple[int, int]], counter: Counter) ->
     return lsizes if out is None else list(out)
 
 
-def cost(spec: DetectorSpec, input_hw: tuple[int, int] | None = None) -> CostReport:
-    """Analytic cost of `spec` at input_hw (H, W); default spec.input_size (640x640)."""
+def count(spec: DetectorSpec, hw: tuple[int, int], make: Callable[[str], Counter] = lambda _: Counter()
+          ) -> dict[str, Counter]:
+    """Every component's cost functions run into its own counter, `make(component)` (a Counter
+    subclass can record more than totals: detectors/latency traces the convs)."""
     from detectors.catalog import head_entry
 
-    hw = tuple(spec.input_size if input_hw is None else input_hw)
     names = components_of(spec)
-    counters = [Counter() for _ in names]
+    counters = [make(name) for name in names]
     sizes = _backbone(spec, int(hw[0]), int(hw[1]), counters)
     lsizes = _neck(spec, sizes, counters[-2])
     head_entry(spec.head.type).cost(counters[-1], spec.head, spec.neck.channels, lsizes,
                                     spec.anchors.num_anchors)
-    comps = {name: ComponentCost(c.p, c.m, c.e) for name, c in zip(names, counters)}
+    return dict(zip(names, counters))
+
+
+def cost(spec: DetectorSpec, input_hw: tuple[int, int] | None = None) -> CostReport:
+    """Analytic cost of `spec` at input_hw (H, W); default spec.input_size (640x640)."""
+    hw = tuple(spec.input_size if input_hw is None else input_hw)
+    comps = {name: ComponentCost(c.p, c.m, c.e) for name, c in count(spec, hw).items()}
     return CostReport(input_hw=(int(hw[0]), int(hw[1])), components=comps)
 
 

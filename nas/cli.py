@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "search": ("search", "run an architecture search (SCRFD computation redistribution)"),
     "export": ("export", "export the top specs of a search run as retraining configs"),
     "analyze": ("analyze", "bootstrap analysis and plots of a search run"),
+    "latency": ("latency", "measure a latency table; predict (and measure) a spec's latency"),
 }
 
 

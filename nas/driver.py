@@ -76,6 +76,15 @@ class SearchOptions:
     scheduler: str = "fifo"  # nas.fidelity: fifo | asha
     grace: float | None = None  # first rung, as a fraction of the schedule
     reduction_factor: float | None = None
+    rung_metric: str | None = None  # nas.fidelity.RUNG_METRICS: ap (default) or loss
+    # nas.latency_budget: a predicted-latency band on a measured table; `gflops_band` False
+    # when --gflops was not given with it (gflops then only picks the SCRFD regime)
+    latency_ms: float | None = None
+    latency_table: str | None = None
+    latency_tolerance: float | None = None
+    latency_runtime: str | None = None
+    latency_device: str | None = None
+    gflops_band: bool = True
 
 
 def resolve_trial_fn() -> TrialFn | None:
@@ -117,7 +126,14 @@ def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
     data = space.default_data(opts) if opts.data is None else Path(opts.data)
     if not data.is_dir():
         raise UserError(f"--data {opts.data}: no such directory")
+    from nas.latency_budget import resolve_latency
+
+    latency = resolve_latency(opts.latency_ms, opts.latency_table, opts.latency_tolerance,
+                              opts.latency_runtime, opts.latency_device)
     search = space.resolve(opts, data)
+    if latency is not None:
+        search["latency"] = latency
+        search["gflops_band"] = bool(opts.gflops_band)
     if opts.top_k is not None:
         search["top_k"] = int(opts.top_k)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -146,12 +162,16 @@ def _plan(store: RunStore, search: dict[str, Any], phase: Phase) -> list[Detecto
 
 
 # -- rows ---------------------------------------------------------------------------------------
-def _row(spec: DetectorSpec, step: int, trial_id: str, seed: int,
+def _row(spec: DetectorSpec, step: int, trial_id: str, search: dict[str, Any],
          metrics: dict[str, Any]) -> dict[str, Any]:
-    """One results-table row; scalar metrics beyond the contract's become extra columns."""
-    row = {"spec_id": spec.id, "step": step, "trial_id": trial_id, "seed": seed,
+    """One results-table row; scalar metrics beyond the contract's become extra columns (and
+    a latency budget adds the predicted latency, `latency_ms`)."""
+    from nas.latency_budget import latency_columns
+
+    row = {"spec_id": spec.id, "step": step, "trial_id": trial_id, "seed": search["seed"],
            "spec_yaml": spec.to_yaml()}
     row.update(cost_columns(spec))
+    row.update(latency_columns(search, spec))
     row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
     row["error"] = row["error"] if isinstance(row["error"], str) else ""
     row.update({k: v for k, v in metrics.items() if k not in row and k != "trial_id"
@@ -159,7 +179,7 @@ def _row(spec: DetectorSpec, step: int, trial_id: str, seed: int,
     return row
 
 
-def _harvest(store: RunStore, phase: Phase, specs: list[DetectorSpec], seed: int) -> None:
+def _harvest(store: RunStore, phase: Phase, specs: list[DetectorSpec], search: dict[str, Any]) -> None:
     """Fold in trials that finished (result.json) but whose row the killed driver never wrote."""
     if not phase.rows:
         return
@@ -168,7 +188,7 @@ def _harvest(store: RunStore, phase: Phase, specs: list[DetectorSpec], seed: int
         if spec.id not in done:
             result = store.read_result(phase.step, spec.id)
             if result is not None:
-                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), seed, result))
+                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), search, result))
 
 
 def _unfinished(store: RunStore, phase: Phase, specs: list[DetectorSpec]) -> list[DetectorSpec]:
@@ -272,7 +292,8 @@ def _restore_tune_checkpoint(train_dir: Path) -> None:
 def _stopped_metrics(last_result: dict[str, Any]) -> dict[str, Any]:
     """The row of a trial the scheduler stopped at a rung: its last rung's metrics."""
     keep = {k: v for k, v in last_result.items()
-            if k in METRIC_COLUMNS or k == "fidelity" or k.startswith("ap_hard_r")}
+            if k in METRIC_COLUMNS or k in ("fidelity", "rung_loss")
+            or k.startswith(("ap_hard_r", "loss_r"))}
     keep["status"] = "stopped"
     return keep
 
@@ -292,8 +313,8 @@ def _running(trials: list, finishing: Any = None) -> int:
     return sum(1 for t in trials if t.status == "RUNNING" and t is not finishing)
 
 
-def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phase, seed: int,
-                    progress: Progress):
+def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phase,
+                    search: dict[str, Any], progress: Progress):
     from ray import tune
 
     class _StoreRows(tune.Callback):
@@ -314,14 +335,14 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
             if metrics is None:  # no record of its own: stopped early by the scheduler
                 metrics = _stopped_metrics(dict(trial.last_result or {}))
             if phase.rows:
-                store.add_row(_row(spec, phase.step, trial.trial_id, seed, metrics))
+                store.add_row(_row(spec, phase.step, trial.trial_id, search, metrics))
             progress.finished(metrics.get("ap_hard"), running=_running(trials, trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             spec_id = trial.config["spec_id"]
             reason = _error_reason(store, phase.step, spec_id, trial)
             if phase.rows:
-                store.add_row(_row(specs[spec_id], phase.step, trial.trial_id, seed,
+                store.add_row(_row(specs[spec_id], phase.step, trial.trial_id, search,
                                    failed_metrics(reason)))
             else:
                 print(f"{phase.label}: trial {spec_id} failed: {reason}", file=sys.stderr)
@@ -491,7 +512,7 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
         run_config=tune.RunConfig(
             name=f"step{phase.step}-{stamp}", storage_path=str(store.run_dir / "ray"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
-            callbacks=[_store_callback(store, {s.id: s for s in todo}, phase, search["seed"],
+            callbacks=[_store_callback(store, {s.id: s for s in todo}, phase, search,
                                        progress)]))
     try:
         grid = tuner.fit()
@@ -512,13 +533,14 @@ def _scheduler(search: dict[str, Any], phase: Phase):
     """Tune's ASHA for phases that train sampled models, when asked; else Tune's FIFO."""
     from ray.tune.schedulers import ASHAScheduler
 
-    from nas.fidelity import Fidelity
+    from nas.fidelity import RUNG_METRICS, Fidelity
 
     f = search.get("fidelity") or {}
     if f.get("scheduler") != "asha" or not phase.rows:
         return None
     fidelity = Fidelity(**f)  # milestones 1, rf, rf^2 ... in rung_t = the rungs (nas.fidelity)
-    return ASHAScheduler(time_attr="rung_t", metric="ap_hard", mode="max", max_t=fidelity.max_t,
+    metric, mode = RUNG_METRICS[fidelity.metric]
+    return ASHAScheduler(time_attr="rung_t", metric=metric, mode=mode, max_t=fidelity.max_t,
                          grace_period=1.0, reduction_factor=fidelity.reduction_factor, brackets=1)
 
 
@@ -547,7 +569,7 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         override = trial_fn or resolve_trial_fn()
         for phase in space.phases(search):
             specs = _plan(store, search, phase)
-            _harvest(store, phase, specs, search["seed"])
+            _harvest(store, phase, specs, search)
             _run_phase_trials(store, search, opts, phase, specs,
                               override or phase.trial_fn or run_trial)
             missing = _unfinished(store, phase, specs)

@@ -157,9 +157,15 @@ def build_space(search: dict[str, Any]) -> ScrfdSpace:
         step1 = Step1Fixed(**search["step1"])
     except TypeError as err:
         raise UserError(f"{search['preset']}: bad bounds/step1 ({err})") from None
+    latency = None
+    if search.get("latency"):
+        from nas.latency_budget import band, table_of
+
+        latency = (table_of(search["latency"]["table"]), *band(search["latency"]))
     return ScrfdSpace(DetectorSpec.from_dict(search["template"]), gflops=search["gflops"],
                       block=search["block"], step1=step1, tolerance=search["tolerance"],
-                      gn_groups=search["gn_groups"], bounds=bounds)
+                      gn_groups=search["gn_groups"], bounds=bounds, latency=latency,
+                      flops_band=search.get("gflops_band", True))
 
 
 def trial_iterations(search: dict[str, Any]) -> int | None:

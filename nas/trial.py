@@ -98,7 +98,7 @@ def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, 
     from detectors.test import test
     from detectors.train import CHECKPOINT, total_iterations, train
 
-    from nas.fidelity import rung_iterations
+    from nas.fidelity import rung_iterations, rung_loss
 
     start = time.perf_counter()
     # Ray sets OMP_NUM_THREADS for the trial but torch ignores it once loaded: set it here.
@@ -126,7 +126,9 @@ def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, 
                         "ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
                         "ap_hard": float(ap["hard"])})
         if request.rungs:
+            loss = rung_loss(train_dir / "metrics.jsonl", stop)
             metrics.update({"fidelity": fractions[k - 1], f"ap_hard_r{k}": float(ap["hard"]),
+                            f"loss_r{k}": loss, "rung_loss": loss,
                             "rung_t": fractions[k - 1] / fractions[0]})
             if report is not None and k < len(fractions):
                 report(dict(metrics), train_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -30,7 +31,7 @@ from detectors.blocks.bfbox import DEEP_KERNELS, DENSE, SHALLOW_KERNELS, TWO_KER
 from detectors.errors import UserError
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 
-__all__ = ["KINDS", "BFBoxSpace", "BFBoxPath", "DEFAULT_TOLERANCE"]
+__all__ = ["KINDS", "BFBoxSpace", "BFBoxPath", "DEFAULT_TOLERANCE", "latency_tables"]
 
 # Block kinds in FDB order: (name, shallow-stage blocks, deep-stage blocks). Kinds 5 and 6
 # (ResNet basic, MobileNet unit) are the "state-of-the-art blocks" the paper tried and
@@ -80,6 +81,9 @@ class BFBoxSpace:
     merges: int = 5
     attention: bool = True
     input_size: int = 640
+    # (LatencyTable, low ms, high ms): a predicted-latency band (set by the search from
+    # --latency-ms, never part of the frame's config)
+    latency: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         if not 1 <= self.fdb <= len(KINDS):
@@ -95,12 +99,12 @@ class BFBoxSpace:
     # ---- plain data ---------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v := getattr(self, f.name), tuple) else v)
-                for f in dataclasses.fields(self)}
+                for f in dataclasses.fields(self) if f.name != "latency"}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, where: str = "space") -> "BFBoxSpace":
         data = dict(data or {})
-        names = [f.name for f in dataclasses.fields(cls)]
+        names = [f.name for f in dataclasses.fields(cls) if f.name != "latency"]
         unknown = [k for k in data if k not in names]
         if unknown:
             raise UserError(f"unknown key {where}.{unknown[0]} (valid: {', '.join(names)})")
@@ -225,6 +229,18 @@ class BFBoxSpace:
             raise UserError(f"no bfbox path meets --gflops {gflops:g} (+-{tolerance:.0%}): this "
                             f"space spans {lo:.3f} to {hi:.3f} VGA GFLOPs")
 
+    def check_latency(self) -> None:
+        """UserError (one line, with the space's fastest and slowest path on the table) when
+        no path meets the latency band."""
+        lo, hi = self.latency_range()
+        table, low_ms, high_ms = self.latency
+        if math.isnan(lo) or math.isnan(hi):
+            raise UserError(f"the latency table ({table.describe}) lacks layers of this bfbox "
+                            "space; extend it with `facenas latency profile --space bfbox`")
+        if high_ms < lo or low_ms > hi:
+            raise UserError(f"no bfbox path runs in {low_ms:.3g}-{high_ms:.3g} ms on the latency "
+                            f"table ({table.describe}): this space spans {lo:.3g} to {hi:.4g} ms")
+
     # ---- sampling ------------------------------------------------------------------------
     def random_genes(self, rng: np.random.Generator, num: int) -> np.ndarray:
         """(num, G) genes drawn uniformly and independently (Eq. 1's uniform path prior)."""
@@ -235,12 +251,32 @@ class BFBoxSpace:
         """One path from the uniform prior Gamma(A) (supernet training, Eq. 1)."""
         return self.decode(self.random_genes(rng, 1)[0])
 
+    @functools.cached_property
+    def _latency_tables(self) -> tuple[float, list[np.ndarray]]:
+        return latency_tables(self, self.latency[0])
+
+    def latency_ms(self, genes: np.ndarray) -> np.ndarray:
+        """Predicted latency (ms) of gene rows on the space's latency table."""
+        fixed, tables = self._latency_tables
+        genes = np.atleast_2d(np.asarray(genes, dtype=np.int64))
+        return fixed + sum(t[genes[:, g]] for g, t in enumerate(tables))
+
+    def latency_range(self) -> tuple[float, float]:
+        fixed, tables = self._latency_tables
+        return (fixed + sum(float(t.min()) for t in tables),
+                fixed + sum(float(t.max()) for t in tables))
+
     def in_band(self, genes: np.ndarray, gflops: float | None,
                 tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:
-        if gflops is None:
-            return np.ones(len(genes), dtype=bool)
-        g = self.vga_gflops(genes)
-        return (g >= gflops * (1 - tolerance)) & (g <= gflops * (1 + tolerance))
+        """Rows inside the FLOPs band (when gflops is given) and the latency band (when set)."""
+        ok = np.ones(len(genes), dtype=bool)
+        if gflops is not None:
+            g = self.vga_gflops(genes)
+            ok &= (g >= gflops * (1 - tolerance)) & (g <= gflops * (1 + tolerance))
+        if self.latency is not None:
+            ms = self.latency_ms(genes)  # NaN (the table lacks a layer) fails both
+            ok &= (ms >= self.latency[1]) & (ms <= self.latency[2])
+        return ok
 
     def sample(self, num: int, rng: np.random.Generator, gflops: float | None = None,
                tolerance: float = DEFAULT_TOLERANCE, exclude: set | None = None,
@@ -249,6 +285,8 @@ class BFBoxSpace:
         sampling in batches), none in `exclude` (a set of gene tuples)."""
         if gflops is not None:
             self.check_feasible(gflops, tolerance)
+        if self.latency is not None:
+            self.check_latency()
         seen = set(exclude or ())
         rows: list[np.ndarray] = []
         for _ in range(max_batches):
@@ -267,35 +305,68 @@ class BFBoxSpace:
 def _macs_tables(space: BFBoxSpace) -> tuple[int, list[np.ndarray]]:
     """(fixed MACs, per gene an array of MACs per choice) at input_size x input_size, mirroring
     detectors.cost over the catalogue's cost functions."""
-    from detectors.bfbox_fpn import rf_cost
-    from detectors.catalog import block_entry, head_entry, stem_entry
     from detectors.macs import Counter
 
-    fixed = Counter()
-    h, w = stem_entry("deep").cost(fixed, space.stem_width, space.input_size, space.input_size)
+    fixed, tables = _choice_tables(space, (space.input_size, space.input_size), Counter,
+                                   lambda c: c.m, np.int64)
+    return int(fixed), tables
+
+
+def latency_tables(space: BFBoxSpace, table: Any) -> tuple[float, list[np.ndarray]]:
+    """(fixed ms, per gene an array of ms per choice) on a latency table, at its input size:
+    the same decomposition as the MACs (tests: equal to detectors.latency of the path's spec);
+    NaN where the table lacks a choice's layers."""
+    from detectors.latency import component_ms
+    from detectors.latency.trace import ComponentTrace, LayerCounter
+
+    def price(c: LayerCounter) -> float:
+        try:
+            return component_ms(ComponentTrace(tuple(c.layers), c.other_elems), table)[0]
+        except LookupError:
+            return float("nan")
+
+    head_norm = space.template(space.default_path()).head.norm
+    fixed, tables = _choice_tables(space, table.input_hw, LayerCounter, price, np.float64,
+                                   head_counter=lambda: LayerCounter(head_norm))
+    return fixed + table.fit.overhead_ms, tables
+
+
+def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype, head_counter=None):
+    """(value of the fixed parts, per gene an array of values per choice): every choice's cost
+    functions run into a fresh counter `make()`, read by `value(counter)`."""
+    from detectors.bfbox_fpn import rf_cost
+    from detectors.catalog import block_entry, head_entry, stem_entry
+
+    stem = make()
+    h, w = stem_entry("deep").cost(stem, space.stem_width, int(hw[0]), int(hw[1]))
+    fixed = [stem]
     tables, choices, cin, sizes, i = [], space.layer_choices(), space.stem_width, [], 0
     for s, (depth, width) in enumerate(zip(space.depths, space.widths)):
         for l in range(depth):
             stride = (1 if s == 0 else 2) if l == 0 else 1
             row, out = [], (h, w)
             for name in choices[i]:
-                c = Counter()
+                c = make()
                 out = block_entry(name).cost(c, cin, width, stride, h, w)
-                row.append(c.m)
-            tables.append(np.asarray(row, dtype=np.int64))
+                row.append(value(c))
+            tables.append(np.asarray(row, dtype=dtype))
             (h, w), cin, i = out, width, i + 1
         sizes.append((h, w))
     n = space.neck_channels
+    laterals = make()
     for cin, (h, w) in zip(space.widths, sizes):
-        fixed.conv(cin, n, 1, 1, h, w, norm=False, act=False)  # laterals
-    tables += [np.zeros(len(space.merge_inputs(k)), dtype=np.int64) for k in range(space.merges)]
+        laterals.conv(cin, n, 1, 1, h, w, norm=False, act=False)
+    fixed.append(laterals)
+    tables += [np.zeros(len(space.merge_inputs(k)), dtype=dtype) for k in range(space.merges)]
     for k in range(space.merges):
         row = []
         for name in RF_MODULES:
-            c = Counter()
+            c = make()
             rf_cost(c, name, n, *sizes[k])
-            row.append(c.m)
-        tables.append(np.asarray(row, dtype=np.int64))
+            row.append(value(c))
+        tables.append(np.asarray(row, dtype=dtype))
     spec = space.template(space.default_path())
-    head_entry("scrfd").cost(fixed, spec.head, n, sizes, spec.anchors.num_anchors)
-    return fixed.m, tables
+    head = (head_counter or make)()
+    head_entry("scrfd").cost(head, spec.head, n, sizes, spec.anchors.num_anchors)
+    fixed.append(head)
+    return sum(value(c) for c in fixed), tables

@@ -24,7 +24,7 @@ import dataclasses
 import functools
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -86,7 +86,8 @@ class ScrfdSpace:
     def __init__(self, template: DetectorSpec, *, gflops: float, block: str,
                  step1: Step1Fixed, tolerance: float = 0.02, gn_groups: int = 16,
                  bounds: SpaceBounds = SpaceBounds(), batch_size: int = 1 << 17,
-                 max_batches: int = 400) -> None:
+                 max_batches: int = 400, latency: tuple[Any, float, float] | None = None,
+                 flops_band: bool = True) -> None:
         if block not in BLOCKS:
             raise UserError(f"unknown block type {block!r}; valid: {', '.join(BLOCKS)}")
         if not gflops > 0:
@@ -95,6 +96,18 @@ class ScrfdSpace:
         self.step1, self.tolerance, self.gn_groups = step1, float(tolerance), int(gn_groups)
         self.bounds, self.batch_size, self.max_batches = bounds, int(batch_size), int(max_batches)
         self._cache: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        # latency: (LatencyTable, low ms, high ms), a band of predicted latency every accepted
+        # spec meets as well; flops_band=False drops the GFLOPs band (a latency-only budget:
+        # `gflops` then only names the regime)
+        self.flops_band = bool(flops_band)
+        self.latency = latency
+        self._latency_fn = None
+        if latency is not None:
+            from search_spaces.scrfd_latency import ScrfdLatency
+
+            self._latency_fn = ScrfdLatency(self, latency[0])
+        elif not self.flops_band:
+            raise UserError("a SCRFD space without a GFLOPs band needs a latency band")
 
     # -- public API ----------------------------------------------------------------------------
     def gflops_range(self, step: int) -> tuple[float, float]:
@@ -126,16 +139,22 @@ class ScrfdSpace:
                 if len(chosen) == num:
                     return [self.to_spec(b, j) for b, j in chosen.values()]
         where = f" and ranges {dict(ranges)}" if ranges else ""
+        budget = f"{self.gflops:g} GFLOPs +-{self.tolerance:.0%}" if self.flops_band else ""
+        if self.latency is not None:
+            budget += (" and " if budget else "") + (
+                f"{self.latency[1]:.3g}-{self.latency[2]:.3g} ms predicted on the latency table")
         raise UserError(
-            f"found only {len(chosen)} of {num} {self.block} specs within {self.gflops:g} GFLOPs "
-            f"+-{self.tolerance:.0%}{where} after {drawn:,} draws; widen the ranges or the budget")
+            f"found only {len(chosen)} of {num} {self.block} specs within {budget}{where} after "
+            f"{drawn:,} draws; widen the ranges or the budget (a latency table that lacks rows "
+            "prices nothing: extend it with `facenas latency profile`)")
 
     def accept(self, batch: _Batch, ranges: Mapping[str, tuple[float, float]] | None = None
                ) -> np.ndarray:
         """Boolean mask (B,) of candidates inside the budget band and the given ratio ranges."""
         macs = self.macs(batch)
         gf = sum(macs.values()) * _VGA / 1e9
-        ok = np.abs(gf - self.gflops) <= self.tolerance * self.gflops
+        ok = (np.abs(gf - self.gflops) <= self.tolerance * self.gflops if self.flops_band
+              else np.ones(len(gf), dtype=bool))
         if ranges:
             ratios = _backbone_ratios(macs)
             for name, (low, high) in ranges.items():
@@ -143,7 +162,22 @@ class ScrfdSpace:
                     raise UserError(f"range for {name!r} cannot constrain the sampler; "
                                     f"valid: {', '.join(RATIO_QUANTITIES)}")
                 ok &= (ratios[name] >= low) & (ratios[name] <= high)
+        if self.latency is not None and ok.any():
+            idx = np.flatnonzero(ok)
+            ms = self._latency_fn(batch.take(idx))  # NaN (table lacks a layer) fails both
+            ok[idx] = (ms >= self.latency[1]) & (ms <= self.latency[2])
         return ok
+
+    def corner_specs(self, step: int) -> list[DetectorSpec]:
+        """The step's smallest and largest spec (what a latency table must price to tell the
+        space's span)."""
+        return [self.to_spec(self._corner(step, low=x), 0) for x in (True, False)]
+
+    def latency_ms(self, batch: _Batch) -> np.ndarray:
+        """Predicted latency (ms) of every candidate on the latency band's table."""
+        if self._latency_fn is None:
+            raise UserError("this SCRFD space has no latency table")
+        return self._latency_fn(batch)
 
     def vga_gflops(self, batch: _Batch) -> np.ndarray:
         return sum(self.macs(batch).values()) * _VGA / 1e9
@@ -209,6 +243,8 @@ class ScrfdSpace:
             return self._cache[step]
         b = self.bounds
         lo_band, hi_band = self.gflops * (1 - self.tolerance), self.gflops * (1 + self.tolerance)
+        if not self.flops_band:  # nothing to prune by: every value can be part of a spec
+            lo_band, hi_band = 0.0, math.inf
         grid = np.arange(1, b.max_width // b.width_step + 1) * b.width_step
         widths = _nondecreasing(grid, 4)
         if step == 1:
@@ -251,11 +287,25 @@ class ScrfdSpace:
                 f"+-{self.tolerance:.0%}: this space spans {lo:.3g} to {hi:.4g} VGA GFLOPs")
 
     def check_feasible(self, step: int) -> None:
-        """UserError (one line) when no spec of `step` can fall in the budget band."""
-        lo, hi = self.gflops_range(step)
-        band = (self.gflops * (1 - self.tolerance), self.gflops * (1 + self.tolerance))
-        if band[1] < lo or band[0] > hi:
-            raise UserError(self._infeasible(step))
+        """UserError (one line) when no spec of `step` can fall in the budget band(s)."""
+        if self.flops_band:
+            lo, hi = self.gflops_range(step)
+            band = (self.gflops * (1 - self.tolerance), self.gflops * (1 + self.tolerance))
+            if band[1] < lo or band[0] > hi:
+                raise UserError(self._infeasible(step))
+        if self.latency is not None:
+            table, low_ms, high_ms = self.latency
+            fast, slow = (float(self._latency_fn(self._corner(step, low=x))[0]) for x in (True, False))
+            if math.isnan(fast) or math.isnan(slow):
+                raise UserError(
+                    f"the latency table ({table.describe}) does not price this space's "
+                    f"{'smallest' if math.isnan(fast) else 'largest'} spec (step {step}); extend "
+                    "it with `facenas latency profile --space scrfd --gflops G`")
+            span = f"{fast:.3g} to {slow:.4g} ms"
+            if high_ms < fast or low_ms > slow:
+                raise UserError(
+                    f"no {self.block} SCRFD spec (step {step}) can run in {low_ms:.3g}-{high_ms:.3g} "
+                    f"ms on this latency table ({table.describe}): this space spans {span}")
         self._tables(step)
 
 

@@ -3,6 +3,7 @@ driver, stopped trials recorded once and kept out of the ranking, kill + resume.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -132,3 +133,26 @@ def test_sigkill_then_resume_of_an_asha_search_records_every_trial_once(tmp_path
     completions = Counter(l.split()[1] for l in (run / "completions.log").read_text().splitlines())
     assert max(completions.values()) == 1  # no trial trained to the end twice
     assert set(completions) == set(table.loc[table["status"] == "ok", "spec_id"])
+
+
+def test_rung_loss_is_the_mean_of_the_last_tenth_of_iterations(tmp_path):
+    from nas.fidelity import rung_loss
+
+    path = tmp_path / "metrics.jsonl"
+    path.write_text("".join(f'{{"iteration": {i}, "total": {float(i)}}}\n' for i in range(1, 31)))
+    assert rung_loss(path, 30) == pytest.approx((28 + 29 + 30) / 3)  # 30 // 10 = 3 iterations
+    assert rung_loss(path, 9) == pytest.approx(9.0)  # at least one
+    assert math.isnan(rung_loss(tmp_path / "none.jsonl", 5))
+
+
+def test_rung_metric_picks_what_asha_compares():
+    from nas.driver import _scheduler
+    from nas.spaces import Phase
+
+    phase = Phase(step=1, label="step 1", plan=lambda store, search: [])
+    for metric, (key, mode) in {"ap": ("ap_hard", "max"), "loss": ("rung_loss", "min")}.items():
+        f = fidelity_from("asha", 1 / 9, 3, 250, metric).to_dict()
+        sched = _scheduler({"fidelity": f}, phase)
+        assert (sched._metric, sched._mode) == (key, mode)
+    with pytest.raises(UserError, match="--rung-metric 'auc' is not one of ap, loss"):
+        fidelity_from("asha", 1 / 9, 3, 250, "auc")

@@ -18,8 +18,20 @@ __all__ = ["add_arguments", "run"]
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", default="scrfd", help="search space (default scrfd)")
-    parser.add_argument("--gflops", type=float, default=2.5,
-                        help="target VGA GFLOPs; the nearest regime's preset is used (default 2.5)")
+    parser.add_argument("--gflops", type=float, default=None,
+                        help="target VGA GFLOPs; the nearest regime's preset is used (default "
+                             "2.5; with --latency-ms alone it only picks the regime)")
+    parser.add_argument("--latency-ms", type=float, default=None,
+                        help="latency budget: predicted ms in [L (1 - tolerance), L] on "
+                             "--latency-table (alone or with --gflops)")
+    parser.add_argument("--latency-table", default=None,
+                        help="the device's table from `facenas latency profile`")
+    parser.add_argument("--latency-tolerance", type=float, default=None,
+                        help="relative width of the latency band below L (default 0.1)")
+    parser.add_argument("--latency-runtime", default=None, choices=("torch", "onnxruntime"),
+                        help="the runtime the table must have been profiled for")
+    parser.add_argument("--latency-device", default=None, choices=("cpu", "cuda"),
+                        help="the device the table must have been profiled for")
     parser.add_argument("--budget", default="quick",
                         help="smoke | quick | paper: trial count and training scale (default quick)")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -53,6 +65,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduction-factor", type=float, default=None,
                         help="ASHA's reduction factor rf >= 2: rungs grace x rf^k, keeping the "
                              "top 1/rf at each (default 3)")
+    parser.add_argument("--rung-metric", default=None, choices=("ap", "loss"),
+                        help="what ASHA compares at a rung: the hard AP (default) or the "
+                             "training loss (better early: AP is ~0 before a short schedule "
+                             "has converged)")
     from nas.spaces import add_space_arguments
 
     add_space_arguments(parser)  # each space's own options, in its own group
@@ -60,19 +76,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
-           "resume", "verbose", "scheduler", "grace", "reduction_factor"}
+           "resume", "verbose", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
+           "latency_table", "latency_tolerance", "latency_runtime", "latency_device"}
 
 
 def run(args: argparse.Namespace) -> int:
     from nas.driver import SearchOptions, run_search
 
     opts = SearchOptions(
-        space=args.space, gflops=args.gflops, budget=args.budget, num_samples=args.num_samples,
+        space=args.space, gflops=2.5 if args.gflops is None else args.gflops,
+        gflops_band=args.gflops is not None or args.latency_ms is None,
+        latency_ms=args.latency_ms, latency_table=args.latency_table,
+        latency_tolerance=args.latency_tolerance, latency_runtime=args.latency_runtime,
+        latency_device=args.latency_device, budget=args.budget, num_samples=args.num_samples,
         data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
         resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,
-        grace=args.grace, reduction_factor=args.reduction_factor,
+        grace=args.grace, reduction_factor=args.reduction_factor, rung_metric=args.rung_metric,
         space_options={k: v for k, v in vars(args).items() if k not in _COMMON and k not in ("func", "command")
                        and not k.startswith("_")})
     _, finished = run_search(opts)

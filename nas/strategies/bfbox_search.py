@@ -95,13 +95,23 @@ def resolve(gflops: float, budget: str = "quick", *, strategy: str | None = None
 
 
 def space_of(config: dict[str, Any]) -> BFBoxSpace:
-    return BFBoxSpace.from_dict(config["frame"])
+    """The config's frame, with the search's latency band when it has one."""
+    space = BFBoxSpace.from_dict(config["frame"])
+    if config.get("latency"):
+        import dataclasses
+
+        from nas.latency_budget import band, table_of
+
+        space = dataclasses.replace(space, latency=(table_of(config["latency"]["table"]),
+                                                    *band(config["latency"])))
+    return space
 
 
 def planner(config: dict[str, Any]):
     from nas.strategies.evolution import make_strategy
 
-    return make_strategy(config["strategy"], space_of(config), config["gflops"],
+    gflops = config["gflops"] if config.get("gflops_band", True) else None  # latency alone
+    return make_strategy(config["strategy"], space_of(config), gflops,
                          config["num_candidates"], config["tolerance"], config["seed"],
                          **config["evolution"])
 

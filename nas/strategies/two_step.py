@@ -35,7 +35,7 @@ def resolve(opts: Any, data: Path) -> dict[str, Any]:
                              max_failures=opts.max_failures)
     search["fidelity"] = fidelity_from(
         opts.scheduler, opts.grace, opts.reduction_factor,
-        presets.trial_iterations(search)).to_dict()
+        presets.trial_iterations(search), getattr(opts, "rung_metric", None)).to_dict()
     return search
 
 

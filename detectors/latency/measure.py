@@ -1,0 +1,145 @@
+"""Measuring latency: one layer or one whole detector, with torch or onnxruntime, as medians.
+
+Both runtimes time a batch-1 forward at the table's input size after a warm-up, repeating
+until `min_reps` runs and `min_seconds` have passed; the median is reported (this project's
+machines stall now and then, so means would mislead). torch runs fp32 NCHW in inference mode
+with `threads` intra-op threads; onnxruntime runs the module exported to ONNX (opset 17,
+graph optimisations on, so conv + BN + ReLU fuse as they would in deployment) with
+`threads` intra-op threads and one inter-op thread.
+"""
+
+from __future__ import annotations
+
+import io
+import inspect
+import statistics
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from detectors.errors import UserError
+from detectors.latency.trace import Layer
+from detectors.spec import DetectorSpec
+
+__all__ = ["Timing", "layer_module", "measure_layer", "measure_spec", "measure_module",
+           "runtime_versions"]
+
+
+@dataclass(frozen=True)
+class Timing:
+    warmup: int = 3
+    min_reps: int = 7
+    min_seconds: float = 0.2
+    max_reps: int = 200
+
+
+def layer_module(layer: Layer) -> nn.Module:
+    """The layer as the catalogue builds it: conv [+ BN/GN] [+ ReLU]."""
+    pad = (layer.dilation * (layer.kh // 2), layer.dilation * (layer.kw // 2))
+    mods: list[nn.Module] = [nn.Conv2d(layer.cin, layer.cout, (layer.kh, layer.kw), layer.stride,
+                                       pad, layer.dilation, layer.groups, bias=layer.bias)]
+    if layer.norm == "bn":
+        mods.append(nn.BatchNorm2d(layer.cout))
+    elif layer.norm == "gn":
+        mods.append(nn.GroupNorm(int(np.gcd(layer.cout, 16)), layer.cout))
+    if layer.act:
+        mods.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*mods)
+
+
+class _Maps(nn.Module):
+    """A detector's raw prediction maps as a tuple (what ONNX export and timing need)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(images)
+        return tuple(out.cls_logits) + tuple(out.box_dists) + tuple(out.kps_offsets or ())
+
+
+def _times(run, timing: Timing, sync=None) -> float:
+    for _ in range(timing.warmup):
+        run()
+    samples: list[float] = []
+    start = time.perf_counter()
+    while len(samples) < timing.max_reps and (
+            len(samples) < timing.min_reps or time.perf_counter() - start < timing.min_seconds):
+        t0 = time.perf_counter()
+        run()
+        if sync is not None:
+            sync()
+        samples.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(samples)
+
+
+def _onnx_session(module: nn.Module, example: torch.Tensor, device: str, threads: int):
+    import onnxruntime as ort
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+        torch.onnx.export(module, (example,), buf, input_names=["input"], opset_version=17, **legacy)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
+        raise UserError("onnxruntime here has no CUDA provider; install onnxruntime-gpu or "
+                        "profile with --device cpu")
+    return ort.InferenceSession(buf.getvalue(), options, providers=providers)
+
+
+def measure_module(module: nn.Module, input_shape: tuple[int, ...], runtime: str, device: str,
+                   threads: int, timing: Timing = Timing(), seed: int = 0) -> float:
+    """Median ms of one forward of `module` on a random input of `input_shape`."""
+    module = module.eval()
+    example = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
+    if runtime == "onnxruntime":
+        session = _onnx_session(module, example, device, threads)
+        feed = {session.get_inputs()[0].name: example.numpy()}
+        return _times(lambda: session.run(None, feed), timing)
+    if runtime != "torch":
+        raise UserError(f"latency runtime {runtime!r} is not one of torch, onnxruntime")
+    torch.set_num_threads(threads)
+    dev = torch.device(device)
+    module, example = module.to(dev), example.to(dev)
+    sync = torch.cuda.synchronize if dev.type == "cuda" else None
+    with torch.inference_mode():
+        return _times(lambda: module(example), timing, sync)
+
+
+def measure_layer(layer: Layer, runtime: str, device: str, threads: int,
+                  timing: Timing = Timing()) -> float:
+    torch.manual_seed(0)
+    return measure_module(layer_module(layer), (1, layer.cin, layer.h, layer.w), runtime, device,
+                          threads, timing)
+
+
+def measure_spec(spec: DetectorSpec, input_hw: tuple[int, int], runtime: str, device: str,
+                 threads: int, timing: Timing = Timing()) -> float:
+    """Median ms of one batch-1 forward of the whole network (no decoding or NMS)."""
+    from detectors.model import build
+
+    torch.manual_seed(0)
+    return measure_module(_Maps(build(spec)), (1, 3, int(input_hw[0]), int(input_hw[1])), runtime,
+                          device, threads, timing)
+
+
+def runtime_versions(runtime: str) -> dict[str, str]:
+    import platform
+
+    out = {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version(),
+           "machine": platform.machine(), "processor": platform.processor() or platform.machine()}
+    if runtime == "onnxruntime":
+        import onnxruntime
+
+        out["onnxruntime"] = onnxruntime.__version__
+    return out

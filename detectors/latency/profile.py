@@ -1,0 +1,94 @@
+"""Profiling a latency table: measure the grid layers some specs need, then fit the
+whole-model terms on measured models (`facenas latency profile`).
+
+Resumable: the table is saved (atomically) every few rows, and a rerun measures only the rows
+it lacks; the calibration models are measured again only when new rows were added or the fit
+is missing.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from detectors.latency import latency, missing_layers
+from detectors.latency.measure import Timing, measure_layer, measure_spec
+from detectors.latency.table import Fit, LatencyTable
+from detectors.latency.trace import Layer
+from detectors.spec import DetectorSpec
+
+__all__ = ["needed_rows", "profile_layers", "calibrate", "fit_terms"]
+
+
+def needed_rows(specs: Iterable[DetectorSpec], table: LatencyTable) -> list[str]:
+    """The grid rows these specs need that the table lacks (sorted, so reruns agree)."""
+    keys: set[str] = set()
+    for spec in specs:
+        keys.update(key for _, key in missing_layers(spec, table))
+    return sorted(keys)
+
+
+def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing: Timing = Timing(),
+                   save_every_s: float = 10.0, progress: bool = True) -> int:
+    """Measure rows `keys` into `table`, saving it to `path` as it goes; returns rows added."""
+    from tqdm import tqdm
+
+    last, added = time.monotonic(), 0
+    bar = tqdm(keys, desc="latency layers", unit="layer", disable=not progress, file=sys.stderr)
+    for key in bar:
+        if key in table.layers:
+            continue
+        table.layers[key] = measure_layer(Layer.from_key(key), table.runtime, table.device,
+                                          table.threads, timing)
+        added += 1
+        if time.monotonic() - last > save_every_s:
+            table.save(path)
+            last = time.monotonic()
+    table.save(path)
+    return added
+
+
+def fit_terms(rows: Sequence[dict]) -> Fit:
+    """Non-negative least squares of measured ms on (layer ms, other Melems, 1) over models;
+    fewer than 3 models: only the overhead (median of measured - layers)."""
+    from scipy.optimize import nnls
+
+    if not rows:
+        return Fit()
+    measured = np.array([r["measured_ms"] for r in rows])
+    raw = np.array([r["layers_ms"] for r in rows])
+    melems = np.array([r["other_melems"] for r in rows])
+    if len(rows) < 3:
+        return Fit(1.0, 0.0, float(max(0.0, np.median(measured - raw))), len(rows))
+    # Fit relative errors (the goal is a % error): each model's row is scaled by 1/measured.
+    a = np.stack([raw, melems, np.ones_like(raw)], 1) / measured[:, None]
+    coef, _ = nnls(a, np.ones_like(measured))
+    return Fit(float(coef[0]), float(coef[1]), float(coef[2]), len(rows))
+
+
+def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
+              timing: Timing = Timing(), progress: bool = True) -> Fit:
+    """Measure whole models, fit the table's whole-model terms, save; returns the fit."""
+    from tqdm import tqdm
+
+    from detectors.latency.trace import trace
+
+    unfitted = LatencyTable(table.runtime, table.device, table.threads, table.input_hw,
+                            layers=table.layers)  # scale 1, no elems, no overhead: raw sums
+    rows = []
+    for spec in tqdm(specs, desc="latency models", unit="model", disable=not progress,
+                     file=sys.stderr):
+        pred = latency(spec, unfitted)
+        elems = sum(c.other_elems for c in trace(spec, table.input_hw).values())
+        rows.append({"name": spec.name, "spec_id": spec.id, "layers_ms": pred.layers_ms,
+                     "other_melems": elems / 1e6,
+                     "measured_ms": measure_spec(spec, table.input_hw, table.runtime, table.device,
+                                                 table.threads, timing)})
+    table.calibration = rows
+    table.fit = fit_terms(rows)
+    table.save(path)
+    return table.fit

@@ -1,0 +1,163 @@
+"""A measured latency lookup table: per-layer medians on one device and runtime, saved as JSON.
+
+Rows are layers (detectors/latency/trace.py) at channel counts on a fixed grid: powers of two
+and their 1.5x midpoints (1, 2, 3, 4, 6, 8, 12, 16, 24, ...). A layer between grid points is
+priced by bilinear interpolation over (cin, cout) from its four grid corners (linear over c for
+depthwise layers). A conv's MACs are bilinear in (cin, cout), so the interpolation is exact
+where the device runs at a constant rate and only bends where its efficiency changes.
+
+The table records what it was measured on (runtime, device, threads, input size, package
+versions) and the fitted whole-model terms (detectors/latency/__init__.py). Written to a
+temporary name and renamed: an interrupted profile leaves the last complete table, which a
+rerun extends (`facenas latency profile` skips rows it has).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from detectors.errors import UserError
+from detectors.latency.trace import Layer
+
+__all__ = ["FORMAT", "LatencyTable", "Fit", "grid_below", "grid_above", "corners"]
+
+FORMAT = "facenas-latency/1"
+RUNTIMES = ("torch", "onnxruntime")
+DEVICES = ("cpu", "cuda")
+
+
+def grid_below(c: int) -> int:
+    """The largest grid value <= c (grid: 2^k and 3 * 2^(k-1))."""
+    k = int(c).bit_length() - 1
+    mid = 3 << (k - 1) if k >= 1 else 1
+    return mid if mid <= c else 1 << k
+
+
+def grid_above(c: int) -> int:
+    """The smallest grid value >= c."""
+    low = grid_below(c)
+    if low == c:
+        return c
+    k = low.bit_length() - 1
+    return 3 << (k - 1) if low == 1 << k and k >= 1 else 1 << (k + 1)
+
+
+def _weights(c: int) -> list[tuple[int, float]]:
+    lo, hi = grid_below(c), grid_above(c)
+    if lo == hi:
+        return [(lo, 1.0)]
+    t = (c - lo) / (hi - lo)
+    return [(lo, 1.0 - t), (hi, t)]
+
+
+def corners(layer: Layer) -> list[tuple[Layer, float]]:
+    """The grid layers that price `layer`, with their interpolation weights (sum 1)."""
+    if layer.depthwise:
+        return [(layer.with_channels(c, c), wt) for c, wt in _weights(layer.cin)]
+    if layer.groups != 1:  # other grouped convs: priced only where measured exactly
+        return [(layer, 1.0)]
+    return [(layer.with_channels(ci, co), wi * wo)
+            for ci, wi in _weights(layer.cin) for co, wo in _weights(layer.cout)]
+
+
+@dataclass(frozen=True)
+class Fit:
+    """Whole-model terms fitted on measured models: total = scale * sum(layer ms)
+    + per_melem * (other elements / 1e6) + overhead_ms, per model."""
+
+    scale: float = 1.0
+    per_melem: float = 0.0
+    overhead_ms: float = 0.0
+    models: int = 0  # how many measured models the fit used (0: not fitted)
+
+
+@dataclass
+class LatencyTable:
+    runtime: str
+    device: str
+    threads: int
+    input_hw: tuple[int, int]
+    versions: dict[str, str] = field(default_factory=dict)
+    layers: dict[str, float] = field(default_factory=dict)  # Layer.key -> median ms
+    fit: Fit = field(default_factory=Fit)
+    calibration: list[dict[str, Any]] = field(default_factory=list)  # measured models
+
+    def __post_init__(self) -> None:
+        if self.runtime not in RUNTIMES:
+            raise UserError(f"latency runtime {self.runtime!r} is not one of {', '.join(RUNTIMES)}")
+        if self.device not in DEVICES:
+            raise UserError(f"latency device {self.device!r} is not one of {', '.join(DEVICES)}")
+        self.input_hw = (int(self.input_hw[0]), int(self.input_hw[1]))
+
+    @property
+    def describe(self) -> str:
+        h, w = self.input_hw
+        return f"{self.runtime}/{self.device}, {self.threads} thread(s), {w}x{h}"
+
+    def check_target(self, runtime: str | None = None, device: str | None = None,
+                     where: str = "") -> None:
+        """UserError when the table was measured for another runtime or device."""
+        for name, want, have in (("runtime", runtime, self.runtime), ("device", device, self.device)):
+            if want is not None and want != have:
+                raise UserError(f"latency table{' ' + where if where else ''} was profiled for "
+                                f"{name} {have!r}, not {want!r}; profile one with --{name} {want}")
+
+    def layer_ms(self, layer: Layer) -> float | None:
+        """Interpolated ms of one layer, or None when a grid corner is missing."""
+        total = 0.0
+        for corner, weight in corners(layer):
+            ms = self.layers.get(corner.key)
+            if ms is None:
+                return None
+            total += weight * ms
+        return total
+
+    # -- files --------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "runtime": self.runtime, "device": self.device,
+                "threads": self.threads, "input_hw": list(self.input_hw),
+                "versions": self.versions, "fit": asdict(self.fit),
+                "calibration": self.calibration, "layers": dict(sorted(self.layers.items()))}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.to_dict(), f, indent=1)
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "LatencyTable":
+        path = Path(path)
+        if not path.is_file():
+            raise UserError(f"latency table {path} does not exist "
+                            "(make one with `facenas latency profile -o TABLE`)")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError) as err:
+            raise UserError(f"latency table {path} is not readable JSON ({err})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise UserError(f"{path} is not a facenas latency table (format {FORMAT!r} expected)")
+        try:
+            table = cls(runtime=data["runtime"], device=data["device"], threads=int(data["threads"]),
+                        input_hw=tuple(data["input_hw"]), versions=dict(data.get("versions", {})),
+                        layers={str(k): float(v) for k, v in data["layers"].items()},
+                        fit=Fit(**data.get("fit", {})), calibration=list(data.get("calibration", [])))
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"latency table {path} is malformed ({type(err).__name__}: {err})") from None
+        for key, ms in table.layers.items():
+            if not (math.isfinite(ms) and ms >= 0):
+                raise UserError(f"latency table {path}: row {key!r} has latency {ms}")
+        return table

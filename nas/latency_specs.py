@@ -1,0 +1,66 @@
+"""The specs a latency table must price for a search space (what `facenas latency profile
+--space S` measures the layers of): samples of the space itself, drawn with its own sampler.
+
+    scrfd   step-1 and step-2 samples of the regime nearest each --gflops (no ranges), and the
+            space's smallest and largest spec of each step (its latency span); widths fall
+            between grid rows, so the rows cover the region around the samples
+    bfbox   uniform paths of the budget's frame, in the --gflops band when given
+    asfd    the Table 1 member nearest each --gflops around the shipped derived AutoFEM
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from detectors.errors import UserError
+from detectors.spec import DetectorSpec
+
+__all__ = ["space_specs", "SPACES_WITH_SPECS"]
+
+SPACES_WITH_SPECS = ("scrfd", "bfbox", "asfd")
+
+
+def _scrfd(gflops: float, num: int, seed: int, budget: str) -> list[DetectorSpec]:
+    from nas import presets
+
+    search = presets.resolve("scrfd", gflops, "paper", num_samples=num, seed=seed, steps="both",
+                             data="", max_failures=0)
+    space = presets.build_space(search)
+    corners = space.corner_specs(1) + space.corner_specs(2)  # the span a budget is checked on
+    return corners + space.sample(num, seed=seed, step=1) + space.sample(num, seed=seed + 1, step=2)
+
+
+def _bfbox(gflops: float | None, num: int, seed: int, budget: str) -> list[DetectorSpec]:
+    from nas.strategies.bfbox_search import load_preset
+    from search_spaces.bfbox import BFBoxSpace
+
+    space = BFBoxSpace.from_dict(load_preset(budget)["frame"])
+    genes = space.sample(num, np.random.default_rng(seed), gflops)
+    return [space.template(space.decode(g)) for g in genes]
+
+
+def _asfd(gflops: float, num: int, seed: int, budget: str) -> list[DetectorSpec]:
+    from pathlib import Path
+
+    from search_spaces.asfd_family import TABLE5
+
+    d = min(TABLE5, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
+    models = Path(__file__).resolve().parents[1] / "experiments" / "models"
+    return [DetectorSpec.from_yaml(models / f"asfd_d{d}.yaml")]
+
+
+def space_specs(space: str, gflops: Sequence[float] | None, num: int, seed: int = 0,
+                budget: str = "paper") -> list[DetectorSpec]:
+    """Specs of `space` at each budget in `gflops` (bfbox: the whole space when None)."""
+    if space not in SPACES_WITH_SPECS:
+        raise UserError(f"--space {space!r} is not one of {', '.join(SPACES_WITH_SPECS)}")
+    if num < 1:
+        raise UserError(f"--samples must be at least 1, got {num}")
+    if space == "bfbox" and not gflops:
+        return _bfbox(None, num, seed, budget)
+    if not gflops:
+        raise UserError(f"--space {space} needs --gflops (one or more budgets to cover)")
+    make = {"scrfd": _scrfd, "bfbox": _bfbox, "asfd": _asfd}[space]
+    return [s for g in gflops for s in make(float(g), num, seed, budget)]

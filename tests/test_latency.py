@@ -1,0 +1,269 @@
+"""Latency tables and the latency model (detectors/latency/), checked against numbers derived
+independently: the analytic cost model's MACs (a table whose rows are proportional to MACs
+must predict exactly k x MACs: conv MACs are bilinear in the channels, so interpolation is
+exact), hand-computed grids and fits, and the vectorised SCRFD/BFBox samplers against the
+generic per-spec model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _cli import facenas, one_line_error
+from detectors.cost import cost
+from detectors.errors import UserError
+from detectors.latency import latency, missing_layers
+from detectors.latency.profile import fit_terms
+from detectors.latency.table import Fit, LatencyTable, corners, grid_above, grid_below
+from detectors.latency.trace import Layer, trace
+from detectors.spec import DetectorSpec
+from nas.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "experiments" / "models"
+MS_PER_GMAC = 7.0
+
+
+class _MacsRows(dict):
+    """Every grid row present, priced MS_PER_GMAC per G MACs (+ 0.001 ms, a per-layer cost)."""
+
+    def get(self, key, default=None):
+        return Layer.from_key(key).macs * MS_PER_GMAC / 1e9 + 0.001
+
+    def __contains__(self, key):
+        return True
+
+
+def _table(fit: Fit = Fit(), hw=(480, 640), rows=None) -> LatencyTable:
+    t = LatencyTable("onnxruntime", "cpu", 2, hw, fit=fit)
+    t.layers = _MacsRows() if rows is None else rows
+    return t
+
+
+def _conv_count(spec: DetectorSpec, hw) -> int:
+    return sum(t for c in trace(spec, hw).values() for _, t in c.layers)
+
+
+def test_grid_is_powers_of_two_and_their_midpoints():
+    assert [grid_below(c) for c in (1, 2, 3, 5, 7, 8, 10, 13, 40, 100, 500)] == \
+        [1, 2, 3, 4, 6, 8, 8, 12, 32, 96, 384]
+    assert [grid_above(c) for c in (1, 2, 3, 5, 7, 8, 10, 13, 40, 100, 500)] == \
+        [1, 2, 3, 6, 8, 8, 12, 16, 48, 128, 512]
+    layer = Layer(40, 100, 3, 3, 1, 20, 20)
+    got = {(c.cin, c.cout): round(w, 6) for c, w in corners(layer)}
+    # cin 40 = 32 + 1/2 (48 - 32); cout 100 = 96 + 1/8 (128 - 96)
+    assert got == {(32, 96): round(0.5 * 7 / 8, 6), (32, 128): round(0.5 / 8, 6),
+                   (48, 96): round(0.5 * 7 / 8, 6), (48, 128): round(0.5 / 8, 6)}
+    dw = Layer(40, 40, 3, 3, 1, 20, 20, groups=40)
+    assert [(c.cin, c.cout, c.groups) for c, _ in corners(dw)] == [(32, 32, 32), (48, 48, 48)]
+
+
+def test_layer_keys_round_trip():
+    for layer in (Layer(3, 24, 3, 3, 2, 480, 640), Layer(64, 64, 3, 3, 1, 30, 40, groups=64),
+                  Layer(64, 32, 1, 5, 1, 30, 40, dilation=2, norm="gn", act=False, bias=True)):
+        assert Layer.from_key(layer.key) == layer
+
+
+@pytest.mark.parametrize("name", ["scrfd_0.5g", "scrfd_2.5g", "scrfd_10g", "scrfd_34g",
+                                  "asfd_d0", "asfd_d2", "fanet"])
+def test_traced_layers_are_every_conv_of_the_cost_model(name):
+    """Summed over the trace, the layers' MACs are the analytic cost, component by component."""
+    spec = DetectorSpec.from_yaml(MODELS / f"{name}.yaml")
+    hw = (480, 640)
+    report = cost(spec, hw)
+    for comp, tr in trace(spec, hw).items():
+        assert sum(l.macs * t for l, t in tr.layers) == report.components[comp].macs, comp
+
+
+@pytest.mark.parametrize("name", ["scrfd_0.5g", "scrfd_2.5g", "asfd_d0"])
+def test_a_table_proportional_to_macs_predicts_k_times_macs(name):
+    spec = DetectorSpec.from_yaml(MODELS / f"{name}.yaml")
+    table = _table(Fit(scale=1.0, per_melem=0.0, overhead_ms=0.5, models=3))
+    pred = latency(spec, table)
+    expect = cost(spec, (480, 640)).macs * MS_PER_GMAC / 1e9 + 0.001 * _conv_count(spec, (480, 640))
+    assert pred.layers_ms == pytest.approx(expect, rel=1e-9)
+    assert pred.total_ms == pytest.approx(expect + 0.5, rel=1e-9)
+    assert sum(pred.components.values()) + pred.overhead_ms == pytest.approx(pred.total_ms)
+
+
+def test_fit_recovers_known_terms_and_falls_back_to_an_overhead():
+    rng = np.random.default_rng(0)
+    raw, melems = rng.uniform(5, 50, 8), rng.uniform(0, 20, 8)
+    rows = [{"layers_ms": r, "other_melems": e, "measured_ms": 1.3 * r + 0.2 * e + 4.0}
+            for r, e in zip(raw, melems)]
+    fit = fit_terms(rows)
+    assert (fit.scale, fit.per_melem, fit.overhead_ms) == pytest.approx((1.3, 0.2, 4.0), rel=1e-6)
+    two = fit_terms(rows[:2])
+    assert two.scale == 1.0 and two.overhead_ms == pytest.approx(
+        np.median([r["measured_ms"] - r["layers_ms"] for r in rows[:2]]))
+
+
+def test_missing_rows_are_named_with_how_to_extend():
+    spec = DetectorSpec.from_yaml(MODELS / "scrfd_2.5g.yaml")
+    table = _table(rows={})
+    assert len(missing_layers(spec, table)) > 10
+    with pytest.raises(UserError, match=r"lacks \d+ layer.*facenas latency profile"):
+        latency(spec, table)
+
+
+def test_table_files_round_trip_and_bad_tables_are_one_line(tmp_path):
+    t = LatencyTable("torch", "cpu", 1, (96, 128), versions={"torch": "x"},
+                     layers={Layer(3, 8, 3, 3, 2, 96, 128).key: 0.25}, fit=Fit(1.1, 0.0, 2.0, 3))
+    path = t.save(tmp_path / "t.json")
+    back = LatencyTable.load(path)
+    assert back.to_dict() == t.to_dict()
+    with pytest.raises(UserError, match="profiled for runtime 'torch', not 'onnxruntime'"):
+        back.check_target("onnxruntime", None)
+    (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
+    with pytest.raises(UserError, match="not a facenas latency table"):
+        LatencyTable.load(tmp_path / "bad.json")
+
+
+def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
+    from nas import presets
+
+    search = presets.resolve("scrfd", gflops, "paper", num_samples=4, seed=0, steps="both",
+                             data="", max_failures=0)
+    space = presets.build_space(search)
+    if latency_band is None:
+        return space
+    from search_spaces.scrfd import ScrfdSpace
+
+    return ScrfdSpace(space.template, gflops=space.gflops, block=space.block, step1=space.step1,
+                      tolerance=space.tolerance, gn_groups=space.gn_groups, bounds=space.bounds,
+                      latency=latency_band, flops_band=flops_band, batch_size=1 << 14)
+
+
+@pytest.mark.parametrize("gflops", [0.5, 2.5, 10.0])
+def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops):
+    from search_spaces.scrfd_latency import ScrfdLatency
+
+    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5))
+    space = _scrfd_space(gflops=gflops)
+    fn = ScrfdLatency(space, table)
+    specs = space.sample(6, seed=1, step=1) + space.sample(6, seed=2, step=2)
+    got = fn(space.batch_of(specs))
+    want = [latency(s, table).total_ms for s in specs]
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_scrfd_latency_band_alone_and_with_gflops():
+    table = _table(Fit(scale=1.0, per_melem=0.0, overhead_ms=1.0, models=3))
+    ref = latency(DetectorSpec.from_yaml(MODELS / "scrfd_2.5g.yaml"), table).total_ms
+    band = (table, 0.9 * ref, ref)
+    for flops in (True, False):
+        space = _scrfd_space(band, flops_band=flops)
+        specs = space.sample(5, seed=3, step=1) + space.sample(5, seed=4, step=2)
+        ms = [latency(s, table).total_ms for s in specs]
+        assert all(0.9 * ref - 1e-9 <= m <= ref + 1e-9 for m in ms), ms
+    with pytest.raises(UserError, match="spans"):
+        _scrfd_space((table, 1e-4, 2e-4), flops_band=False).check_feasible(1)
+
+
+def test_bfbox_latency_tables_equal_the_per_spec_model():
+    import dataclasses
+
+    from nas.strategies.bfbox_search import load_preset
+    from search_spaces.bfbox import BFBoxSpace
+
+    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4), hw=(256, 256))
+    space = BFBoxSpace.from_dict(load_preset("smoke")["frame"])
+    space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
+    genes = space.random_genes(np.random.default_rng(0), 8)
+    want = [latency(space.template(space.decode(g)), table).total_ms for g in genes]
+    assert space.latency_ms(genes) == pytest.approx(want, rel=1e-9)
+    lo, hi = space.latency_range()
+    assert lo <= min(want) and max(want) <= hi
+    assert space.to_dict() == BFBoxSpace.from_dict(space.to_dict()).to_dict()  # not in config
+
+
+@pytest.mark.slow
+def test_profile_predict_and_measure_from_the_cli(tmp_path, one_torch_thread):
+    spec = str(MODELS / "scrfd_0.5g.yaml")
+    for runtime in ("torch", "onnxruntime"):
+        path = tmp_path / f"{runtime}.json"
+        r = facenas("latency", "profile", "--runtime", runtime, "--threads", "1", "--input",
+                    "96x64", "--spec", spec, "--quick-timing", "--calibrate", "2", "-o", str(path))
+        assert r.returncode == 0, r.stderr[-2000:]
+        data = json.loads(path.read_text())
+        assert data["runtime"] == runtime and data["input_hw"] == [64, 96]
+        # --calibrate 2 of one spec: the one model is measured, and only an overhead is fitted
+        assert data["fit"]["models"] == 1 and len(data["calibration"]) == 1
+        assert data["fit"]["scale"] == 1.0 and data["fit"]["overhead_ms"] >= 0
+        assert len(data["layers"]) > 20 and all(v > 0 for v in data["layers"].values())
+        assert "torch" in data["versions"]
+        r = facenas("latency", spec, "--table", str(path), "--measure", "--json")
+        assert r.returncode == 0, r.stderr[-2000:]
+        res = json.loads(r.stdout)
+        assert res["predicted_ms"] > 0 and res["measured_ms"] > 0
+        assert res["predicted_ms"] == pytest.approx(
+            sum(res["components_ms"].values()) + res["overhead_ms"])
+    # a rerun adds nothing (resumable: the rows are there)
+    r = facenas("latency", "profile", "--runtime", "torch", "--threads", "1", "--input", "96x64",
+                "--spec", spec, "--quick-timing", "--calibrate", "0", "-o", str(tmp_path / "torch.json"))
+    assert r.returncode == 0 and "need 0 new layer rows" in r.stderr
+
+
+def _write_macs_table(path: Path, specs, hw=(480, 640), runtime="onnxruntime") -> LatencyTable:
+    from detectors.latency.profile import needed_rows
+
+    t = LatencyTable(runtime, "cpu", 2, hw, fit=Fit(1.0, 0.0, 1.0, 3))
+    rows = _MacsRows()
+    t.layers = {k: rows.get(k) for k in needed_rows(specs, t)}
+    t.save(path)
+    return t
+
+
+def test_bad_latency_inputs_are_one_line_exit_2(tmp_path, capsys):
+    spec = DetectorSpec.from_yaml(MODELS / "scrfd_2.5g.yaml")
+    table = tmp_path / "t.json"
+    space = _scrfd_space()
+    _write_macs_table(table, [spec] + space.corner_specs(1) + space.corner_specs(2))
+    data = tmp_path / "data"
+    data.mkdir()
+    base = ["search", "--space", "scrfd", "--budget", "smoke", "--data", str(data)]
+    cases = [
+        (["--latency-ms", "5"], ["--latency-ms and --latency-table go together"]),
+        (["--latency-ms", "5", "--latency-table", str(table), "--latency-runtime", "torch"],
+         ["profiled for runtime 'onnxruntime', not 'torch'"]),
+        (["--latency-ms", "0.0001", "--latency-table", str(table)], ["spans", "ms"]),
+        (["--latency-ms", "5", "--latency-table", str(tmp_path / "none.json")], ["does not exist"]),
+    ]
+    for args, words in cases:
+        out = tmp_path / "run"
+        assert main(base + ["--out", str(out)] + args) == 2
+        line = one_line_error(capsys)
+        assert all(w in line for w in words), line
+        assert not out.exists()
+    other = DetectorSpec.from_yaml(MODELS / "scrfd_34g.yaml")
+    other_path = tmp_path / "other.yaml"
+    other_path.write_text(other.to_yaml())
+    assert main(["latency", str(other_path), "--table", str(table)]) == 2
+    assert "facenas latency profile" in one_line_error(capsys)
+
+
+def test_latency_search_rows_carry_the_predicted_latency(tmp_path, monkeypatch):
+    import pandas as pd
+    import search_fakes
+    from _cli import fakes_pythonpath
+    from nas.driver import SearchOptions, run_search
+    from nas.latency_specs import space_specs
+
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
+    table_path = tmp_path / "t.json"
+    specs = space_specs("scrfd", [2.5], 200, seed=0)
+    t = _write_macs_table(table_path, specs)
+    ref = sorted(latency(s, t).total_ms for s in specs)[len(specs) // 2]
+    data = tmp_path / "data"
+    data.mkdir()
+    opts = SearchOptions(budget="smoke", num_samples=3, steps="1", data=str(data),
+                         out=str(tmp_path / "run"), latency_ms=ref, latency_table=str(table_path),
+                         latency_tolerance=0.2)
+    run_dir, finished = run_search(opts, trial_fn=search_fakes.fake_trial)
+    assert finished
+    rows = pd.read_parquet(run_dir / "trials.parquet")
+    assert len(rows) == 3 and rows["latency_ms"].between(0.8 * ref - 1e-9, ref + 1e-9).all()
+    assert rows["gflops"].between(2.5 * 0.98, 2.5 * 1.02).all()  # --gflops (2.5) kept too
