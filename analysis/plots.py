@@ -20,6 +20,7 @@ from analysis.edf import edf_summary, error_edf
 from analysis.tables import COMPONENTS, atomic_path
 
 __all__ = ["STYLE", "quantity_label", "plot_quantity", "plot_quantities", "plot_edfs",
+           "plot_flops_vs_latency",
            "plot_computation_bars", "save_figure"]
 
 STYLE = {
@@ -148,6 +149,20 @@ def plot_computation_bars(rows: pd.DataFrame, metric: str = "ap_hard", top_k: in
         below = -0.25 - 0.1 / max(len(top), 1)  # under the x label, whatever the bar count
         ax.legend(ncols=len(comps), loc="upper center", bbox_to_anchor=(0.5, below),
                   frameon=False, fontsize=6, handlelength=1.0, columnspacing=0.8)
+    return fig
+
+
+def plot_flops_vs_latency(rows: pd.DataFrame, metric: str = "ap_hard") -> Figure:
+    """GFLOPs against predicted latency of a latency search's models, coloured by `metric`:
+    how far FLOPs are from the device's cost at one latency budget."""
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3.6, 2.8), layout="constrained")
+        ax = fig.subplots()
+        pts = ax.scatter(rows["gflops"], rows["latency_ms"], c=rows[metric], s=14, cmap="viridis")
+        fig.colorbar(pts, ax=ax, label=metric)
+        ax.set_xlabel("GFLOPs (VGA)")
+        ax.set_ylabel("predicted latency (ms)")
+        ax.set_title("FLOPs vs latency")
     return fig
 
 

@@ -19,7 +19,8 @@ from tqdm import tqdm
 
 from analysis.bootstrap import bootstrap_ranges, write_ranges_csv
 from analysis.edf import edf_summary
-from analysis.plots import (plot_computation_bars, plot_edfs, plot_quantities, quantity_label,
+from analysis.plots import (plot_computation_bars, plot_edfs, plot_flops_vs_latency,
+                            plot_quantities, quantity_label,
                             save_figure)
 from analysis.tables import (BACKBONE_RATIOS, DETECTOR_RATIOS, SHAPES, atomic_path,
                              load_results, ok_rows)
@@ -96,6 +97,10 @@ def _plan_figures(pops: list[Population], edf_pops: dict[str, pd.Series],
     if any(c.startswith("gflops_") for c in pops[0].rows.columns):
         jobs.append((None, "computation of the best specs", "computation.png",
                      partial(plot_computation_bars, pops[0].rows, metric)))
+    rows = pops[0].rows
+    if "latency_ms" in rows.columns and rows["latency_ms"].notna().any():  # a latency search
+        jobs.append((None, "GFLOPs vs predicted latency", "flops_vs_latency.png",
+                     partial(plot_flops_vs_latency, rows[rows["latency_ms"].notna()], metric)))
     return jobs
 
 

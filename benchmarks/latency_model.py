@@ -27,17 +27,21 @@ sys.path.insert(0, str(REPO))
 
 
 def _specs(num: int, seed: int):
+    """`num` specs, taken in turn from SCRFD 0.5/2.5/10 GF, BFBox quick paths and ASFD D0/D1."""
     from detectors.spec import DetectorSpec
     from nas.latency_specs import space_specs
 
-    per = max(1, num // 8)
+    per = max(1, -(-num // 8))  # per budget and step: 3 budgets x 2 steps + bfbox 2 per
+    groups = [space_specs("scrfd", [g], per, seed=seed)[4:] for g in (0.5, 2.5, 10.0)]  # no corners
+    groups.append(space_specs("bfbox", None, 2 * per, seed=seed, budget="quick"))
+    groups.append([DetectorSpec.from_yaml(REPO / "experiments" / "models" / f"asfd_d{d}.yaml")
+                   for d in (0, 1)])
     specs = []
-    for g in (0.5, 2.5, 10.0):
-        specs += space_specs("scrfd", [g], per, seed=seed)[4:]  # samples, not the corners
-    specs += space_specs("bfbox", None, per, seed=seed, budget="quick")
-    specs += [DetectorSpec.from_yaml(REPO / "experiments" / "models" / f"asfd_d{d}.yaml")
-              for d in (0, 1)]
-    return specs[:num]
+    while len(specs) < num and any(groups):  # round robin: every family in any prefix
+        for g in groups:
+            if g and len(specs) < num:
+                specs.append(g.pop(0))
+    return specs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -57,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--input", default="640x480")
     p.add_argument("--specs", type=int, default=50)
-    p.add_argument("--calibrate", type=int, default=12)
+    p.add_argument("--calibrate", type=int, default=24)
     p.add_argument("--out", help="directory for the tables (default: a temporary one)")
     args = p.parse_args(argv)
 
@@ -73,6 +77,11 @@ def main(argv: list[str] | None = None) -> int:
         table = (LatencyTable.load(path) if path.exists() else
                  LatencyTable(runtime, "cpu", args.threads, hw, versions=runtime_versions(runtime)))
         profile_layers(table, needed_rows(evaluated + held, table), path, layer_timing)
+        if not table.call_ms:  # a table profiled before call_ms existed
+            from detectors.latency.measure import measure_call
+
+            table.call_ms = measure_call(runtime, "cpu", args.threads,
+                                         Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000))
         profiled = time.perf_counter() - start
         fit = calibrate(table, held, path)
         rows = []
@@ -88,7 +97,8 @@ def main(argv: list[str] | None = None) -> int:
         frame["abs_err"] = err
         print(f"\n== {runtime}, {args.threads} thread(s), {args.input}: {len(table.layers)} layer rows "
               f"profiled in {profiled:.0f} s; fit scale {fit.scale:.3f}, {fit.per_melem:.4f} ms/Melem, "
-              f"overhead {fit.overhead_ms:.2f} ms on {fit.models} held-out models")
+              f"overhead {fit.overhead_ms:.2f} ms on {fit.models} held-out models; one call "
+              f"{table.call_ms:.3f} ms")
         print(frame.sort_values("measured_ms").round(3).to_string(index=False))
         res = {"median_abs_err": float(err.median()), "p90_abs_err": float(np.quantile(err, 0.9)),
                "raw_median_abs_err": float(raw_err.median()),

@@ -201,6 +201,8 @@ def test_profile_predict_and_measure_from_the_cli(tmp_path, one_torch_thread):
         assert res["predicted_ms"] > 0 and res["measured_ms"] > 0
         assert res["predicted_ms"] == pytest.approx(
             sum(res["components_ms"].values()) + res["overhead_ms"])
+        assert res["ms_per_gflop"]["head"] == pytest.approx(
+            res["components_ms"]["head"] / res["components_gflops"]["head"])
     # a rerun adds nothing (resumable: the rows are there)
     r = facenas("latency", "profile", "--runtime", "torch", "--threads", "1", "--input", "96x64",
                 "--spec", spec, "--quick-timing", "--calibrate", "0", "-o", str(tmp_path / "torch.json"))
@@ -267,3 +269,14 @@ def test_latency_search_rows_carry_the_predicted_latency(tmp_path, monkeypatch):
     rows = pd.read_parquet(run_dir / "trials.parquet")
     assert len(rows) == 3 and rows["latency_ms"].between(0.8 * ref - 1e-9, ref + 1e-9).all()
     assert rows["gflops"].between(2.5 * 0.98, 2.5 * 1.02).all()  # --gflops (2.5) kept too
+    assert (run_dir / "analysis" / "flops_vs_latency.png").is_file()
+
+
+def test_the_per_call_cost_is_taken_off_each_row_once():
+    layer = Layer(40, 100, 3, 3, 1, 20, 20)
+    rows = {c.key: 1.0 + 0.01 * c.cin + 0.001 * c.cout for c, _ in corners(layer)}
+    table = LatencyTable("torch", "cpu", 1, (20, 20), layers=rows, call_ms=0.25)
+    # bilinear over the corners of 1 + 0.01 cin + 0.001 cout is exact at (40, 100)
+    assert table.layer_ms(layer) == pytest.approx(1.0 + 0.4 + 0.1 - 0.25)
+    table.call_ms = 5.0
+    assert table.layer_ms(layer) == 0.0  # never negative

@@ -25,7 +25,7 @@ from detectors.errors import UserError
 from detectors.latency.trace import Layer
 from detectors.spec import DetectorSpec
 
-__all__ = ["Timing", "layer_module", "measure_layer", "measure_spec", "measure_module",
+__all__ = ["Timing", "layer_module", "measure_layer", "measure_spec", "measure_module", "measure_call",
            "runtime_versions"]
 
 
@@ -121,6 +121,13 @@ def measure_layer(layer: Layer, runtime: str, device: str, threads: int,
     torch.manual_seed(0)
     return measure_module(layer_module(layer), (1, layer.cin, layer.h, layer.w), runtime, device,
                           threads, timing)
+
+
+def measure_call(runtime: str, device: str, threads: int, timing: Timing = Timing()) -> float:
+    """Median ms of one call of a trivial layer (a 1x1 conv of one channel on 8x8): what
+    timing a layer on its own adds to it."""
+    return measure_layer(Layer(1, 1, 1, 1, 1, 8, 8, norm="none", act=False), runtime, device,
+                         threads, timing)
 
 
 def measure_spec(spec: DetectorSpec, input_hw: tuple[int, int], runtime: str, device: str,

@@ -37,7 +37,12 @@ def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing:
     """Measure rows `keys` into `table`, saving it to `path` as it goes; returns rows added."""
     from tqdm import tqdm
 
+    from detectors.latency.measure import measure_call
+
     last, added = time.monotonic(), 0
+    if keys and not table.call_ms:
+        table.call_ms = measure_call(table.runtime, table.device, table.threads,
+                                     Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000))
     bar = tqdm(keys, desc="latency layers", unit="layer", disable=not progress, file=sys.stderr)
     for key in bar:
         if key in table.layers:
@@ -53,8 +58,9 @@ def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing:
 
 
 def fit_terms(rows: Sequence[dict]) -> Fit:
-    """Non-negative least squares of measured ms on (layer ms, other Melems, 1) over models;
-    fewer than 3 models: only the overhead (median of measured - layers)."""
+    """Non-negative least squares of measured ms on (layer ms, other Melems, 1) over models
+    (3-7 models: on (layer ms, 1)); fewer than 3 models, or a fit without the layers: scale 1
+    and the median of measured - layers as the overhead."""
     from scipy.optimize import nnls
 
     if not rows:
@@ -62,12 +68,17 @@ def fit_terms(rows: Sequence[dict]) -> Fit:
     measured = np.array([r["measured_ms"] for r in rows])
     raw = np.array([r["layers_ms"] for r in rows])
     melems = np.array([r["other_melems"] for r in rows])
+    overhead_only = Fit(1.0, 0.0, float(max(0.0, np.median(measured - raw))), len(rows))
     if len(rows) < 3:
-        return Fit(1.0, 0.0, float(max(0.0, np.median(measured - raw))), len(rows))
+        return overhead_only
     # Fit relative errors (the goal is a % error): each model's row is scaled by 1/measured.
-    a = np.stack([raw, melems, np.ones_like(raw)], 1) / measured[:, None]
-    coef, _ = nnls(a, np.ones_like(measured))
-    return Fit(float(coef[0]), float(coef[1]), float(coef[2]), len(rows))
+    # Under 8 models: scale and overhead only (three terms would chase the noise).
+    cols = [raw, melems, np.ones_like(raw)] if len(rows) >= 8 else [raw, np.ones_like(raw)]
+    coef, _ = nnls(np.stack(cols, 1) / measured[:, None], np.ones_like(measured))
+    if coef[0] <= 0:  # a fit that ignores the layers is no latency model: keep the plain sum
+        return overhead_only
+    scale, overhead = float(coef[0]), float(coef[-1])
+    return Fit(scale, float(coef[1]) if len(cols) == 3 else 0.0, overhead, len(rows))
 
 
 def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
@@ -78,7 +89,7 @@ def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
     from detectors.latency.trace import trace
 
     unfitted = LatencyTable(table.runtime, table.device, table.threads, table.input_hw,
-                            layers=table.layers)  # scale 1, no elems, no overhead: raw sums
+                            layers=table.layers, call_ms=table.call_ms)  # no fit: raw sums
     rows = []
     for spec in tqdm(specs, desc="latency models", unit="model", disable=not progress,
                      file=sys.stderr):

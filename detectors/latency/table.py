@@ -87,6 +87,10 @@ class LatencyTable:
     layers: dict[str, float] = field(default_factory=dict)  # Layer.key -> median ms
     fit: Fit = field(default_factory=Fit)
     calibration: list[dict[str, Any]] = field(default_factory=list)  # measured models
+    # The runtime's cost of one call of a trivial layer (ms): every row was timed as its own
+    # call (an onnxruntime session.run, a torch module call), which a model pays once, so it
+    # is taken off each row when pricing (measured by profiling; 0 for older tables).
+    call_ms: float = 0.0
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -116,14 +120,15 @@ class LatencyTable:
             if ms is None:
                 return None
             total += weight * ms
-        return total
+        return max(0.0, total - self.call_ms)  # weights sum to 1: the call counted once
 
     # -- files --------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "runtime": self.runtime, "device": self.device,
                 "threads": self.threads, "input_hw": list(self.input_hw),
                 "versions": self.versions, "fit": asdict(self.fit),
-                "calibration": self.calibration, "layers": dict(sorted(self.layers.items()))}
+                "calibration": self.calibration, "call_ms": self.call_ms,
+                "layers": dict(sorted(self.layers.items()))}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -154,7 +159,8 @@ class LatencyTable:
             table = cls(runtime=data["runtime"], device=data["device"], threads=int(data["threads"]),
                         input_hw=tuple(data["input_hw"]), versions=dict(data.get("versions", {})),
                         layers={str(k): float(v) for k, v in data["layers"].items()},
-                        fit=Fit(**data.get("fit", {})), calibration=list(data.get("calibration", [])))
+                        fit=Fit(**data.get("fit", {})), calibration=list(data.get("calibration", [])),
+                        call_ms=float(data.get("call_ms", 0.0)))
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"latency table {path} is malformed ({type(err).__name__}: {err})") from None
         for key, ms in table.layers.items():

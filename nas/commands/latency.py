@@ -105,6 +105,7 @@ def _profile(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
+    from detectors.cost import cost
     from detectors.latency import latency
     from detectors.latency.measure import measure_spec
     from detectors.latency.table import LatencyTable
@@ -115,11 +116,15 @@ def _predict(args: argparse.Namespace) -> int:
     spec = load_spec(Path(args.target))
     table = LatencyTable.load(args.table)
     pred = latency(spec, table)
+    gflops = {k: c.macs / 1e9 for k, c in cost(spec, table.input_hw).components.items()}
+    # which components' FLOPs are cheap or dear on this device: ms per GFLOP of each
+    per_gflop = {k: (ms / gflops[k] if gflops[k] > 0 else None) for k, ms in pred.components.items()}
     result = {"name": spec.name, "spec_id": spec.id, "table": str(args.table),
               "runtime": table.runtime, "device": table.device, "threads": table.threads,
               "input": {"width": table.input_hw[1], "height": table.input_hw[0]},
               "predicted_ms": pred.total_ms,
-              "components_ms": pred.components, "overhead_ms": pred.overhead_ms}
+              "components_ms": pred.components, "overhead_ms": pred.overhead_ms,
+              "components_gflops": gflops, "ms_per_gflop": per_gflop}
     if args.measure:
         result["measured_ms"] = measure_spec(spec, table.input_hw, table.runtime, table.device,
                                              table.threads)
@@ -127,9 +132,11 @@ def _predict(args: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     print(f"{spec.name} (id {spec.id}) on {table.describe}")
+    print(f"  {'':<9}{'ms':>9}{'GFLOPs':>9}{'ms/GFLOP':>10}")
     for name, ms in pred.components.items():
-        print(f"  {name:<8}{ms:>10.3f} ms")
-    print(f"  {'overhead':<8}{pred.overhead_ms:>10.3f} ms")
+        rate = f"{per_gflop[name]:>10.2f}" if per_gflop[name] is not None else f"{'-':>10}"
+        print(f"  {name:<9}{ms:>9.3f}{gflops[name]:>9.3f}{rate}")
+    print(f"  {'overhead':<9}{pred.overhead_ms:>9.3f}")
     print(f"predicted {pred.total_ms:.3f} ms"
           + (f", measured {result['measured_ms']:.3f} ms" if args.measure else ""))
     return 0
