@@ -316,17 +316,12 @@ def latency_tables(space: BFBoxSpace, table: Any) -> tuple[float, list[np.ndarra
     """(fixed ms, per gene an array of ms per choice) on a latency table, at its input size:
     the same decomposition as the MACs (tests: equal to detectors.latency of the path's spec);
     NaN where the table lacks a choice's layers."""
-    from detectors.latency import component_ms
-    from detectors.latency.trace import ComponentTrace, LayerCounter
-
-    def price(c: LayerCounter) -> float:
-        try:
-            return component_ms(ComponentTrace(tuple(c.layers), c.other_elems), table)[0]
-        except LookupError:
-            return float("nan")
+    from detectors.latency import price
+    from detectors.latency.trace import LayerCounter
 
     head_norm = space.template(space.default_path()).head.norm
-    fixed, tables = _choice_tables(space, table.input_hw, LayerCounter, price, np.float64,
+    fixed, tables = _choice_tables(space, table.input_hw, LayerCounter,
+                                   lambda c: price(c, table), np.float64,
                                    head_counter=lambda: LayerCounter(head_norm))
     return fixed + table.fit.overhead_ms, tables
 

@@ -37,14 +37,9 @@ class ScrfdLatency:
 
     # -- priced pieces (cached) -----------------------------------------------------------------
     def _price(self, counter) -> float:
-        from detectors.latency import component_ms
-        from detectors.latency.trace import ComponentTrace
+        from detectors.latency import price
 
-        try:
-            return component_ms(ComponentTrace(tuple(counter.layers), counter.other_elems),
-                                self.table)[0]
-        except LookupError:
-            return float("nan")
+        return price(counter, self.table)
 
     def _memoised(self, key: tuple, count) -> float:
         if key not in self._memo:

@@ -24,7 +24,8 @@ from detectors.latency.table import LatencyTable, corners
 from detectors.latency.trace import ComponentTrace, trace
 from detectors.spec import DetectorSpec
 
-__all__ = ["LatencyPrediction", "latency", "missing_layers", "component_ms", "LatencyTable"]
+__all__ = ["LatencyPrediction", "latency", "missing_layers", "component_ms", "price",
+           "LatencyTable"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,15 @@ def component_ms(comp: ComponentTrace, table: LatencyTable) -> tuple[float, floa
             raise LookupError(layer)
         raw += times * ms
     return table.fit.scale * raw + table.fit.per_melem * comp.other_elems / 1e6, raw
+
+
+def price(counter, table: LatencyTable) -> float:
+    """Fitted ms of what a LayerCounter recorded (one piece of a spec), NaN when the table
+    lacks one of its rows: the samplers price pieces this way and reject NaN."""
+    try:
+        return component_ms(ComponentTrace(tuple(counter.layers), counter.other_elems), table)[0]
+    except LookupError:
+        return float("nan")
 
 
 def latency(spec: DetectorSpec, table: LatencyTable) -> LatencyPrediction:
