@@ -425,6 +425,23 @@ def _check_run_dir_visible(store: RunStore) -> None:
                         "path (see docs/cluster.md)")
 
 
+def _reads_data(search: dict[str, Any]) -> bool:
+    """Whether this search's trials are facenas's own (they train on --data), not a test's."""
+    fns = [p.trial_fn for p in space_entry(search["space"]).phases(search)]
+    return any(fn is None or getattr(fn, "__module__", "").startswith(("nas.", "search_spaces."))
+               for fn in fns)
+
+
+def _check_dataset(root: Path) -> None:
+    """One line, before anything is written, when --data is not in the WIDER FACE layout
+    (otherwise every trial would fail on it, each retried)."""
+    for split in ("train", "val"):
+        ann = root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+        if not ann.is_file():
+            raise UserError(f"--data {root} is not a WIDER FACE root: "
+                            f"{ann.relative_to(root)} not found (layout: docs/data.md)")
+
+
 def _init_ray(opts: SearchOptions) -> bool:
     """Start (or attach to) Ray; returns whether we started it (and so shut it down)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's tables off our stdout
@@ -438,7 +455,15 @@ def _init_ray(opts: SearchOptions) -> bool:
     kwargs = dict(include_dashboard=False, log_to_driver=opts.verbose, configure_logging=False)
     if opts.address:
         _check_address(opts.address)
-        ray.init(address=opts.address, **kwargs)
+        try:
+            ray.init(address=opts.address, **kwargs)
+        except (ConnectionError, RuntimeError) as err:
+            # e.g. a cluster started with token authentication (Ray's default for `ray start`
+            # since 2.5x) and no token here: Ray retries, then raises
+            raise UserError(f"--address {opts.address}: could not join the Ray cluster "
+                            f"({str(err).splitlines()[0][:160]}); if it uses token "
+                            "authentication, set RAY_AUTH_TOKEN to its token, or start it with "
+                            "RAY_AUTH_MODE=disabled (docs/cluster.md)") from None
     else:
         # "local": a Ray of our own, even when `ray start` left a cluster on this machine
         ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
@@ -561,6 +586,8 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
     try:
         _check_gpus(opts)
         if not opts.resume:
+            if not (trial_fn or resolve_trial_fn()) and _reads_data(search):
+                _check_dataset(Path(search["data"]))  # else every trial would fail on it
             _write_new_run(store, search)
         space = space_entry(search["space"])
         print(f"run directory: {store.run_dir}", file=sys.stderr)

@@ -83,3 +83,15 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     # each trial trained in its own absolute directory under the run, not Ray's cwd
     for step, spec_id in zip(table["step"], table["spec_id"]):
         assert (out / "trials" / f"step{step}-{spec_id}" / "train" / "checkpoint.pt").is_file()
+
+
+def test_a_data_root_not_in_the_wider_layout_is_one_line_before_any_trial(tmp_path):
+    (tmp_path / "photos").mkdir()
+    out = tmp_path / "run"
+    result = facenas("search", "--budget", "smoke", "--data", str(tmp_path / "photos"),
+                     "--out", str(out), timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "is not a WIDER FACE root" in lines[0], result.stderr
+    assert "wider_face_split/wider_face_train_bbx_gt.txt" in lines[0]
+    assert not out.exists()
