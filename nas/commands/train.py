@@ -61,6 +61,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"facenas train: {err}", file=sys.stderr)
         return 1
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
-    print(f"{result.message}; {losses}; {result.images_per_s:.1f} images/s")
+    # a resumed run that was already complete trains nothing: no losses or speed to report
+    print("; ".join([result.message] + ([losses, f"{result.images_per_s:.1f} images/s"]
+                                        if losses else ["nothing left to train"])))
     print(f"run directory: {result.out_dir}  (weights: {result.checkpoint})")
     return 0
