@@ -425,23 +425,6 @@ def _check_run_dir_visible(store: RunStore) -> None:
                         "path (see docs/cluster.md)")
 
 
-def _reads_data(search: dict[str, Any]) -> bool:
-    """Whether this search's trials are facenas's own (they train on --data), not a test's."""
-    fns = [p.trial_fn for p in space_entry(search["space"]).phases(search)]
-    return any(fn is None or getattr(fn, "__module__", "").startswith(("nas.", "search_spaces."))
-               for fn in fns)
-
-
-def _check_dataset(root: Path) -> None:
-    """One line, before anything is written, when --data is not in the WIDER FACE layout
-    (otherwise every trial would fail on it, each retried)."""
-    for split in ("train", "val"):
-        ann = root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
-        if not ann.is_file():
-            raise UserError(f"--data {root} is not a WIDER FACE root: "
-                            f"{ann.relative_to(root)} not found (layout: docs/data.md)")
-
-
 def _init_ray(opts: SearchOptions) -> bool:
     """Start (or attach to) Ray; returns whether we started it (and so shut it down)."""
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # keep Tune's tables off our stdout
@@ -586,8 +569,12 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
     try:
         _check_gpus(opts)
         if not opts.resume:
-            if not (trial_fn or resolve_trial_fn()) and _reads_data(search):
-                _check_dataset(Path(search["data"]))  # else every trial would fail on it
+            if not (trial_fn or resolve_trial_fn()) and any(
+                    p.reads_data for p in space_entry(search["space"]).phases(search)):
+                from detectors.data.widerface import check_root
+
+                for split in ("train", "val"):  # else every trial would fail on it, retried
+                    check_root(search["data"], split)
             _write_new_run(store, search)
         space = space_entry(search["space"])
         print(f"run directory: {store.run_dir}", file=sys.stderr)

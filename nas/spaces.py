@@ -45,7 +45,9 @@ class Phase:
     rows: whether each trial is one row of the results table; a phase without rows (e.g. a
       supernet's training) is finished when its trials wrote result.json;
     whole_node: one trial takes the CPUs (and a GPU) of all concurrent trial slots, for work
-      that is one big job (supernet training) rather than many small ones.
+      that is one big job (supernet training) rather than many small ones;
+    reads_data: its trials train or test on search["data"], so the driver checks the dataset
+      layout before the run starts (unless a test's trial function replaces them).
     """
 
     step: int
@@ -54,6 +56,7 @@ class Phase:
     trial_fn: "TrialFn | None" = None
     rows: bool = True
     whole_node: bool = False
+    reads_data: bool = True
 
 
 @dataclass(frozen=True)

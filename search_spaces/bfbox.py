@@ -307,8 +307,8 @@ def _macs_tables(space: BFBoxSpace) -> tuple[int, list[np.ndarray]]:
     detectors.cost over the catalogue's cost functions."""
     from detectors.macs import Counter
 
-    fixed, tables = _choice_tables(space, (space.input_size, space.input_size), Counter,
-                                   lambda c: c.m, np.int64)
+    fixed, tables = _choice_tables(space, (space.input_size, space.input_size),
+                                   lambda _: Counter(), lambda c: c.m, np.int64)
     return int(fixed), tables
 
 
@@ -317,22 +317,21 @@ def latency_tables(space: BFBoxSpace, table: Any) -> tuple[float, list[np.ndarra
     the same decomposition as the MACs (tests: equal to detectors.latency of the path's spec);
     NaN where the table lacks a choice's layers."""
     from detectors.latency import price
-    from detectors.latency.trace import LayerCounter
+    from detectors.latency.trace import layer_counter
 
-    head_norm = space.template(space.default_path()).head.norm
-    fixed, tables = _choice_tables(space, table.input_hw, LayerCounter,
-                                   lambda c: price(c, table), np.float64,
-                                   head_counter=lambda: LayerCounter(head_norm))
+    spec = space.template(space.default_path())
+    fixed, tables = _choice_tables(space, table.input_hw, lambda comp: layer_counter(spec, comp),
+                                   lambda c: price(c, table), np.float64)
     return fixed + table.fit.overhead_ms, tables
 
 
-def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype, head_counter=None):
+def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype):
     """(value of the fixed parts, per gene an array of values per choice): every choice's cost
-    functions run into a fresh counter `make()`, read by `value(counter)`."""
+    functions run into a fresh counter `make(component)`, read by `value(counter)`."""
     from detectors.bfbox_fpn import rf_cost
     from detectors.catalog import block_entry, head_entry, stem_entry
 
-    stem = make()
+    stem = make("stem")
     h, w = stem_entry("deep").cost(stem, space.stem_width, int(hw[0]), int(hw[1]))
     fixed = [stem]
     tables, choices, cin, sizes, i = [], space.layer_choices(), space.stem_width, [], 0
@@ -341,14 +340,14 @@ def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype, h
             stride = (1 if s == 0 else 2) if l == 0 else 1
             row, out = [], (h, w)
             for name in choices[i]:
-                c = make()
+                c = make("backbone")
                 out = block_entry(name).cost(c, cin, width, stride, h, w)
                 row.append(value(c))
             tables.append(np.asarray(row, dtype=dtype))
             (h, w), cin, i = out, width, i + 1
         sizes.append((h, w))
     n = space.neck_channels
-    laterals = make()
+    laterals = make("neck")
     for cin, (h, w) in zip(space.widths, sizes):
         laterals.conv(cin, n, 1, 1, h, w, norm=False, act=False)
     fixed.append(laterals)
@@ -356,12 +355,12 @@ def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype, h
     for k in range(space.merges):
         row = []
         for name in RF_MODULES:
-            c = make()
+            c = make("neck")
             rf_cost(c, name, n, *sizes[k])
             row.append(value(c))
         tables.append(np.asarray(row, dtype=dtype))
     spec = space.template(space.default_path())
-    head = (head_counter or make)()
+    head = make("head")
     head_entry("scrfd").cost(head, spec.head, n, sizes, spec.anchors.num_anchors)
     fixed.append(head)
     return sum(value(c) for c in fixed), tables

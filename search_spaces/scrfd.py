@@ -173,12 +173,6 @@ class ScrfdSpace:
         space's span)."""
         return [self.to_spec(self._corner(step, low=x), 0) for x in (True, False)]
 
-    def latency_ms(self, batch: _Batch) -> np.ndarray:
-        """Predicted latency (ms) of every candidate on the latency band's table."""
-        if self._latency_fn is None:
-            raise UserError("this SCRFD space has no latency table")
-        return self._latency_fn(batch)
-
     def vga_gflops(self, batch: _Batch) -> np.ndarray:
         return sum(self.macs(batch).values()) * _VGA / 1e9
 

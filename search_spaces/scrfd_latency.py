@@ -36,18 +36,15 @@ class ScrfdLatency:
         self._memo: dict[tuple, float] = {}
 
     # -- priced pieces (cached) -----------------------------------------------------------------
-    def _price(self, counter) -> float:
-        from detectors.latency import price
-
-        return price(counter, self.table)
-
-    def _memoised(self, key: tuple, count) -> float:
+    def _memoised(self, key: tuple, count, component: str = "backbone") -> float:
+        """The price of what `count(counter)` counts, once per key."""
         if key not in self._memo:
-            from detectors.latency.trace import LayerCounter
+            from detectors.latency import price
+            from detectors.latency.trace import layer_counter
 
-            c = LayerCounter()
+            c = layer_counter(self.space.template, component)
             count(c)
-            self._memo[key] = self._price(c)
+            self._memo[key] = price(c, self.table)
         return self._memo[key]
 
     def _stem(self, w1: int) -> float:
@@ -74,39 +71,34 @@ class ScrfdLatency:
     def _lateral(self, level: int, cin: int, n: int) -> float:
         h, w = self.stage_hw[level - 2]
         return self._memoised(("lateral", level, cin, n), lambda c: c.conv(
-            cin, n, 1, 1, h, w, norm=False, act=False))
+            cin, n, 1, 1, h, w, norm=False, act=False), "neck")
 
     def _neck_base(self, n: int) -> float:
         """The neck without its laterals: traced with 1 input channel per level (a value no
         other neck layer has), whose lateral layers are then dropped."""
         from detectors.catalog import neck_entry
-        from detectors.latency.trace import LayerCounter
 
-        key = ("neck", n)
-        if key not in self._memo:
-            neck = dataclasses.replace(self.space.template.neck, channels=n)
-            levels = neck.in_levels
-            c = LayerCounter()
+        neck = dataclasses.replace(self.space.template.neck, channels=n)
+        levels = neck.in_levels
+
+        def count(c) -> None:
             neck_entry(neck.type).cost(c, neck, [1] * len(levels),
                                        [self.stage_hw[lv - 2] for lv in levels])
             c.layers = [(layer, t) for layer, t in c.layers if layer.cin != 1]
-            self._memo[key] = self._price(c)
-        return self._memo[key]
+
+        return self._memoised(("neck", n), count, "neck")
 
     def _head(self, n: int, h: int, m: int) -> float:
         from detectors.catalog import head_entry
-        from detectors.latency.trace import LayerCounter
 
-        key = ("head", n, h, m)
-        if key not in self._memo:
-            t = self.space.template
-            head = dataclasses.replace(t.head, channels=h, num_convs=m,
-                                       gn_groups=self.space._gn_groups(n, h))
-            sizes = [self.stage_hw[lv - 2] for lv in t.neck.in_levels]
-            c = LayerCounter(getattr(head, "norm", "bn"))
-            head_entry(head.type).cost(c, head, n, sizes, t.anchors.num_anchors)
-            self._memo[key] = self._price(c)
-        return self._memo[key]
+        if ("head", n, h, m) in self._memo:  # the hot path: skip building the HeadSpec
+            return self._memo[("head", n, h, m)]
+        t = self.space.template
+        head = dataclasses.replace(t.head, channels=h, num_convs=m,
+                                   gn_groups=self.space._gn_groups(n, h))
+        sizes = [self.stage_hw[lv - 2] for lv in t.neck.in_levels]
+        return self._memoised(("head", n, h, m), lambda c: head_entry(head.type).cost(
+            c, head, n, sizes, t.anchors.num_anchors), "head")
 
     # -- vectorised ---------------------------------------------------------------------------
     def _lookup(self, keys: np.ndarray, fn) -> np.ndarray:

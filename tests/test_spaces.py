@@ -53,10 +53,12 @@ def _entry() -> spaces.SpaceEntry:
             raise UserError("--generations must be at least 1")
 
     def phases(search):
+        # fake trials: they never read the (empty) data directory
         out = [spaces.Phase(1, "supernet", _plan_supernet, search_fakes.fake_phase_trial,
-                            rows=False, whole_node=True)]
+                            rows=False, whole_node=True, reads_data=False)]
         out += [spaces.Phase(1 + g, f"generation {g}", _plan_generation,
-                             search_fakes.fake_phase_trial) for g in range(1, search["generations"] + 1)]
+                             search_fakes.fake_phase_trial, reads_data=False)
+                for g in range(1, search["generations"] + 1)]
         return out
 
     def finish(store, search):

@@ -328,6 +328,20 @@ def _attach_landmarks(boxes: np.ndarray, label) -> tuple[np.ndarray, np.ndarray,
     return kps, valid, unmatched
 
 
+def check_root(root: str | os.PathLike, split: str = "train") -> Path:
+    """The split's annotation file under `root`; UserError (one line) when `root` is not a
+    dataset root in the official layout."""
+    if split not in _SPLITS:
+        raise UserError(f"unknown split {split!r}; valid: {', '.join(_SPLITS)}")
+    root = Path(root).expanduser().resolve()
+    if not root.is_dir():
+        raise UserError(f"dataset root not found: {root}")
+    annotation = root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
+    if not annotation.is_file():
+        raise UserError(f"{root} is not a WIDER FACE root: {annotation.relative_to(root)} not found")
+    return annotation
+
+
 def load_split(
     root: str | os.PathLike, split: str = "train", landmarks: str | os.PathLike | None = None
 ) -> WiderSplit:
@@ -337,14 +351,8 @@ def load_split(
     label.txt when it exists). With landmarks, every record has keypoints; faces without a
     label get -1 and keypoints_valid False.
     """
-    if split not in _SPLITS:
-        raise UserError(f"unknown split {split!r}; valid: {', '.join(_SPLITS)}")
     root = Path(root).expanduser().resolve()
-    if not root.is_dir():
-        raise UserError(f"dataset root not found: {root}")
-    annotation = root / "wider_face_split" / f"wider_face_{split}_bbx_gt.txt"
-    if not annotation.is_file():
-        raise UserError(f"{root} is not a WIDER FACE root: {annotation.relative_to(root)} not found")
+    annotation = check_root(root, split)
     label_path = _landmark_path(root, split, landmarks)
     labels = load_retinaface_labels(label_path) if label_path is not None else None
     images_dir = root / f"WIDER_{split}" / "images"

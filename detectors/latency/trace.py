@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from detectors.macs import Counter
 from detectors.spec import DetectorSpec
 
-__all__ = ["Layer", "LayerCounter", "ComponentTrace", "trace"]
+__all__ = ["Layer", "LayerCounter", "ComponentTrace", "layer_counter", "trace"]
 
 
 @dataclass(frozen=True)
@@ -68,9 +68,11 @@ class Layer:
 
     @property
     def macs(self) -> int:
-        ho = (self.h + 2 * self.dilation * (self.kh // 2) - self.dilation * (self.kh - 1) - 1) // self.stride + 1
-        wo = (self.w + 2 * self.dilation * (self.kw // 2) - self.dilation * (self.kw - 1) - 1) // self.stride + 1
-        return self.cout * ho * wo * (self.cin // self.groups) * self.kh * self.kw
+        """Its MACs, as the cost model counts them (Counter.conv's own arithmetic)."""
+        c = Counter()
+        c.conv(self.cin, self.cout, (self.kh, self.kw), self.stride, self.h, self.w,
+               groups=self.groups, dilation=self.dilation, params=False)
+        return c.m
 
 
 class LayerCounter(Counter):
@@ -108,14 +110,16 @@ class ComponentTrace:
     other_elems: int
 
 
+def layer_counter(spec: DetectorSpec, component: str) -> LayerCounter:
+    """The counter for one component of `spec`: its head's `norm` may be GroupNorm; the
+    backbone's and neck's norms are BatchNorm."""
+    return LayerCounter(getattr(spec.head, "norm", "bn") if component == "head" else "bn")
+
+
 def trace(spec: DetectorSpec, input_hw: tuple[int, int]) -> dict[str, ComponentTrace]:
     """Component -> the layers its cost functions count at input_hw (H, W)."""
     from detectors.cost import count
 
-    head_norm = getattr(spec.head, "norm", "bn")
-
-    def make(component: str) -> LayerCounter:
-        return LayerCounter(head_norm if component == "head" else "bn")
-
-    counters = count(spec, (int(input_hw[0]), int(input_hw[1])), make)
+    counters = count(spec, (int(input_hw[0]), int(input_hw[1])),
+                     lambda component: layer_counter(spec, component))
     return {name: ComponentTrace(tuple(c.layers), c.other_elems) for name, c in counters.items()}
