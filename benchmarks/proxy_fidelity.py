@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(TrialRequest(spec_id=s.id, spec_yaml=s.to_yaml(), step=1, seed=0, budget=args.budget,
                           data_root=data, out_dir=str(out / label / s.id), recipe=search["recipe"],
                           recipe_overrides={**ov, "seed": 0}, num_threads=1).to_dict(), label)
-            for label, ov in recipes.items() for s in specs]
+            for s in specs for label, ov in recipes.items()]  # pairs first: a partial run ranks
     print(f"{len(specs)} specs x recipes {list(recipes)}, budget {args.budget}, data {data}; "
           f"trials in {out}", flush=True)
     rows, start = [], time.perf_counter()
