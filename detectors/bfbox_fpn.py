@@ -71,6 +71,12 @@ class BFBoxFPNOptions:
                                 f"0..{n_in + k - 1} other than {k} (its own lateral)")
 
 
+def bfbox_fpn_check(spec) -> None:
+    """Spec-level rule (DetectorSpec validation): the merges fit the neck's in_levels, so a bad
+    path is refused when its YAML is read, not when it is built."""
+    spec.neck.options.check(len(spec.neck.in_levels))
+
+
 def pool_levels(in_levels: tuple[int, ...], num_merges: int) -> list[int]:
     """Level of each pool index: the laterals', then each merge output's."""
     return list(in_levels) + list(in_levels[:num_merges])

@@ -108,7 +108,7 @@ NECKS: dict[str, NeckEntry] = {
     "fanet": NeckEntry(fanet.fanet, fanet.fanet_cost, options=fanet.FANetOptions,
                        check=fanet.fanet_check),
     "bfbox_fpn": NeckEntry(bfbox_fpn.bfbox_fpn, bfbox_fpn.bfbox_fpn_cost,
-                           options=bfbox_fpn.BFBoxFPNOptions),
+                           options=bfbox_fpn.BFBoxFPNOptions, check=bfbox_fpn.bfbox_fpn_check),
     "autofem": NeckEntry(autofem.autofem, autofem.autofem_cost, options=autofem.AutoFEMOptions),
     "rsa": NeckEntry(rsa_unit.rsa_neck, rsa_unit.rsa_neck_cost, rsa_unit.RSAOptions,
                      out_levels=rsa_unit.rsa_out_levels),

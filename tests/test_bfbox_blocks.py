@@ -120,9 +120,14 @@ def test_fpn_merge_is_the_documented_sum():
 @pytest.mark.parametrize("inputs,match", [((0,), "other than 0"), ((7,), "pool index"),
                                           ((1, 1, 1, 1, 1, 1, 1), "merges")])
 def test_fpn_rejects_bad_merges(inputs, match):
+    """Refused when the spec is made (so on reading its YAML), not first when it is built."""
     options = BFBoxFPNOptions(inputs=inputs, rf=("conv3",) * len(inputs))
-    spec = _spec(["bf_conv3"], options, depth=1)
     with pytest.raises(UserError, match=match):
-        cost(spec)
+        _spec(["bf_conv3"], options, depth=1)
+    good = _spec(["bf_conv3"], BFBoxFPNOptions(inputs=(1,), rf=("conv3",)), depth=1).to_dict()
+    good["neck"]["options"]["inputs"] = list(inputs)
+    good["neck"]["options"]["rf"] = ["conv3"] * len(inputs)
+    with pytest.raises(UserError, match=match):
+        DetectorSpec.from_dict(good)
     with pytest.raises(UserError, match="not one of"):
         BFBoxFPNOptions(inputs=(1,), rf=("conv11",))
