@@ -43,7 +43,7 @@ from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from nas.progress import Progress
 from nas.results import METRIC_COLUMNS, RunStore, atomic_write_text, cost_columns, failed_metrics
-from nas.spaces import Phase, space_entry
+from nas.spaces import Phase, check_scheduler, space_entry
 from nas.trial import TrialFn, TrialRequest, run_trial
 
 __all__ = ["SearchOptions", "resolve_trial_fn", "run_search"]
@@ -123,6 +123,7 @@ def _versions() -> dict[str, str]:
 def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
     """The new run's store and resolved config, every option checked; nothing written yet."""
     space = space_entry(opts.space)
+    check_scheduler(opts.space, space, opts.scheduler)
     data = space.default_data(opts) if opts.data is None else Path(opts.data)
     if not data.is_dir():
         raise UserError(f"--data {opts.data}: no such directory")

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from nas.results import RunStore
     from nas.trial import TrialFn
 
-__all__ = ["Phase", "SpaceEntry", "SPACES", "space_entry", "add_space_arguments"]
+__all__ = ["Phase", "SpaceEntry", "SPACES", "space_entry", "add_space_arguments", "check_scheduler"]
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,9 @@ class SpaceEntry:
     phases(search) -> the phases, in order;
     finish(store, search): analysis and export after the last phase;
     default_data(options) -> the dataset root used without --data;
-    add_arguments(group): the space's own CLI options (SearchOptions.space_options).
+    add_arguments(group): the space's own CLI options (SearchOptions.space_options);
+    schedulers: the --scheduler values it honours (asha only where trials train sampled
+      models to a schedule that rungs can cut: SCRFD).
     """
 
     resolve: Callable[[Any, Path], dict[str, Any]]
@@ -79,13 +81,15 @@ class SpaceEntry:
     finish: Callable[["RunStore", dict[str, Any]], None]
     default_data: Callable[[Any], Path]
     add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None
+    schedulers: tuple[str, ...] = ("fifo",)
 
 
 def _scrfd() -> SpaceEntry:
     from nas.strategies import two_step
 
     return SpaceEntry(resolve=two_step.resolve, check=two_step.check, phases=two_step.phases,
-                      finish=two_step.finish, default_data=two_step.default_data)
+                      finish=two_step.finish, default_data=two_step.default_data,
+                      schedulers=("fifo", "asha"))
 
 
 def _bfbox() -> SpaceEntry:
@@ -107,6 +111,22 @@ SPACES: dict[str, Callable[[], SpaceEntry]] = {
     "bfbox": _bfbox,
     "asfd": _asfd,
 }
+
+
+# why a space refuses --scheduler asha (one line each)
+_NO_ASHA = {
+    "bfbox": "its candidates are not trained (they inherit supernet weights and are cheap)",
+    "asfd": "its trials are one differentiable search per seed, and its rows the few "
+            "derived detectors, trained to the end to compare the seeds",
+}
+
+
+def check_scheduler(name: str, entry: SpaceEntry, scheduler: str) -> None:
+    """UserError when the space does not honour `scheduler` (e.g. asha for bfbox)."""
+    if scheduler not in entry.schedulers:
+        why = _NO_ASHA.get(name, "its trials do not train sampled models")
+        raise UserError(f"--scheduler {scheduler} does not apply to --space {name}: {why}; "
+                        f"valid here: {', '.join(entry.schedulers)}")
 
 
 def space_entry(name: str) -> SpaceEntry:

@@ -51,6 +51,8 @@ def test_bad_fidelity_options(args, message):
 @pytest.mark.parametrize("extra, words", [
     (["--reduction-factor", "1"], "--reduction-factor must be >= 2"),
     (["--grace", "2"], "is not shorter than the schedule"),
+    (["--space", "bfbox"], "--scheduler asha does not apply to --space bfbox: its candidates are not trained"),
+    (["--space", "asfd"], "--scheduler asha does not apply to --space asfd"),
 ])
 def test_bad_scheduler_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, extra, words):
     out = tmp_path / "run"
