@@ -127,7 +127,8 @@ def plot_computation_bars(rows: pd.DataFrame, metric: str = "ap_hard", top_k: in
     out); bars are labelled with spec id and metric, best at the top.
     """
     comps = [c for c in COMPONENTS if f"gflops_{c}" in rows.columns]
-    top = rows.sort_values(metric, ascending=False).head(top_k)
+    by = [metric, "spec_id"] if "spec_id" in rows.columns else [metric]  # ties: nas.results.best_first's order
+    top = rows.sort_values(by, ascending=[False, True][:len(by)], kind="mergesort").head(top_k)
     gflops = top[[f"gflops_{c}" for c in comps]].to_numpy(dtype=float)
     shares = gflops / gflops.sum(axis=1, keepdims=True)
     ids = top["spec_id"] if "spec_id" in top.columns else pd.Series(top.index)

@@ -63,7 +63,9 @@ def main() -> None:
     p.add_argument("--budget", default="quick")
     p.add_argument("--gflops", type=float, default=2.5)
     p.add_argument("--candidates", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--workers", type=int, default=2, help="standalone trainings at a time")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of the supernet training (default: --workers)")
     p.add_argument("--attention", nargs="+", default=["on", "off"], choices=("on", "off"))
     p.add_argument("--data", default=None)
     p.add_argument("--out", default="/tmp/facenas-bfbox-ranking")
@@ -104,7 +106,8 @@ def main() -> None:
         config = shrink(bs.resolve(a.gflops, a.budget, num_candidates=a.candidates,
                                    strategy="random", frame={"attention": setting == "on"}))
         t0 = time.perf_counter()
-        ckpt = bs.run_supernet(config, out / f"supernet-{setting}", data, num_threads=a.workers)
+        ckpt = bs.run_supernet(config, out / f"supernet-{setting}", data,
+                               num_threads=a.threads or a.workers)
         print(f"supernet attention {setting}: {time.perf_counter() - t0:.0f} s "
               f"({config['recipe']['schedule']['total']} iterations)", flush=True)
         space = bs.space_of(config)
@@ -134,11 +137,16 @@ def main() -> None:
             bs.space_of(base).from_spec(DetectorSpec.from_yaml(row["spec"]))))[0])
         print(f"{row['spec_id']}  {g:6.3f}  {truth[i]:10.4f}  "
               + "  ".join(f"{inherited[s][i]:13.4f}" for s in inherited))
+    best = max(truth)
     for s, aps in inherited.items():
         tau, p_tau = kendalltau(aps, truth)
         rho, _ = spearmanr(aps, truth)
+        pick = int(np.argmax(aps))  # what a search with this setting would export
         print(f"attention {s}: Kendall tau {tau:.3f} (p {p_tau:.2f}), Spearman {rho:.3f}, "
-              f"mean inherited hard AP {np.mean(aps):.4f}, mean standalone {np.mean(truth):.4f}")
+              f"mean inherited hard AP {np.mean(aps):.4f}, mean standalone {np.mean(truth):.4f}; "
+              f"its top path {plan[pick]['spec_id']} trains to {truth[pick]:.4f} standalone "
+              f"(best of the {len(truth)}: {best:.4f}, rank "
+              f"{1 + sum(t > truth[pick] for t in truth)})")
 
 
 if __name__ == "__main__":

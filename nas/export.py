@@ -14,7 +14,7 @@ import yaml
 
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
-from nas.results import RunStore, atomic_write_text
+from nas.results import RunStore, atomic_write_text, best_first
 
 __all__ = ["export_top"]
 
@@ -37,7 +37,7 @@ def export_top(run_dir: str | Path, top: int = 5, metric: str = "ap_hard") -> li
     ok = table[(table["status"] == "ok") & table[metric].map(lambda v: math.isfinite(v))]
     if ok.empty:
         raise UserError(f"{store.run_dir}: no successful trial to export")
-    best = ok.sort_values([metric, "spec_id"], ascending=[False, True]).head(top)
+    best = best_first(ok, metric).head(top)
     out_dir = store.run_dir / "export"
     paths = []
     for rank, row in enumerate(best.to_dict("records"), start=1):

@@ -14,6 +14,8 @@ from typing import TextIO
 
 import pandas as pd
 
+from nas.results import best_first
+
 __all__ = ["Progress", "summary_table"]
 
 
@@ -91,7 +93,7 @@ class Progress:
 
 def summary_table(table: pd.DataFrame, top: int = 5, metric: str = "ap_hard") -> str:
     """The top `top` ok trials by `metric` with their cost ratios, as fixed-width text."""
-    ok = table[table["status"] == "ok"].sort_values(metric, ascending=False).head(top)
+    ok = best_first(table[table["status"] == "ok"], metric).head(top)
     counts = (f"{len(table)} trials: {int((table['status'] == 'ok').sum())} ok, "
               f"{int((table['status'] == 'failed').sum())} failed")
     if ok.empty:

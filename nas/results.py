@@ -36,6 +36,7 @@ __all__ = [
     "COMPONENTS",
     "RunStore",
     "atomic_write_text",
+    "best_first",
     "cost_columns",
     "failed_metrics",
 ]
@@ -57,6 +58,12 @@ COLUMNS = (
 # COLUMNS, as do the cost columns of backbones with more than four stages (gflops_c6, w5, ...).
 METRIC_COLUMNS = ("status", "error", "wall_time_s", "ap_easy", "ap_medium", "ap_hard")
 _VGA = 0.75  # SCRFD's convention: count at 640x640, scale by 0.75
+
+
+def best_first(rows: pd.DataFrame, metric: str = "ap_hard") -> pd.DataFrame:
+    """Rows by `metric`, best first; ties (e.g. every AP 0 in a smoke run) by spec id, so the
+    summary, the export and the plots agree on one order, the same in every run."""
+    return rows.sort_values([metric, "spec_id"], ascending=[False, True], kind="mergesort")
 
 
 def atomic_write_text(path: Path, text: str) -> None:

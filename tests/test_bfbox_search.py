@@ -67,3 +67,18 @@ def test_bad_settings_are_one_line_user_errors():
 def test_evolution_generations_are_capped_by_the_candidate_budget():
     evo = make_strategy("evolution", SPACE, None, 120, population=50, generations=20, top_k=10)
     assert (evo.population, evo.generations, evo.top_k, evo.mutation) == (50, 2, 10, 0.1)
+
+
+def test_an_evolution_schedule_sets_the_candidate_count_or_its_mismatch_is_said(capsys):
+    from nas.strategies import bfbox_search as bs
+
+    evolution = {"population": 4, "generations": 5, "top_k": 2}
+    config = bs.resolve(2.5, "smoke", strategy="evolution", evolution=evolution)
+    assert config["num_candidates"] == 20 and capsys.readouterr().err == ""
+    assert bs.planner(config).generations == 5
+    config = bs.resolve(2.5, "smoke", strategy="evolution", evolution=evolution, num_candidates=8)
+    assert bs.planner(config).generations == 2
+    assert "--num-candidates 8 allows 2 of the 5 generations of 4; pass --num-candidates 20" \
+        in capsys.readouterr().err
+    bs.resolve(2.5, "smoke", strategy="evolution", evolution=evolution, num_candidates=40)
+    assert "evaluate 20 candidates, fewer than --num-candidates 40" in capsys.readouterr().err

@@ -86,12 +86,35 @@ def resolve(gflops: float, budget: str = "quick", *, strategy: str | None = None
     }
     if config["num_candidates"] < 1:
         raise UserError(f"--num-candidates must be at least 1, got {config['num_candidates']}")
+    if config["strategy"] == "evolution":
+        _fit_evolution(config, asked_candidates=num_candidates is not None,
+                       asked_schedule=bool({"population", "generations"} & set(evolution or {})))
     planner(config)  # unknown strategy, infeasible --gflops, population < top-k
     if supernet:
         from nas.strategies.spos import load_supernet
 
         load_supernet(supernet, space)  # refuses another space before anything is written
     return config
+
+
+def _fit_evolution(config: dict[str, Any], asked_candidates: bool, asked_schedule: bool) -> None:
+    """Evolution evaluates population x generations candidates, capped by --num-candidates.
+    A schedule asked for without --num-candidates sets it; otherwise a mismatch is said once
+    (it used to cut generations silently)."""
+    import sys
+
+    evo = config["evolution"]
+    pop, gens = int(evo["population"]), int(evo["generations"])
+    if asked_schedule and not asked_candidates:
+        config["num_candidates"] = pop * gens
+        return
+    n = config["num_candidates"]
+    if pop * gens > n:
+        print(f"evolution: --num-candidates {n} allows {max(1, n // pop)} of the {gens} generations "
+              f"of {pop}; pass --num-candidates {pop * gens} for all", file=sys.stderr)
+    elif pop * gens < n:
+        print(f"evolution: {gens} generations of {pop} evaluate {pop * gens} candidates, fewer than "
+              f"--num-candidates {n}; raise --generations to use them", file=sys.stderr)
 
 
 def space_of(config: dict[str, Any]) -> BFBoxSpace:
