@@ -1,9 +1,10 @@
 """`facenas test CONFIG --weights CKPT [--data ROOT] [--split val] [--out PRED_DIR] [--json]`.
 
-Without --data, a run's config.yaml tests on the data that run trained on (`run.data_root`),
-any other config on the embedded synthetic set. Predicts a split at the config's test settings (long side resized to the test size, padded),
+Predicts a split at the config's test settings (long side resized to the test size, padded),
 optionally writes the official per-image prediction files to PRED_DIR, and prints WIDER FACE
-AP (easy / medium / hard; JSON `{"easy":..,"medium":..,"hard":..}` with --json).
+AP (easy / medium / hard; JSON `{"easy":..,"medium":..,"hard":..}` with --json). Without
+--data, a run's config.yaml tests on the data that run trained on (`run.data_root`), any
+other config on the embedded synthetic set.
 """
 
 from __future__ import annotations
