@@ -13,10 +13,19 @@ lr x 0.001, step decay x0.1 at epochs 440 and 544 of 640, 8 images per GPU on 4 
 640x640 training crops with sample redistribution, flip, photometric distortion, QFL (beta 2),
 DIoU (weight 2), smooth-L1 keypoints (beta 1/9, weight 0.1), ATSS top-9, test at 640 with
 score 0.02 / NMS 0.45. Budget presets (`apply_budget`) scale a recipe without editing it.
+
+A config may carry its own per-budget section, merged over the global budget override (as a
+search preset's `budgets:` is merged over experiments/search/budgets.yaml):
+
+    budgets:
+      quick:
+        recipe: {train_size: 128, schedule: {total: 150}}   # merged over _BUDGET_OVERRIDES
+        synthetic: {image_size: 320, face_scale: 2}          # default data of that budget
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import types
@@ -35,7 +44,8 @@ if TYPE_CHECKING:  # imported lazily so recipes work without building anything
 __all__ = [
     "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Recipe",
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "BASELINE_CROPS", "SR_CROPS",
-    "schedule_in_iterations",
+    "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
+    "SYNTHETIC_KEYS",
 ]
 
 BASELINE_CROPS = (0.3, 0.45, 0.6, 0.8, 1.0)
@@ -195,13 +205,19 @@ class Recipe:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """A retraining config: what to build (`spec`) and how to train it (`recipe`)."""
+    """A retraining config: what to build (`spec`) and how to train it (`recipe`), plus the
+    config's own per-budget sections (`budgets`: budget name -> {recipe, synthetic}, plain
+    data checked by `load_config`; applied by `apply_budget`)."""
 
     spec: DetectorSpec
     recipe: Recipe = field(default_factory=Recipe)
+    budgets: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict()}
+        d = {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict()}
+        if self.budgets:  # configs without one (and their checkpoints) stay as they were
+            d["budgets"] = _plain(dict(self.budgets))
+        return d
 
     def to_yaml(self) -> str:
         """Self-contained YAML (spec inline) that `load_config` reads back to an equal config."""
@@ -283,16 +299,33 @@ def load_config(path: str | Path) -> TrainConfig:
     if not isinstance(data, Mapping) or "spec" not in data:
         raise UserError(f"{path}: a retraining config is a mapping with keys 'spec' and 'recipe'")
     # `run:` is the provenance a training run records in its config.yaml; it is not an input.
-    unknown = [k for k in data if k not in ("spec", "recipe", "run")]
+    unknown = [k for k in data if k not in ("spec", "recipe", "budgets", "run")]
     if unknown:
-        raise UserError(f"{path}: unknown key {unknown[0]!r} (valid: spec, recipe, run)")
+        raise UserError(f"{path}: unknown key {unknown[0]!r} (valid: spec, recipe, budgets, run)")
     try:
         spec = _load_spec(data["spec"], path)
         recipe = recipe_from_dict(data.get("recipe"))
+        config = TrainConfig(spec=spec, recipe=recipe, budgets=_load_budgets(data.get("budgets")))
+        for name in config.budgets:  # a mistake in any budget's recipe shows now, not at its turn
+            apply_budget(config, name)
     except UserError as err:
         message = str(err)
         raise UserError(message if str(path) in message else f"{path}: {message}") from None
-    return TrainConfig(spec=spec, recipe=recipe)
+    return config
+
+
+def _load_budgets(value: Any) -> dict[str, Any]:
+    """A config's `budgets:` mapping, checked: budget names, section keys, synthetic keys."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise UserError(f"budgets must be a mapping of budget name -> section, not {value!r}")
+    budgets = {}
+    for name, section in value.items():
+        if name not in _BUDGET_OVERRIDES:
+            raise UserError(f"unknown budget budgets.{name} (valid: {', '.join(BUDGETS)})")
+        budgets[name] = check_budget_section(section or {}, f"budgets.{name}", CONFIG_BUDGET_KEYS)
+    return budgets
 
 
 def _load_spec(value: Any, config_path: Path) -> DetectorSpec:
@@ -336,7 +369,8 @@ def apply_budget(config: TrainConfig, budget: str) -> TrainConfig:
 
     `paper` keeps the recipe as written (the published schedule); `quick` and `smoke` replace
     the training size, batch size and schedule length (warm-up, total, milestones, in
-    iterations) and keep lr, momentum, augmentation, losses, assigner and seed.
+    iterations) and keep lr, momentum, augmentation, losses, assigner and seed. Then the
+    config's own `budgets[budget].recipe`, if any, is merged over the result.
     """
     if budget not in _BUDGET_OVERRIDES:
         raise UserError(f"unknown budget {budget!r} (valid: {', '.join(BUDGETS)})")
@@ -345,4 +379,54 @@ def apply_budget(config: TrainConfig, budget: str) -> TrainConfig:
     for key, value in _BUDGET_OVERRIDES[budget].items():
         current = getattr(recipe, key)
         changes[key] = replace(current, **value) if isinstance(value, dict) else value
-    return replace(config, recipe=replace(recipe, **changes))
+    recipe = replace(recipe, **changes)
+    own = (config.budgets.get(budget) or {}).get("recipe")
+    if own:
+        recipe = recipe_from_dict(merge(recipe.to_dict(), own), f"budgets.{budget}.recipe")
+    return replace(config, recipe=recipe)
+
+
+def budget_synthetic(config: TrainConfig, budget: str) -> dict[str, Any]:
+    """The arguments of detectors.data.synthetic.default_root for the default data of
+    `budget` ({} = the default 640-px set), from the config's own budget section."""
+    return dict((config.budgets.get(budget) or {}).get("synthetic") or {})
+
+
+# The keys of one budget section: a retraining config's (CONFIG_BUDGET_KEYS) and a search
+# preset's (nas.presets adds its own); `synthetic` holds arguments of synthetic.default_root.
+CONFIG_BUDGET_KEYS = ("recipe", "synthetic")
+SYNTHETIC_KEYS = ("num_train", "num_val", "image_size", "face_scale", "seed")
+
+
+def check_budget_section(section: Any, where: str, keys: tuple[str, ...] | set[str]) -> dict[str, Any]:
+    """One budget's section (`where` names it in errors), checked: only `keys`, and a
+    `synthetic` mapping of SYNTHETIC_KEYS. Returns it as a dict."""
+    section = _mapping_of(section, where)
+    extra = sorted(set(section) - set(keys))
+    if extra:
+        raise UserError(f"{where}: unknown key {extra[0]!r}; valid: {', '.join(sorted(keys))}")
+    synthetic = _mapping_of(section.get("synthetic") or {}, f"{where}.synthetic")
+    extra = sorted(set(synthetic) - set(SYNTHETIC_KEYS))
+    if extra:
+        raise UserError(f"{where}.synthetic: unknown key {extra[0]!r}; "
+                        f"valid: {', '.join(sorted(SYNTHETIC_KEYS))}")
+    _mapping_of(section.get("recipe") or {}, f"{where}.recipe")
+    return dict(section)
+
+
+def _mapping_of(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise UserError(f"{where} must be a mapping, got {type(value).__name__}")
+    return dict(value)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge `override` into a copy of `base` (mappings merge, other values replace).
+    The one merge of budget sections: retraining configs here, search presets in nas."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from detectors.config import CONFIG_BUDGET_KEYS, check_budget_section, merge
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from search_spaces.scrfd import ScrfdSpace, SpaceBounds, Step1Fixed
@@ -27,8 +28,8 @@ SPACES = ("scrfd",)
 REGIMES = {"scrfd": (0.5, 2.5, 10.0, 34.0)}  # GFLOPs of the presets that exist
 _PRESET_KEYS = {"space", "gflops", "tolerance", "block", "template", "gn_groups", "bounds",
                 "step1", "step2", "top_k", "recipe", "retrain_recipe", "budgets"}
-_BUDGET_KEYS = {"num_samples", "max_iterations", "recipe", "synthetic"}
-_SYNTHETIC_KEYS = {"num_train", "num_val", "image_size", "face_scale", "seed"}
+# a retraining config's budget keys (recipe, synthetic) plus the search's own
+_BUDGET_KEYS = {"num_samples", "max_iterations", *CONFIG_BUDGET_KEYS}
 
 
 def preset_path(space: str, gflops: float) -> Path:
@@ -59,8 +60,6 @@ def load_preset(path: Path) -> dict[str, Any]:
 
     Its `budgets` are the shared ones (BUDGETS_FILE) with the preset's own merged on top.
     """
-    from nas.trial import merge
-
     preset = _mapping(_load_yaml(path), str(path))
     unknown = sorted(set(preset) - _PRESET_KEYS)
     if unknown:
@@ -73,15 +72,7 @@ def load_preset(path: Path) -> dict[str, Any]:
     preset["budgets"] = merge(_mapping(shared.get("budgets", {}), f"{BUDGETS_FILE}: budgets"),
                               _mapping(preset.get("budgets") or {}, f"{path}: budgets"))
     for name, budget in preset["budgets"].items():
-        extra = sorted(set(_mapping(budget, f"{path}: budgets.{name}")) - _BUDGET_KEYS)
-        if extra:
-            raise UserError(f"{path}: budgets.{name}: unknown key {extra[0]!r}; "
-                            f"valid: {', '.join(sorted(_BUDGET_KEYS))}")
-        synthetic = _mapping(budget.get("synthetic", {}), f"{path}: budgets.{name}.synthetic")
-        extra = sorted(set(synthetic) - _SYNTHETIC_KEYS)
-        if extra:
-            raise UserError(f"{path}: budgets.{name}.synthetic: unknown key {extra[0]!r}; "
-                            f"valid: {', '.join(sorted(_SYNTHETIC_KEYS))}")
+        check_budget_section(budget, f"{path}: budgets.{name}", _BUDGET_KEYS)
     return preset
 
 
@@ -172,7 +163,6 @@ def trial_iterations(search: dict[str, Any]) -> int | None:
     """Training iterations of one trial of this search (None when its schedule counts epochs:
     the number then depends on the dataset, read only by the trial)."""
     from detectors.config import TrainConfig, apply_budget, recipe_from_dict
-    from nas.trial import merge
 
     base = TrainConfig(DetectorSpec.from_dict(search["template"]), recipe_from_dict(search["recipe"]))
     scaled = apply_budget(base, search["budget"]).recipe.to_dict()

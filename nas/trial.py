@@ -9,13 +9,15 @@ metric part of a results-table row (`status`, `error`, `wall_time_s`, `ap_easy`,
 
 from __future__ import annotations
 
-import copy
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+
+# re-exported: the one deep merge of budget sections lives with the retraining configs
+from detectors.config import merge
 
 __all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config"]
 
@@ -52,17 +54,6 @@ class TrialRequest:
 TrialFn = Callable[..., dict]  # (request) or (request, report=...) -> metric columns
 # report(metrics, checkpoint_dir): called by a multi-fidelity trial at each rung (nas.fidelity)
 Report = Callable[[dict, Path], None]
-
-
-def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
-    """Deep-merge `override` into a copy of `base` (mappings merge, other values replace)."""
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
-    return out
 
 
 def trial_config(spec_yaml: str, recipe: dict[str, Any], budget: str,

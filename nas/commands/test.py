@@ -2,7 +2,9 @@
 
 Predicts a split at the config's test settings (long side resized to the test size, padded),
 optionally writes the official per-image prediction files to PRED_DIR, and prints WIDER FACE
-AP (easy / medium / hard; JSON `{"easy":..,"medium":..,"hard":..}` with --json).
+AP (easy / medium / hard; JSON `{"easy":..,"medium":..,"hard":..}` with --json). Without
+--data, a run's config.yaml tests on the data that run trained on (`run.data_root`), any
+other config on the embedded synthetic set.
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ __all__ = ["add_arguments", "run"]
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("config", help="retraining config YAML (or a run's config.yaml)")
     parser.add_argument("--weights", required=True, help="checkpoint (.pt) from facenas train or import-weights")
-    parser.add_argument("--data", help="dataset root in the WIDER FACE layout (default: embedded synthetic data)")
+    parser.add_argument("--data", help="dataset root in the WIDER FACE layout (default: the data a run's "
+                        "config.yaml records, else the embedded synthetic data)")
     parser.add_argument("--split", default="val", choices=("val", "train"),
                         help="val: official evaluation files; train: all valid annotated faces")
     parser.add_argument("--out", help="write predictions in the official layout to this directory")
@@ -30,11 +33,12 @@ def run(args: argparse.Namespace) -> int:
     from detectors.config import load_config
     from detectors.device import set_threads
     from detectors.test import test
-    from nas.commands.train import resolve_data_root
+    from nas.commands.train import recorded_data_root, resolve_data_root
 
     config = load_config(args.config)
     set_threads(args.threads)
-    root = resolve_data_root(args.data)
+    recorded = None if args.data else recorded_data_root(args.config)
+    root = recorded or resolve_data_root(args.data)
     ap = test(config, args.weights, root, split=args.split, pred_dir=args.out,
               device=args.device, progress=not args.quiet)
     if args.json:

@@ -1,8 +1,10 @@
 """`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]`.
 
-Trains a retraining config (spec + recipe) scaled to a budget preset; without --data it uses
-the embedded synthetic dataset (generated once into the cache). Prints the run directory and
-the final losses; a diverged run exits 1 with one line naming the iteration.
+Trains a retraining config (spec + recipe) scaled to a budget preset (the global override of
+detectors.config, then the config's own `budgets:` section); without --data it uses the
+embedded synthetic dataset (the budget section's `synthetic:` variant, else the default set;
+generated once into the cache). Prints the run directory and the final losses; a diverged run
+exits 1 with one line naming the iteration.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 __all__ = ["add_arguments", "run"]
 
@@ -29,31 +32,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
-def resolve_data_root(data: str | None) -> Path:
-    """--data, checked, or the embedded synthetic dataset."""
+def resolve_data_root(data: str | None, synthetic: dict[str, Any] | None = None) -> Path:
+    """--data, checked, or the embedded synthetic dataset (`synthetic`: arguments of
+    detectors.data.synthetic.default_root, e.g. a budget's 320-px variant)."""
     from detectors.errors import UserError
 
     if data is None:
         from detectors.data.synthetic import default_root
 
-        return Path(default_root())
+        return Path(default_root(**(synthetic or {})))
     root = Path(data).expanduser()
     if not root.is_dir():
         raise UserError(f"--data {data}: dataset root not found")
     return root
 
 
+def recorded_data_root(config_path: str) -> Path | None:
+    """The dataset a run trained on (`run.data_root` of a run's config.yaml), if the config
+    is a run's and that root still exists; None otherwise. So `facenas test RUN_DIR/config.yaml`
+    tests on the val split of the data the run trained on (e.g. a budget's synthetic variant)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config_path).read_text())
+    except (OSError, yaml.YAMLError):
+        return None  # load_config reports a missing or broken file in its own words
+    run = data.get("run") if isinstance(data, dict) else None
+    root = run.get("data_root") if isinstance(run, dict) else None
+    return Path(root) if isinstance(root, str) and Path(root).is_dir() else None
+
+
 def run(args: argparse.Namespace) -> int:
-    from detectors.config import apply_budget, load_config
+    from detectors.config import apply_budget, budget_synthetic, load_config
     from detectors.errors import UserError
     from detectors.train import TrainingDiverged, train
 
-    config = apply_budget(load_config(args.config), args.budget)
+    loaded = load_config(args.config)
+    config = apply_budget(loaded, args.budget)
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out) if args.out else Path("runs") / (
         f"{Path(args.config).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}")
-    root = resolve_data_root(args.data)
+    root = resolve_data_root(args.data, budget_synthetic(loaded, args.budget))
     try:
         result = train(config, root, out, resume=args.resume, device=args.device,
                        num_threads=args.threads, progress=not args.quiet, fp32=args.fp32)
