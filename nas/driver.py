@@ -450,7 +450,14 @@ def _init_ray(opts: SearchOptions) -> bool:
                             "RAY_AUTH_MODE=disabled (docs/cluster.md)") from None
     else:
         # "local": a Ray of our own, even when `ray start` left a cluster on this machine
-        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
+        try:
+            ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), **kwargs)
+        except Exception as err:  # Ray raises a bare Exception when its node misses its start-up deadline
+            if "timed out during startup" not in str(err):
+                raise
+            raise UserError("Ray's local node did not start in time (the machine is too loaded: "
+                            "its processes missed Ray's start-up deadline); nothing was written, "
+                            "run the search again when the load is lower") from None
     return True
 
 
