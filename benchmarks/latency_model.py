@@ -8,7 +8,8 @@ and 2; BFBox quick-frame paths; ASFD D0 and D1), and `--calibrate` others with a
 for the fit (the evaluated specs never enter it). For each runtime: profiles a table of the
 layers all of them need (DIR/<runtime>.json, resumable) and, for onnxruntime, a second one
 with rows timed as table format 1 did (a fresh output per call: DIR/onnxruntime_v1rows.json,
-the old model, unless --no-v1; torch rows did not change). Then measures every spec whole in
+the old model, unless --no-v1; torch rows did not change), row by row in turn so that both
+tables see the same load. Then measures every spec whole in
 `--rounds` interleaved rounds (each round: batch-1 median; a spec's latency is the median of
 its rounds, so a stall of the shared machine does not decide it), fits each table's
 whole-model terms on the calibration specs, and prints per model the median and
@@ -30,6 +31,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from detectors.latency.measure import Timing  # noqa: E402
+
 
 def _specs(num: int, seed: int):
     """`num` specs, taken in turn from SCRFD 0.5/2.5/10 GF, BFBox quick paths and ASFD D0/D1."""
@@ -49,15 +52,33 @@ def _specs(num: int, seed: int):
     return specs
 
 
-def _table(path: Path, runtime: str, threads: int, hw, specs, timing, legacy: bool):
-    from detectors.latency.measure import runtime_versions
-    from detectors.latency.profile import needed_rows, profile_layers
+def _tables(paths: dict[str, tuple[Path, bool]], runtime: str, threads: int, hw, specs, timing):
+    """The tables {key: (path, legacy rows)}, profiled row by row in turn (each row once per
+    table, back to back), so that the machine's load drifts alike for all of them."""
+    from detectors.latency.measure import measure_call, measure_layer, runtime_versions
+    from detectors.latency.profile import needed_rows
     from detectors.latency.table import LatencyTable
+    from detectors.latency.trace import Layer
 
-    table = (LatencyTable.load(path) if path.exists() else
-             LatencyTable(runtime, "cpu", threads, hw, versions=runtime_versions(runtime)))
-    profile_layers(table, needed_rows(specs, table), path, timing, legacy=legacy)
-    return table
+    tables = {k: (LatencyTable.load(path) if path.exists() else
+                  LatencyTable(runtime, "cpu", threads, hw, versions=runtime_versions(runtime)))
+              for k, (path, _) in paths.items()}
+    call = Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000)
+    keys = sorted({k for t in tables.values() for k in needed_rows(specs, t)})
+    last = time.monotonic()
+    for i, key in enumerate(keys):
+        for k, table in tables.items():
+            if not table.call_ms:
+                table.call_ms = measure_call(runtime, "cpu", threads, call, paths[k][1])
+            if key not in table.layers:
+                table.layers[key] = measure_layer(Layer.from_key(key), runtime, "cpu", threads,
+                                                  timing, paths[k][1])
+        if time.monotonic() - last > 30 or i == len(keys) - 1:
+            for k, table in tables.items():
+                table.save(paths[k][0])
+            print(f"latency rows {i + 1}/{len(keys)}", file=sys.stderr, flush=True)
+            last = time.monotonic()
+    return tables
 
 
 def _measure(specs, hw, runtime: str, threads: int, rounds: int) -> list[float]:
@@ -121,7 +142,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from detectors.cost import cost
     from detectors.latency import latency
-    from detectors.latency.measure import Timing
     from nas.commands.cost import parse_input_size
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -147,8 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         tables = {"new": (out / f"{runtime}.json", False)}
         if runtime == "onnxruntime" and not args.no_v1:
             tables["v1 rows"] = (out / f"{runtime}_v1rows.json", True)
-        built = {k: _table(path, runtime, args.threads, hw, evaluated + held, layer_timing, legacy)
-                 for k, (path, legacy) in tables.items()}
+        built = _tables(tables, runtime, args.threads, hw, evaluated + held, layer_timing)
         profiled = time.perf_counter() - start
         measured = _measure(evaluated + held, hw, runtime, args.threads, args.rounds)
         m_eval, m_held = measured[:len(evaluated)], measured[len(evaluated):]
