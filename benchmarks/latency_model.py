@@ -1,22 +1,28 @@
 """How well does the latency table predict whole detectors on this machine?
 
     python benchmarks/latency_model.py [--runtime torch onnxruntime] [--threads 2]
-        [--input 640x480] [--specs 50] [--calibrate 12] [--out DIR]
+        [--input 640x480] [--specs 50] [--calibrate 24] [--rounds 2] [--no-v1] [--out DIR]
 
 Draws `--specs` random specs from the search spaces (SCRFD at 0.5, 2.5 and 10 GF, steps 1
 and 2; BFBox quick-frame paths; ASFD D0 and D1), and `--calibrate` others with another seed
 for the fit (the evaluated specs never enter it). For each runtime: profiles a table of the
-layers all of them need (DIR/<runtime>.json, resumable), fits the whole-model terms on the
-calibration specs, then measures every evaluated spec whole and prints predicted vs measured,
-the median and 90th-percentile absolute relative error, the same for the raw layer sum
-(before the fit), and the rank correlation of GFLOPs and of predicted latency with measured
-latency. Goal (issue 15): median absolute error <= 10%.
+layers all of them need (DIR/<runtime>.json, resumable) and, for onnxruntime, a second one
+with rows timed as table format 1 did (a fresh output per call: DIR/onnxruntime_v1rows.json,
+the old model, unless --no-v1; torch rows did not change), row by row in turn so that both
+tables see the same load. Then measures every spec whole in
+`--rounds` interleaved rounds (each round: batch-1 median; a spec's latency is the median of
+its rounds, so a stall of the shared machine does not decide it), fits each table's
+whole-model terms on the calibration specs, and prints per model the median and
+90th-percentile absolute relative error, the same for the raw layer sum (before the fit),
+and the rank correlation of GFLOPs and of predicted latency with measured latency.
+Goal (issue 15): median absolute error <= 10%.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -24,6 +30,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from detectors.latency.measure import Timing  # noqa: E402
 
 
 def _specs(num: int, seed: int):
@@ -44,16 +52,96 @@ def _specs(num: int, seed: int):
     return specs
 
 
-def main(argv: list[str] | None = None) -> int:
+def _tables(paths: dict[str, tuple[Path, bool]], runtime: str, threads: int, hw, specs, timing):
+    """The tables {key: (path, legacy rows)}, profiled row by row in turn (each row once per
+    table, back to back), so that the machine's load drifts alike for all of them."""
+    from detectors.latency.measure import measure_call, measure_layer, runtime_versions
+    from detectors.latency.profile import needed_rows
+    from detectors.latency.table import LatencyTable
+    from detectors.latency.trace import Layer
+
+    tables = {k: (LatencyTable.load(path) if path.exists() else
+                  LatencyTable(runtime, "cpu", threads, hw, versions=runtime_versions(runtime)))
+              for k, (path, _) in paths.items()}
+    call = Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000)
+    keys = sorted({k for t in tables.values() for k in needed_rows(specs, t)})
+    last = time.monotonic()
+    for i, key in enumerate(keys):
+        for k, table in tables.items():
+            if not table.call_ms:
+                table.call_ms = measure_call(runtime, "cpu", threads, call, paths[k][1])
+            if key not in table.layers:
+                table.layers[key] = measure_layer(Layer.from_key(key), runtime, "cpu", threads,
+                                                  timing, paths[k][1])
+        if time.monotonic() - last > 30 or i == len(keys) - 1:
+            for k, table in tables.items():
+                table.save(paths[k][0])
+            print(f"latency rows {i + 1}/{len(keys)}", file=sys.stderr, flush=True)
+            last = time.monotonic()
+    return tables
+
+
+def _measure(specs, hw, runtime: str, threads: int, rounds: int) -> list[float]:
+    """Each spec's latency: the median of `rounds` interleaved rounds of measure_spec."""
+    from detectors.latency.measure import measure_spec
+
+    per = [[] for _ in specs]
+    for _ in range(rounds):
+        for i, spec in enumerate(specs):
+            per[i].append(measure_spec(spec, hw, runtime, "cpu", threads))
+    return [statistics.median(p) for p in per]
+
+
+def _fit(table, held, measured, path: Path):
+    from detectors.latency import latency
+    from detectors.latency.profile import fit_terms
+    from detectors.latency.table import Fit
+    from detectors.latency.trace import trace
+
+    table.fit = Fit()
+    rows = [{"name": s.name, "spec_id": s.id, "layers_ms": latency(s, table).layers_ms,
+             "other_melems": sum(c.other_elems for c in trace(s, table.input_hw).values()) / 1e6,
+             "measured_ms": m} for s, m in zip(held, measured)]
+    table.calibration, table.fit = rows, fit_terms(rows)
+    table.save(path)
+    return table.fit
+
+
+def _report(label: str, table, evaluated, measured, hw) -> dict:
     import numpy as np
-    import pandas as pd
     from scipy import stats
 
     from detectors.cost import cost
     from detectors.latency import latency
-    from detectors.latency.measure import Timing, measure_spec, runtime_versions
-    from detectors.latency.profile import calibrate, needed_rows, profile_layers
-    from detectors.latency.table import LatencyTable
+
+    preds = [latency(s, table) for s in evaluated]
+    pred = np.array([p.total_ms for p in preds])
+    raw = np.array([p.layers_ms for p in preds])
+    meas = np.array(measured)
+    gflops = np.array([cost(s, hw).macs / 1e9 for s in evaluated])
+    err, raw_err = np.abs(pred - meas) / meas, np.abs(raw - meas) / meas
+    fit = table.fit
+    res = {"median_abs_err": float(np.median(err)), "p90_abs_err": float(np.quantile(err, 0.9)),
+           "raw_median_abs_err": float(np.median(raw_err)),
+           "raw_p90_abs_err": float(np.quantile(raw_err, 0.9)),
+           "spearman_gflops_vs_measured": float(stats.spearmanr(gflops, meas).statistic),
+           "spearman_predicted_vs_measured": float(stats.spearmanr(pred, meas).statistic),
+           "fit": {"scale": fit.scale, "per_melem": fit.per_melem, "overhead_ms": fit.overhead_ms},
+           "call_ms": table.call_ms, "layer_rows": len(table.layers)}
+    print(f"{label}: median |error| {res['median_abs_err']:.1%}, p90 {res['p90_abs_err']:.1%} "
+          f"(raw layer sum: {res['raw_median_abs_err']:.1%}, {res['raw_p90_abs_err']:.1%}); "
+          f"Spearman GFLOPs {res['spearman_gflops_vs_measured']:.3f}, predicted "
+          f"{res['spearman_predicted_vs_measured']:.3f}; fit scale {fit.scale:.3f}, "
+          f"{fit.per_melem:.4f} ms/Melem, overhead {fit.overhead_ms:.2f} ms; one call "
+          f"{table.call_ms:.3f} ms")
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    import pandas as pd
+
+    from detectors.cost import cost
+    from detectors.latency import latency
     from nas.commands.cost import parse_input_size
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,57 +150,43 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--input", default="640x480")
     p.add_argument("--specs", type=int, default=50)
     p.add_argument("--calibrate", type=int, default=24)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--no-v1", action="store_true", help="skip the format-1 rows (old model)")
     p.add_argument("--out", help="directory for the tables (default: a temporary one)")
     args = p.parse_args(argv)
 
     hw = parse_input_size(args.input)
     out = Path(args.out or tempfile.mkdtemp(prefix="latency_model-"))
+    out.mkdir(parents=True, exist_ok=True)
     evaluated, held = _specs(args.specs, seed=0), _specs(args.calibrate, seed=100)
     layer_timing = Timing(warmup=2, min_reps=5, min_seconds=0.1)
     summary: dict = {"specs": len(evaluated), "calibration_specs": len(held), "threads": args.threads,
-                     "input": args.input, "runtimes": {}}
+                     "input": args.input, "rounds": args.rounds, "runtimes": {}}
     for runtime in args.runtime:
         start = time.perf_counter()
-        path = out / f"{runtime}.json"
-        table = (LatencyTable.load(path) if path.exists() else
-                 LatencyTable(runtime, "cpu", args.threads, hw, versions=runtime_versions(runtime)))
-        profile_layers(table, needed_rows(evaluated + held, table), path, layer_timing)
-        if not table.call_ms:  # a table profiled before call_ms existed
-            from detectors.latency.measure import measure_call
-
-            table.call_ms = measure_call(runtime, "cpu", args.threads,
-                                         Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000))
+        tables = {"new": (out / f"{runtime}.json", False)}
+        if runtime == "onnxruntime" and not args.no_v1:
+            tables["v1 rows"] = (out / f"{runtime}_v1rows.json", True)
+        built = _tables(tables, runtime, args.threads, hw, evaluated + held, layer_timing)
         profiled = time.perf_counter() - start
-        fit = calibrate(table, held, path)
-        rows = []
-        for spec in evaluated:
-            pred = latency(spec, table)
-            measured = measure_spec(spec, hw, runtime, "cpu", args.threads)
-            rows.append({"name": spec.name, "spec_id": spec.id, "gflops": cost(spec, hw).macs / 1e9,
-                         "raw_ms": pred.layers_ms, "predicted_ms": pred.total_ms,
-                         "measured_ms": measured})
-        frame = pd.DataFrame(rows)
-        err = (frame["predicted_ms"] - frame["measured_ms"]).abs() / frame["measured_ms"]
-        raw_err = (frame["raw_ms"] - frame["measured_ms"]).abs() / frame["measured_ms"]
-        frame["abs_err"] = err
-        print(f"\n== {runtime}, {args.threads} thread(s), {args.input}: {len(table.layers)} layer rows "
-              f"profiled in {profiled:.0f} s; fit scale {fit.scale:.3f}, {fit.per_melem:.4f} ms/Melem, "
-              f"overhead {fit.overhead_ms:.2f} ms on {fit.models} held-out models; one call "
-              f"{table.call_ms:.3f} ms")
+        measured = _measure(evaluated + held, hw, runtime, args.threads, args.rounds)
+        m_eval, m_held = measured[:len(evaluated)], measured[len(evaluated):]
+        print(f"\n== {runtime}, {args.threads} thread(s), {args.input}: tables profiled in "
+              f"{profiled:.0f} s; {len(evaluated)} specs evaluated, fit on {len(held)} others, "
+              f"{args.rounds} round(s) each")
+        res = {}
+        for key, table in built.items():
+            _fit(table, held, m_held, tables[key][0])
+            res[key] = _report(f"{runtime} [{key}]", table, evaluated, m_eval, hw)
+        frame = pd.DataFrame([{"name": s.name, "spec_id": s.id, "gflops": cost(s, hw).macs / 1e9,
+                               "measured_ms": m,
+                               **{f"predicted_ms[{k}]": latency(s, t).total_ms
+                                  for k, t in built.items()}}
+                              for s, m in zip(evaluated, m_eval)])
         print(frame.sort_values("measured_ms").round(3).to_string(index=False))
-        res = {"median_abs_err": float(err.median()), "p90_abs_err": float(np.quantile(err, 0.9)),
-               "raw_median_abs_err": float(raw_err.median()),
-               "raw_p90_abs_err": float(np.quantile(raw_err, 0.9)),
-               "spearman_gflops_vs_measured": float(stats.spearmanr(frame["gflops"], frame["measured_ms"]).statistic),
-               "spearman_predicted_vs_measured": float(stats.spearmanr(frame["predicted_ms"], frame["measured_ms"]).statistic),
-               "layer_rows": len(table.layers), "profile_s": round(profiled, 1),
-               "total_s": round(time.perf_counter() - start, 1), "table": str(path)}
-        summary["runtimes"][runtime] = res
-        print(f"{runtime}: median |error| {res['median_abs_err']:.1%}, p90 {res['p90_abs_err']:.1%} "
-              f"(raw layer sum: {res['raw_median_abs_err']:.1%}, {res['raw_p90_abs_err']:.1%}); "
-              f"Spearman GFLOPs {res['spearman_gflops_vs_measured']:.3f}, "
-              f"predicted {res['spearman_predicted_vs_measured']:.3f}")
         frame.to_csv(out / f"{runtime}_specs.csv", index=False)
+        res["total_s"] = round(time.perf_counter() - start, 1)
+        summary["runtimes"][runtime] = res
     print(json.dumps(summary))
     return 0
 

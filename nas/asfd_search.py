@@ -31,7 +31,8 @@ import yaml
 
 from detectors.errors import UserError
 
-__all__ = ["PRESET", "resolve", "base_spec", "seed_specs", "seed_of", "run_seed",
+__all__ = ["PRESET", "resolve", "apply_latency", "latency_member", "member_latencies",
+           "base_spec", "seed_specs", "seed_of", "run_seed",
            "search_trial", "default_data", "DERIVED"]
 
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "search" / "asfd.yaml"
@@ -60,13 +61,66 @@ def _preset(budget: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     return data, chosen
 
 
-def _nearest_member(gflops: float) -> dict[str, Any]:
-    """The Table 1 member whose Table 5 GFLOPs are nearest `gflops`, as a search base."""
-    from search_spaces.asfd_family import TABLE1, TABLE5, head_depth
+def _nearest(gflops: float, members) -> int:
+    """The member D (of `members`) whose Table 5 GFLOPs are nearest `gflops`."""
+    from search_spaces.asfd_family import TABLE5
 
-    d = min(TABLE5, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
+    return min(members, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
+
+
+def _members() -> tuple[int, ...]:
+    from search_spaces.asfd_family import TABLE1
+
+    return tuple(TABLE1)
+
+
+def _member_base(d: int) -> dict[str, Any]:
+    """Table 1's member D<d> as a search base (backbone, AutoFEM / head width, head depth)."""
+    from search_spaces.asfd_family import TABLE1, head_depth
+
     theta, net = TABLE1[d]
     return {"backbone": net, "channels": 64 * theta, "head_convs": head_depth(theta)}
+
+
+def member_latencies(table) -> dict[int, float]:
+    """Predicted ms of each family member D0-D6 (experiments/models/asfd_d<k>.yaml, the
+    shipped derived AutoFEM around each base) on `table`; one line naming the members and a
+    row the table lacks, and the profile command that adds them."""
+    from detectors.latency import latency, missing_layers
+    from detectors.spec import DetectorSpec
+    from search_spaces.asfd_family import TABLE1, TABLE5
+
+    models = PRESET.parents[1] / "models"
+    specs = {d: DetectorSpec.from_yaml(models / f"asfd_d{d}.yaml") for d in TABLE1}
+    lacking = {d: missing_layers(s, table) for d, s in specs.items()}
+    lacking = {d: m for d, m in lacking.items() if m}
+    if lacking:
+        d0 = min(lacking)
+        where, key = lacking[d0][0]
+        raise UserError(
+            f"latency table ({table.describe}) lacks layers of ASFD member(s) "
+            f"{', '.join(f'D{d}' for d in sorted(lacking))} (e.g. {key} in D{d0}'s {where}); "
+            f"extend it with `facenas latency profile --space asfd --gflops "
+            f"{' '.join(f'{TABLE5[d][1]:g}' for d in sorted(lacking))} -o TABLE`")
+    return {d: latency(s, table).total_ms for d, s in specs.items()}
+
+
+def latency_member(entry: dict[str, Any], gflops: float | None) -> tuple[int, dict[int, float]]:
+    """The member a latency budget picks (and every member's predicted ms): of the members
+    predicted at most `entry["ms"]`, the slowest (nearest the budget), or with `gflops` the
+    one whose GFLOPs are nearest it. The family is seven members far apart, so the band's
+    lower edge (--latency-tolerance) does not apply. UserError when none meets the budget."""
+    from nas.latency_budget import table_of
+
+    table = table_of(entry["table"])
+    ms = member_latencies(table)
+    fit = [d for d, m in ms.items() if m <= entry["ms"]]
+    if not fit:
+        raise UserError(
+            f"no ASFD member meets --latency-ms {entry['ms']:g}: D0-D6 are predicted "
+            f"{min(ms.values()):.3g}-{max(ms.values()):.3g} ms on the latency table "
+            f"({table.describe})")
+    return (_nearest(gflops, fit) if gflops is not None else max(fit, key=ms.get)), ms
 
 
 def resolve(budget: str, seeds: int | None = None, gflops: float = 70.0, seed: int = 0,
@@ -79,7 +133,10 @@ def resolve(budget: str, seeds: int | None = None, gflops: float = 70.0, seed: i
         cfg["seeds"] = seeds
     if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1:
         raise UserError(f"--seeds must be an integer >= 1, got {cfg['seeds']!r}")
-    cfg.setdefault("base", _nearest_member(gflops))
+    # `member`: the D<k> a budget picked the base from (None when the preset fixes the base)
+    cfg["member"] = None if "base" in cfg else _nearest(gflops, _members())
+    if cfg["member"] is not None:
+        cfg["base"] = _member_base(cfg["member"])
     cfg.update(space="asfd", budget=budget, seed=seed, data=data, top_k=cfg["seeds"],
                max_failures=max_failures, recipe_overrides=overrides, max_iterations=None,
                retrain_recipe=_merge(preset["recipe"], overrides), gflops=gflops)
@@ -110,11 +167,29 @@ def seed_of(spec) -> int:
     return int(m.group(1))
 
 
+def apply_latency(cfg: dict[str, Any]) -> None:
+    """With a latency budget (`cfg["latency"]`, nas.latency_budget; the driver adds it after
+    `resolve`): pick the base member from predicted latency, as `--gflops` does from GFLOPs
+    (with both, among the members within the budget, the nearest in GFLOPs), and record the
+    pick and every member's predicted ms in the entry. A preset that fixes the base (smoke,
+    quick) keeps it, as it does under --gflops; the budget is still checked."""
+    entry = cfg.get("latency")
+    if not entry:
+        return
+    gflops = cfg["gflops"] if cfg.get("gflops_band", True) else None
+    d, ms = latency_member(entry, gflops)
+    entry.update(member=d, member_ms={f"D{k}": round(v, 4) for k, v in ms.items()})
+    if cfg.get("member") is not None:
+        cfg["member"], cfg["base"] = d, _member_base(d)
+
+
 def check(cfg: dict[str, Any]) -> None:
-    """Everything a search would build, built once now (UserError before anything runs)."""
+    """Everything a search would build, built once now (UserError before anything runs);
+    with a latency budget, the base member is picked first (apply_latency)."""
     from nas.strategies.darts import DartsSettings
     from search_spaces.asfd import SupernetConfig
 
+    apply_latency(cfg)
     base_spec(cfg)
     SupernetConfig(**(cfg.get("supernet") or {}))
     DartsSettings(**cfg.get("darts") or {})

@@ -24,6 +24,7 @@ _METRICS = ("ap_easy", "ap_medium", "ap_hard")
 def export_top(run_dir: str | Path, top: int = 5, metric: str = "ap_hard") -> list[Path]:
     """Write the `top` best specs of a run as retraining configs; returns their paths."""
     from detectors.config import load_config
+    from nas.latency_budget import export_latency, header_line, write_export_latency
 
     if metric not in _METRICS:
         raise UserError(f"unknown metric {metric!r}; valid: {', '.join(_METRICS)}")
@@ -39,17 +40,22 @@ def export_top(run_dir: str | Path, top: int = 5, metric: str = "ap_hard") -> li
         raise UserError(f"{store.run_dir}: no successful trial to export")
     best = best_first(ok, metric).head(top)
     out_dir = store.run_dir / "export"
-    paths = []
+    paths, latencies = [], {}
     for rank, row in enumerate(best.to_dict("records"), start=1):
         spec = DetectorSpec.from_yaml(row["spec_yaml"])
         path = out_dir / f"{rank}_{spec.id}.yaml"
         header = (f"# rank {rank} of {store.run_dir.name} by {metric} = {row[metric]:.4f} "
                   f"(step {row['step']}, {row['gflops']:.3f} VGA GFLOPs)\n")
+        record = export_latency(search, spec)  # a latency search: measured at export time
+        if record is not None:
+            latencies[path.name] = record
+            header += header_line(record)
         body = yaml.safe_dump({"spec": spec.to_dict(), "recipe": search["retrain_recipe"]},
                               sort_keys=False)
         atomic_write_text(path, header + body)
         load_config(path)  # what `facenas train` will read; a failure here is a bug
         paths.append(path)
+    write_export_latency(out_dir, latencies)
     for stale in set(out_dir.glob("*_*.yaml")) - set(paths):  # from an earlier export
         stale.unlink()
     return paths

@@ -120,6 +120,32 @@ def test_table_files_round_trip_and_bad_tables_are_one_line(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(UserError, match="not a facenas latency table"):
         LatencyTable.load(tmp_path / "bad.json")
+    # format 1's onnxruntime rows paid a fresh output per call: refused, with what to do
+    (tmp_path / "v1.json").write_text(json.dumps({**t.to_dict(), "format": "facenas-latency/1"}))
+    with pytest.raises(UserError, match=r"format 'facenas-latency/1'.*profile it again"):
+        LatencyTable.load(tmp_path / "v1.json")
+
+
+def test_onnxruntime_rows_write_into_bound_outputs_that_equal_a_plain_run():
+    """Rows time onnxruntime with outputs bound once (IOBinding): the bound buffers must hold
+    what a plain session.run returns."""
+    import torch
+
+    from detectors.latency.measure import _bound_run, _onnx_session, layer_module
+
+    layer = Layer(3, 8, 3, 3, 2, 12, 16)
+    torch.manual_seed(0)
+    module = layer_module(layer).eval()
+    x = torch.randn(1, 3, 12, 16)
+    session = _onnx_session(module, x, "cpu", 1)
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    run = _bound_run(session, feed)
+    run()
+    (want,) = session.run(None, feed)
+    assert run.outputs[0].shape == (1, 8, 6, 8)
+    np.testing.assert_allclose(run.outputs[0], want, rtol=1e-6, atol=1e-6)
+    with torch.inference_mode():
+        np.testing.assert_allclose(want, module(x).numpy(), rtol=1e-4, atol=1e-5)
 
 
 def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
@@ -247,14 +273,24 @@ def test_bad_latency_inputs_are_one_line_exit_2(tmp_path, capsys):
     assert "facenas latency profile" in one_line_error(capsys)
 
 
-def test_latency_search_rows_carry_the_predicted_latency(tmp_path, monkeypatch):
+def test_latency_search_rows_and_exports_carry_their_latency(tmp_path, monkeypatch):
     import pandas as pd
     import search_fakes
     from _cli import fakes_pythonpath
+    from detectors.config import load_config
     from nas.driver import SearchOptions, run_search
     from nas.latency_specs import space_specs
 
+    import detectors.latency.measure as measure
+
     monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
+    measured, real = [], measure.measure_spec
+
+    def spy(spec, *target, **kw):
+        measured.append((spec.id, target))
+        return real(spec, *target, **kw)
+
+    monkeypatch.setattr(measure, "measure_spec", spy)
     table_path = tmp_path / "t.json"
     specs = space_specs("scrfd", [2.5], 200, seed=0)
     t = _write_macs_table(table_path, specs)
@@ -270,6 +306,21 @@ def test_latency_search_rows_carry_the_predicted_latency(tmp_path, monkeypatch):
     assert len(rows) == 3 and rows["latency_ms"].between(0.8 * ref - 1e-9, ref + 1e-9).all()
     assert rows["gflops"].between(2.5 * 0.98, 2.5 * 1.02).all()  # --gflops (2.5) kept too
     assert (run_dir / "analysis" / "flops_vs_latency.png").is_file()
+    # the exports record their latency, measured on the table's runtime, threads and input
+    exported = sorted((run_dir / "export").glob("*_*.yaml"))
+    record = json.loads((run_dir / "export" / "latency.json").read_text())
+    assert exported and sorted(record) == [p.name for p in exported]
+    # measured by the table's own timing, on its target (a spy around measure_spec)
+    assert sorted(measured) == sorted((record[p.name]["spec_id"], ((480, 640), "onnxruntime",
+                                                                   "cpu", 2)) for p in exported)
+    for path in exported:
+        r = record[path.name]
+        spec = load_config(path).spec
+        assert r["spec_id"] == spec.id and r["measured_ms"] > 0
+        assert (r["runtime"], r["device"], r["threads"], r["input"]) == ("onnxruntime", "cpu", 2,
+                                                                          "640x480")
+        assert r["predicted_ms"] == pytest.approx(latency(spec, t).total_ms)
+        assert f"# latency: measured {r['measured_ms']:.2f} ms" in path.read_text()
 
 
 def test_the_per_call_cost_is_taken_off_each_row_once():
@@ -280,3 +331,76 @@ def test_the_per_call_cost_is_taken_off_each_row_once():
     assert table.layer_ms(layer) == pytest.approx(1.0 + 0.4 + 0.1 - 0.25)
     table.call_ms = 5.0
     assert table.layer_ms(layer) == 0.0  # never negative
+
+
+def _asfd_members():
+    return {d: DetectorSpec.from_yaml(MODELS / f"asfd_d{d}.yaml") for d in range(7)}
+
+
+def _asfd_search(tmp_path, table, ms, gflops=None, budget="paper", **kw):
+    """The resolved search `facenas search --space asfd` would write (nothing runs)."""
+    from nas.driver import SearchOptions, _new_run
+
+    data = tmp_path / "data"
+    data.mkdir(exist_ok=True)
+    opts = SearchOptions(space="asfd", budget=budget, data=str(data), out=str(tmp_path / "run"),
+                         gflops=2.5 if gflops is None else gflops, gflops_band=gflops is not None,
+                         latency_ms=ms, latency_table=str(table), **kw)
+    return _new_run(opts)[1]
+
+
+def test_asfd_latency_budget_picks_the_base_member(tmp_path):
+    from search_spaces.asfd_family import TABLE1, head_depth
+
+    members = _asfd_members()
+    table = tmp_path / "t.json"
+    _write_macs_table(table, list(members.values()))
+    # the MAC-proportional table prices a member at 7 ms/GMAC + 0.001 ms per conv + the 1 ms
+    # overhead of its fit: computed here from the cost model, independently of the latency code
+    hw = (480, 640)
+    ms = {d: cost(s, hw).macs * MS_PER_GMAC / 1e9 + 0.001 * _conv_count(s, hw) + 1.0
+          for d, s in members.items()}
+    assert sorted(ms, key=ms.get) == list(range(7))
+
+    def base(d):
+        theta, net = TABLE1[d]
+        return {"backbone": net, "channels": 64 * theta, "head_convs": head_depth(theta)}
+
+    # alone: the slowest member within the budget
+    search = _asfd_search(tmp_path, table, ms[2] * 1.01)
+    assert search["base"] == base(2) and search["member"] == 2
+    assert search["latency"]["member"] == 2
+    assert search["latency"]["member_ms"]["D4"] == pytest.approx(ms[4], rel=1e-3)
+    search = _asfd_search(tmp_path, table, ms[2] * 0.99)
+    assert search["base"] == base(1)
+    # with --gflops: among the members within the budget, the nearest in GFLOPs
+    assert _asfd_search(tmp_path, table, ms[3] * 1.01, gflops=0.5)["base"] == base(0)
+    assert _asfd_search(tmp_path, table, ms[3] * 1.01, gflops=150)["base"] == base(3)
+    # a preset that fixes the base (smoke) keeps it, as under --gflops; the pick is recorded
+    smoke = _asfd_search(tmp_path, table, ms[1] * 1.01, budget="smoke")
+    assert smoke["base"]["channels"] == 32 and smoke["latency"]["member"] == 1
+
+
+def test_asfd_latency_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
+    members = _asfd_members()
+    full, part = tmp_path / "full.json", tmp_path / "part.json"
+    _write_macs_table(full, list(members.values()))
+    _write_macs_table(part, [members[0], members[1]])
+    data = tmp_path / "data"
+    data.mkdir()
+    base = ["search", "--space", "asfd", "--budget", "smoke", "--data", str(data)]
+    cases = [
+        (["--latency-ms", "0.5", "--latency-table", str(full)],
+         ["no ASFD member meets --latency-ms 0.5", "ms", "onnxruntime/cpu"]),
+        (["--latency-ms", "50", "--latency-table", str(full), "--latency-runtime", "torch"],
+         ["profiled for runtime 'onnxruntime', not 'torch'"]),
+        (["--latency-ms", "50", "--latency-table", str(part)],
+         ["lacks layers of ASFD member(s) D2, D3, D4, D5, D6", "--space asfd --gflops 20.48"]),
+        (["--latency-ms", "50"], ["--latency-ms and --latency-table go together"]),
+    ]
+    for args, words in cases:
+        out = tmp_path / "run"
+        assert main(base + ["--out", str(out)] + args) == 2
+        line = one_line_error(capsys)
+        assert all(w in line for w in words), line
+        assert not out.exists()

@@ -6,6 +6,14 @@ machines stall now and then, so means would mislead). torch runs fp32 NCHW in in
 with `threads` intra-op threads; onnxruntime runs the module exported to ONNX (opset 17,
 graph optimisations on, so conv + BN + ReLU fuse as they would in deployment) with
 `threads` intra-op threads and one inter-op thread.
+
+A latency table's rows (`measure_layer`) time a layer as it runs inside a model. For
+onnxruntime that means its output is written into a buffer allocated once (IOBinding), as a
+model's arena reuses its buffers: a plain `session.run` allocates every graph output afresh
+(and page-faults it in), which a model pays for its few final outputs only. On this machine
+that per-call allocation made small, high-resolution layers 10-40% dearer than in a model
+(docs/latency.md, table format 2). torch allocates every layer's output in a model as well,
+so its layers are timed by plain calls.
 """
 
 from __future__ import annotations
@@ -97,14 +105,35 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, device: str, threads
     return ort.InferenceSession(buf.getvalue(), options, providers=providers)
 
 
+def _bound_run(session, feed: dict[str, np.ndarray]):
+    """session.run with the input bound and every output written into a buffer allocated
+    once (onnxruntime IOBinding; CPU only): what one layer costs inside a model."""
+    binding = session.io_binding()
+    for name, value in feed.items():
+        binding.bind_cpu_input(name, value)
+    buffers = [np.empty(out.shape, out.dtype) for out in session.run(None, feed)]
+    for meta, buf in zip(session.get_outputs(), buffers):
+        binding.bind_output(meta.name, "cpu", 0, buf.dtype, list(buf.shape), buf.ctypes.data)
+
+    def run() -> None:
+        session.run_with_iobinding(binding)
+
+    run.outputs = buffers  # the bound memory lives as long as the runner (tests read it)
+    return run
+
+
 def measure_module(module: nn.Module, input_shape: tuple[int, ...], runtime: str, device: str,
-                   threads: int, timing: Timing = Timing(), seed: int = 0) -> float:
-    """Median ms of one forward of `module` on a random input of `input_shape`."""
+                   threads: int, timing: Timing = Timing(), seed: int = 0,
+                   bind_outputs: bool = False) -> float:
+    """Median ms of one forward of `module` on a random input of `input_shape`.
+    `bind_outputs` (onnxruntime on CPU): outputs into buffers allocated once (IOBinding)."""
     module = module.eval()
     example = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
     if runtime == "onnxruntime":
         session = _onnx_session(module, example, device, threads)
         feed = {session.get_inputs()[0].name: example.numpy()}
+        if bind_outputs and device == "cpu":
+            return _times(_bound_run(session, feed), timing)
         return _times(lambda: session.run(None, feed), timing)
     if runtime != "torch":
         raise UserError(f"latency runtime {runtime!r} is not one of torch, onnxruntime")
@@ -117,17 +146,20 @@ def measure_module(module: nn.Module, input_shape: tuple[int, ...], runtime: str
 
 
 def measure_layer(layer: Layer, runtime: str, device: str, threads: int,
-                  timing: Timing = Timing()) -> float:
+                  timing: Timing = Timing(), legacy: bool = False) -> float:
+    """Median ms of one layer as a table row (module docstring); `legacy`: as format 1 timed
+    it (onnxruntime outputs allocated on every call), for comparisons."""
     torch.manual_seed(0)
     return measure_module(layer_module(layer), (1, layer.cin, layer.h, layer.w), runtime, device,
-                          threads, timing)
+                          threads, timing, bind_outputs=not legacy)
 
 
-def measure_call(runtime: str, device: str, threads: int, timing: Timing = Timing()) -> float:
-    """Median ms of one call of a trivial layer (a 1x1 conv of one channel on 8x8): what
-    timing a layer on its own adds to it."""
+def measure_call(runtime: str, device: str, threads: int, timing: Timing = Timing(),
+                 legacy: bool = False) -> float:
+    """Median ms of one call of a trivial layer (a 1x1 conv of one channel on 8x8), timed as
+    rows are: what timing a layer on its own adds to it."""
     return measure_layer(Layer(1, 1, 1, 1, 1, 8, 8, norm="none", act=False), runtime, device,
-                         threads, timing)
+                         threads, timing, legacy)
 
 
 def measure_spec(spec: DetectorSpec, input_hw: tuple[int, int], runtime: str, device: str,

@@ -33,8 +33,9 @@ def needed_rows(specs: Iterable[DetectorSpec], table: LatencyTable) -> list[str]
 
 
 def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing: Timing = Timing(),
-                   save_every_s: float = 10.0, progress: bool = True) -> int:
-    """Measure rows `keys` into `table`, saving it to `path` as it goes; returns rows added."""
+                   save_every_s: float = 10.0, progress: bool = True, legacy: bool = False) -> int:
+    """Measure rows `keys` into `table`, saving it to `path` as it goes; returns rows added.
+    `legacy`: rows timed as format 1 did (benchmarks/latency_model.py compares the two)."""
     from tqdm import tqdm
 
     from detectors.latency.measure import measure_call
@@ -42,13 +43,14 @@ def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing:
     last, added = time.monotonic(), 0
     if keys and not table.call_ms:
         table.call_ms = measure_call(table.runtime, table.device, table.threads,
-                                     Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000))
+                                     Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000),
+                                     legacy)
     bar = tqdm(keys, desc="latency layers", unit="layer", disable=not progress, file=sys.stderr)
     for key in bar:
         if key in table.layers:
             continue
         table.layers[key] = measure_layer(Layer.from_key(key), table.runtime, table.device,
-                                          table.threads, timing)
+                                          table.threads, timing, legacy)
         added += 1
         if time.monotonic() - last > save_every_s:
             table.save(path)

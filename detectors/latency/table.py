@@ -27,7 +27,9 @@ from detectors.latency.trace import Layer
 
 __all__ = ["FORMAT", "LatencyTable", "Fit", "grid_below", "grid_above", "corners"]
 
-FORMAT = "facenas-latency/1"
+# 2: onnxruntime rows write into outputs allocated once (measure.py); format-1 rows paid a
+# fresh output allocation per call and mean something else, so format-1 tables are refused
+FORMAT = "facenas-latency/2"
 RUNTIMES = ("torch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
 
@@ -153,6 +155,11 @@ class LatencyTable:
             data = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise UserError(f"latency table {path} is not readable JSON ({err})") from None
+        if isinstance(data, dict) and str(data.get("format", "")).startswith("facenas-latency/") \
+                and data["format"] != FORMAT:
+            raise UserError(f"latency table {path} has format {data['format']!r}, whose rows "
+                            f"this version reads differently ({FORMAT!r}); profile it again "
+                            "(`facenas latency profile ... -o NEW_TABLE`)")
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise UserError(f"{path} is not a facenas latency table (format {FORMAT!r} expected)")
         try:
