@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from detectors.config import merge
 from detectors.errors import UserError
 
 __all__ = ["PRESET", "resolve", "apply_latency", "latency_member", "member_latencies",
@@ -38,12 +39,6 @@ __all__ = ["PRESET", "resolve", "apply_latency", "latency_member", "member_laten
 PRESET = Path(__file__).resolve().parents[1] / "experiments" / "search" / "asfd.yaml"
 DERIVED = "derived_spec.yaml"
 _KEYS = ("space", "seeds", "base", "supernet", "darts", "recipe", "synthetic", "budgets")
-
-
-def _merge(base: dict, override: dict) -> dict:
-    from nas.trial import merge
-
-    return merge(base, override)
 
 
 def _preset(budget: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -128,7 +123,7 @@ def resolve(budget: str, seeds: int | None = None, gflops: float = 70.0, seed: i
     """The driver's search config for `budget` (module docstring)."""
     preset, chosen = _preset(budget, path)
     overrides = chosen.pop("recipe", {}) or {}
-    cfg = _merge(preset, chosen)
+    cfg = merge(preset, chosen)
     if seeds is not None:
         cfg["seeds"] = seeds
     if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1:
@@ -139,7 +134,7 @@ def resolve(budget: str, seeds: int | None = None, gflops: float = 70.0, seed: i
         cfg["base"] = _member_base(cfg["member"])
     cfg.update(space="asfd", budget=budget, seed=seed, data=data, top_k=cfg["seeds"],
                max_failures=max_failures, recipe_overrides=overrides, max_iterations=None,
-               retrain_recipe=_merge(preset["recipe"], overrides), gflops=gflops)
+               retrain_recipe=merge(preset["recipe"], overrides), gflops=gflops)
     return cfg
 
 

@@ -21,7 +21,6 @@ checkpoint of another space.
 
 from __future__ import annotations
 
-import copy
 import functools
 import os
 from pathlib import Path
@@ -30,6 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from detectors.config import merge
 from detectors.errors import UserError
 from search_spaces.bfbox import BFBoxSpace
 
@@ -41,14 +41,6 @@ _BUDGET_KEYS = {"frame", "num_candidates", "candidates", "evolution", "recipe", 
                 "synthetic"}
 
 
-def _merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in (override or {}).items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) \
-            else copy.deepcopy(value)
-    return out
-
-
 def load_preset(budget: str, path: Path = PRESET) -> dict[str, Any]:
     """The preset with the budget's overrides merged in."""
     preset = yaml.safe_load(path.read_text())
@@ -58,7 +50,7 @@ def load_preset(budget: str, path: Path = PRESET) -> dict[str, Any]:
     extra = sorted(set(budgets[budget] or {}) - _BUDGET_KEYS)
     if extra:
         raise UserError(f"{path}: budgets.{budget}: unknown key {extra[0]!r}")
-    return _merge(preset, budgets[budget] or {})
+    return merge(preset, budgets[budget] or {})
 
 
 def resolve(gflops: float, budget: str = "quick", *, strategy: str | None = None,
