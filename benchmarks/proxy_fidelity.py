@@ -1,13 +1,15 @@
 """How well does a cheap training recipe rank architectures like a k-times longer one?
 
     python benchmarks/proxy_fidelity.py [--gflops 2.5] [--budget quick] [--specs 12] [--k 4]
-        [--top 3] [--data ROOT] [--workers 2] [--out DIR]
+        [--top 3] [--data ROOT] [--workers 2] [--out DIR] [--report]
 
 Samples `--specs` step-1 specs of the regime's space (as `facenas search` would), trains and
 tests each with the budget's trial recipe and with the same recipe k times longer (total,
 milestones and warm-up scaled by k; the search's own trial function, `--workers` processes of
 one torch thread each), and prints per spec both hard APs and the trial times, then Kendall tau
-and Spearman between the two rankings and the overlap of their top `--top` sets. This is the
+and Spearman between the two rankings and the overlap of their top `--top` sets. Finished
+trials are kept in DIR/rows.jsonl: rerunning with the same --out resumes, and --report ranks
+the pairs finished so far without training. This is the
 fidelity of the proxy that early stopping (ASHA) relies on: if the short recipe does not rank
 like the long one, stopping trials early at short rungs throws good models away.
 """
@@ -63,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset root (default: the budget's embedded dataset)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", help="directory for the trials (default: a temporary one)")
+    p.add_argument("--report", action="store_true",
+                   help="train nothing: rank the finished pairs already in --out")
     args = p.parse_args(argv)
 
     data = args.data or str(presets.default_data("scrfd", args.gflops, args.budget))
@@ -82,34 +86,49 @@ def main(argv: list[str] | None = None) -> int:
             for s in specs for label, ov in recipes.items()]  # pairs first: a partial run ranks
     print(f"{len(specs)} specs x recipes {list(recipes)}, budget {args.budget}, data {data}; "
           f"trials in {out}", flush=True)
-    rows, start = [], time.perf_counter()
-    with ProcessPoolExecutor(max_workers=args.workers,
-                             mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_run, r, label) for r, label in jobs]
-        for done, fut in enumerate(as_completed(futures), 1):
-            row = fut.result()
-            rows.append(row)
-            print(f"[{done}/{len(futures)} {time.perf_counter() - start:6.0f}s] {row['spec_id']} "
-                  f"{row['recipe']}: AP hard {row['ap_hard']:.4f} in {row['wall_time_s']:.0f}s",
-                  flush=True)
-    frame = pd.DataFrame(rows)
-    ap = frame.pivot(index="spec_id", columns="recipe", values="ap_hard")
-    secs = frame.pivot(index="spec_id", columns="recipe", values="wall_time_s")
+    # Finished rows go to rows.jsonl as they come, so a rerun with the same --out skips them
+    # (a stopped run resumes; unfinished trials continue from their checkpoints).
+    log = out / "rows.jsonl"
+    rows = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    done = {(r["spec_id"], r["recipe"]) for r in rows}
+    todo = [(r, label) for r, label in jobs if (r["spec_id"], label) not in done]
+    start = time.perf_counter()
+    if todo and not args.report:
+        with ProcessPoolExecutor(max_workers=args.workers,
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = [pool.submit(_run, r, label) for r, label in todo]
+            for n, fut in enumerate(as_completed(futures), 1):
+                row = fut.result()
+                rows.append(row)
+                with log.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                print(f"[{n}/{len(futures)} {time.perf_counter() - start:6.0f}s] {row['spec_id']} "
+                      f"{row['recipe']}: AP hard {row['ap_hard']:.4f} in {row['wall_time_s']:.0f}s",
+                      flush=True)
     short, long_ = "short", f"{args.k}x"
+    # Only specs with both recipes finished are ranked (a partial run ranks its pairs).
+    frame = pd.DataFrame(rows, columns=sorted({"spec_id", "recipe", "ap_hard", "wall_time_s"}
+                                              | {k for r in rows for k in r}))
+    ap = frame.pivot(index="spec_id", columns="recipe", values="ap_hard").reindex(
+        columns=[short, long_]).dropna()
+    secs = frame.pivot(index="spec_id", columns="recipe", values="wall_time_s").loc[ap.index]
+    if len(ap) < 3:
+        print(f"only {len(ap)} spec(s) have both recipes finished: nothing to rank yet")
+        return 1
     print(pd.concat([ap.add_prefix("ap_"), secs.add_prefix("s_")], axis=1)
           .sort_values(f"ap_{long_}", ascending=False).round(4).to_string())
     tau = stats.kendalltau(ap[short], ap[long_]).statistic
     rho = stats.spearmanr(ap[short], ap[long_]).statistic
     top_short = set(ap[short].nlargest(args.top).index)
     top_long = set(ap[long_].nlargest(args.top).index)
-    summary = {"budget": args.budget, "specs": len(specs), "k": args.k,
+    summary = {"budget": args.budget, "specs": len(specs), "pairs_ranked": len(ap), "k": args.k,
                "kendall_tau": float(tau), "spearman": float(rho),
                f"top{args.top}_overlap": len(top_short & top_long) / args.top,
                "median_s_short": float(secs[short].median()),
                "median_s_long": float(secs[long_].median()),
                "mean_ap_short": float(ap[short].mean()), "mean_ap_long": float(ap[long_].mean()),
                "total_s": round(time.perf_counter() - start, 1)}
-    print(f"Kendall tau {tau:.3f}, Spearman {rho:.3f}, top-{args.top} overlap "
+    print(f"{len(ap)} pairs: Kendall tau {tau:.3f}, Spearman {rho:.3f}, top-{args.top} overlap "
           f"{len(top_short & top_long)}/{args.top}")
     print(json.dumps(summary))
     return 0
