@@ -2,6 +2,7 @@
 
     python benchmarks/latency_model.py [--runtime torch onnxruntime] [--threads 2]
         [--input 640x480] [--specs 50] [--calibrate 24] [--rounds 2] [--no-v1] [--out DIR]
+        [--seed 0] [--reuse-measured]
 
 Draws `--specs` random specs from the search spaces (SCRFD at 0.5, 2.5 and 10 GF, steps 1
 and 2; BFBox quick-frame paths; ASFD D0 and D1), and `--calibrate` others with another seed
@@ -96,11 +97,12 @@ def _fit(table, held, measured, path: Path):
     from detectors.latency import latency
     from detectors.latency.profile import fit_terms
     from detectors.latency.table import Fit
-    from detectors.latency.trace import trace
+    from detectors.latency.trace import conv_weights, trace
 
     table.fit = Fit()
     rows = [{"name": s.name, "spec_id": s.id, "layers_ms": latency(s, table).layers_ms,
              "other_melems": sum(c.other_elems for c in trace(s, table.input_hw).values()) / 1e6,
+             "mweights": conv_weights(s, table.input_hw) / 1e6,
              "measured_ms": m} for s, m in zip(held, measured)]
     table.calibration, table.fit = rows, fit_terms(rows)
     table.save(path)
@@ -126,13 +128,15 @@ def _report(label: str, table, evaluated, measured, hw) -> dict:
            "raw_p90_abs_err": float(np.quantile(raw_err, 0.9)),
            "spearman_gflops_vs_measured": float(stats.spearmanr(gflops, meas).statistic),
            "spearman_predicted_vs_measured": float(stats.spearmanr(pred, meas).statistic),
-           "fit": {"scale": fit.scale, "per_melem": fit.per_melem, "overhead_ms": fit.overhead_ms},
+           "fit": {"scale": fit.scale, "per_melem": fit.per_melem, "per_mweight": fit.per_mweight,
+                   "overhead_ms": fit.overhead_ms},
            "call_ms": table.call_ms, "layer_rows": len(table.layers)}
     print(f"{label}: median |error| {res['median_abs_err']:.1%}, p90 {res['p90_abs_err']:.1%} "
           f"(raw layer sum: {res['raw_median_abs_err']:.1%}, {res['raw_p90_abs_err']:.1%}); "
           f"Spearman GFLOPs {res['spearman_gflops_vs_measured']:.3f}, predicted "
           f"{res['spearman_predicted_vs_measured']:.3f}; fit scale {fit.scale:.3f}, "
-          f"{fit.per_melem:.4f} ms/Melem, overhead {fit.overhead_ms:.2f} ms; one call "
+          f"{fit.per_melem:.4f} ms/Melem, {fit.per_mweight:.4f} ms/Mweight, overhead "
+          f"{fit.overhead_ms:.2f} ms; one call "
           f"{table.call_ms:.3f} ms")
     return res
 
@@ -151,17 +155,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specs", type=int, default=50)
     p.add_argument("--calibrate", type=int, default=24)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0,
+                   help="draws the evaluated specs (the calibration specs use seed + 100)")
     p.add_argument("--no-v1", action="store_true", help="skip the format-1 rows (old model)")
     p.add_argument("--out", help="directory for the tables (default: a temporary one)")
+    p.add_argument("--reuse-measured", action="store_true",
+                   help="refit and report on the whole-model latencies a run saved in --out "
+                        "(<runtime>_measured.json) instead of measuring again")
     args = p.parse_args(argv)
 
     hw = parse_input_size(args.input)
     out = Path(args.out or tempfile.mkdtemp(prefix="latency_model-"))
     out.mkdir(parents=True, exist_ok=True)
-    evaluated, held = _specs(args.specs, seed=0), _specs(args.calibrate, seed=100)
+    evaluated, held = _specs(args.specs, seed=args.seed), _specs(args.calibrate, seed=args.seed + 100)
     layer_timing = Timing(warmup=2, min_reps=5, min_seconds=0.1)
     summary: dict = {"specs": len(evaluated), "calibration_specs": len(held), "threads": args.threads,
-                     "input": args.input, "rounds": args.rounds, "runtimes": {}}
+                     "input": args.input, "rounds": args.rounds, "seed": args.seed,
+                     "runtimes": {}}
     for runtime in args.runtime:
         start = time.perf_counter()
         tables = {"new": (out / f"{runtime}.json", False)}
@@ -169,11 +179,20 @@ def main(argv: list[str] | None = None) -> int:
             tables["v1 rows"] = (out / f"{runtime}_v1rows.json", True)
         built = _tables(tables, runtime, args.threads, hw, evaluated + held, layer_timing)
         profiled = time.perf_counter() - start
-        measured = _measure(evaluated + held, hw, runtime, args.threads, args.rounds)
+        saved = out / f"{runtime}_measured.json"  # spec id -> measured ms
+        if args.reuse_measured and saved.exists():
+            known = json.loads(saved.read_text())
+            measured = [known[s.id] for s in evaluated + held]
+            print(f"{runtime}: reusing the whole-model measurements in {saved}", file=sys.stderr)
+        else:
+            measured = _measure(evaluated + held, hw, runtime, args.threads, args.rounds)
+            saved.write_text(json.dumps({s.id: m for s, m in zip(evaluated + held, measured)}))
         m_eval, m_held = measured[:len(evaluated)], measured[len(evaluated):]
+        rounds = "measurements reused" if args.reuse_measured and saved.exists() else \
+            f"{args.rounds} round(s) each"
         print(f"\n== {runtime}, {args.threads} thread(s), {args.input}: tables profiled in "
-              f"{profiled:.0f} s; {len(evaluated)} specs evaluated, fit on {len(held)} others, "
-              f"{args.rounds} round(s) each")
+              f"{profiled:.0f} s; {len(evaluated)} specs evaluated (seed {args.seed}), fit on "
+              f"{len(held)} others, {rounds}")
         res = {}
         for key, table in built.items():
             _fit(table, held, m_held, tables[key][0])

@@ -78,6 +78,33 @@ def test_traced_layers_are_every_conv_of_the_cost_model(name):
         assert sum(l.macs * t for l, t in tr.layers) == report.components[comp].macs, comp
 
 
+@pytest.mark.parametrize("name", ["scrfd_0.5g", "asfd_d0"])
+def test_conv_weights_are_what_the_built_model_reads(name):
+    """conv_weights (the per_mweight term's count) equals, on the built model, each conv's
+    weight size times how often a forward runs it (a shared head once per level)."""
+    import torch
+
+    from detectors.latency.trace import conv_weights
+    from detectors.model import build
+
+    spec = DetectorSpec.from_yaml(MODELS / f"{name}.yaml")
+    model = build(spec).eval()
+    read = [0]
+
+    def hook(module, args, out):
+        read[0] += module.weight.numel()
+
+    for m in model.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            m.register_forward_hook(hook)
+    with torch.inference_mode():
+        model(torch.zeros(1, 3, 96, 128))
+    assert read[0] > 0 and conv_weights(spec, (96, 128)) == read[0]
+    table = _table(Fit(per_mweight=0.5))
+    base = latency(spec, _table()).total_ms
+    assert latency(spec, table).total_ms == pytest.approx(base + 0.5 * read[0] / 1e6, rel=1e-9)
+
+
 @pytest.mark.parametrize("name", ["scrfd_0.5g", "scrfd_2.5g", "asfd_d0"])
 def test_a_table_proportional_to_macs_predicts_k_times_macs(name):
     spec = DetectorSpec.from_yaml(MODELS / f"{name}.yaml")
@@ -91,11 +118,18 @@ def test_a_table_proportional_to_macs_predicts_k_times_macs(name):
 
 def test_fit_recovers_known_terms_and_falls_back_to_an_overhead():
     rng = np.random.default_rng(0)
-    raw, melems = rng.uniform(5, 50, 8), rng.uniform(0, 20, 8)
-    rows = [{"layers_ms": r, "other_melems": e, "measured_ms": 1.3 * r + 0.2 * e + 4.0}
-            for r, e in zip(raw, melems)]
+    raw, melems, mweights = rng.uniform(5, 50, 8), rng.uniform(0, 20, 8), rng.uniform(0.5, 9, 8)
+    rows = [{"layers_ms": r, "other_melems": e, "mweights": w,
+             "measured_ms": 1.3 * r + 0.2 * e + 0.7 * w + 4.0}
+            for r, e, w in zip(raw, melems, mweights)]
     fit = fit_terms(rows)
-    assert (fit.scale, fit.per_melem, fit.overhead_ms) == pytest.approx((1.3, 0.2, 4.0), rel=1e-6)
+    assert (fit.scale, fit.per_melem, fit.per_mweight, fit.overhead_ms) == pytest.approx(
+        (1.3, 0.2, 0.7, 4.0), rel=1e-6)
+    # Calibration rows saved before the weights term (no "mweights") fit it as 0.
+    old = [{k: v for k, v in r.items() if k != "mweights"} | {"measured_ms": r["measured_ms"]
+           - 0.7 * r["mweights"]} for r in rows]
+    assert fit_terms(old).per_mweight == 0.0
+    assert fit_terms(old).scale == pytest.approx(1.3, rel=1e-6)
     two = fit_terms(rows[:2])
     assert two.scale == 1.0 and two.overhead_ms == pytest.approx(
         np.median([r["measured_ms"] - r["layers_ms"] for r in rows[:2]]))
@@ -167,7 +201,7 @@ def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
 def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops):
     from search_spaces.scrfd_latency import ScrfdLatency
 
-    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5))
+    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4))
     space = _scrfd_space(gflops=gflops)
     fn = ScrfdLatency(space, table)
     specs = space.sample(6, seed=1, step=1) + space.sample(6, seed=2, step=2)
@@ -195,7 +229,8 @@ def test_bfbox_latency_tables_equal_the_per_spec_model():
     from nas.strategies.bfbox_search import load_preset
     from search_spaces.bfbox import BFBoxSpace
 
-    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4), hw=(256, 256))
+    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3),
+                   hw=(256, 256))
     space = BFBoxSpace.from_dict(load_preset("smoke")["frame"])
     space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
     genes = space.random_genes(np.random.default_rng(0), 8)

@@ -18,7 +18,7 @@ import numpy as np
 from detectors.latency import latency, missing_layers
 from detectors.latency.measure import Timing, measure_layer, measure_spec
 from detectors.latency.table import Fit, LatencyTable
-from detectors.latency.trace import Layer
+from detectors.latency.trace import Layer, conv_weights
 from detectors.spec import DetectorSpec
 
 __all__ = ["needed_rows", "profile_layers", "calibrate", "fit_terms"]
@@ -60,9 +60,10 @@ def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing:
 
 
 def fit_terms(rows: Sequence[dict]) -> Fit:
-    """Non-negative least squares of measured ms on (layer ms, other Melems, 1) over models
-    (3-7 models: on (layer ms, 1)); fewer than 3 models, or a fit without the layers: scale 1
-    and the median of measured - layers as the overhead."""
+    """Non-negative least squares of measured ms on (layer ms, other Melems, M weights, 1) over
+    models (3-7 models: on (layer ms, 1)); fewer than 3 models, or a fit without the layers:
+    scale 1 and the median of measured - layers as the overhead. Rows without "mweights"
+    (calibrations saved before that term) count 0 weights."""
     from scipy.optimize import nnls
 
     if not rows:
@@ -70,17 +71,20 @@ def fit_terms(rows: Sequence[dict]) -> Fit:
     measured = np.array([r["measured_ms"] for r in rows])
     raw = np.array([r["layers_ms"] for r in rows])
     melems = np.array([r["other_melems"] for r in rows])
+    mweights = np.array([r.get("mweights", 0.0) for r in rows])
     overhead_only = Fit(1.0, 0.0, float(max(0.0, np.median(measured - raw))), len(rows))
     if len(rows) < 3:
         return overhead_only
     # Fit relative errors (the goal is a % error): each model's row is scaled by 1/measured.
-    # Under 8 models: scale and overhead only (three terms would chase the noise).
-    cols = [raw, melems, np.ones_like(raw)] if len(rows) >= 8 else [raw, np.ones_like(raw)]
+    # Under 8 models: scale and overhead only (four terms would chase the noise).
+    full = len(rows) >= 8
+    cols = [raw, melems, mweights, np.ones_like(raw)] if full else [raw, np.ones_like(raw)]
     coef, _ = nnls(np.stack(cols, 1) / measured[:, None], np.ones_like(measured))
     if coef[0] <= 0:  # a fit that ignores the layers is no latency model: keep the plain sum
         return overhead_only
     scale, overhead = float(coef[0]), float(coef[-1])
-    return Fit(scale, float(coef[1]) if len(cols) == 3 else 0.0, overhead, len(rows))
+    return Fit(scale, float(coef[1]) if full else 0.0, overhead, len(rows),
+               float(coef[2]) if full else 0.0)
 
 
 def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
@@ -98,7 +102,7 @@ def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
         pred = latency(spec, unfitted)
         elems = sum(c.other_elems for c in trace(spec, table.input_hw).values())
         rows.append({"name": spec.name, "spec_id": spec.id, "layers_ms": pred.layers_ms,
-                     "other_melems": elems / 1e6,
+                     "other_melems": elems / 1e6, "mweights": conv_weights(spec, table.input_hw) / 1e6,
                      "measured_ms": measure_spec(spec, table.input_hw, table.runtime, table.device,
                                                  table.threads, timing)})
     table.calibration = rows

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from detectors.macs import Counter
 from detectors.spec import DetectorSpec
 
-__all__ = ["Layer", "LayerCounter", "ComponentTrace", "layer_counter", "trace"]
+__all__ = ["Layer", "LayerCounter", "ComponentTrace", "layer_counter", "trace", "conv_weights"]
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,11 @@ class Layer:
         groups = 1 if kind == "conv" else cin if kind == "dw" else int(kind[1:])
         return cls(cin, cout, kh, kw, int(s[1:]), h, w, groups, int(dil or 1), norm,
                    act == "relu", bias == "bias")
+
+    @property
+    def weights(self) -> int:
+        """Its conv weights: what a model reads from memory each time it runs the layer."""
+        return self.cin // self.groups * self.cout * self.kh * self.kw
 
     @property
     def macs(self) -> int:
@@ -123,3 +128,10 @@ def trace(spec: DetectorSpec, input_hw: tuple[int, int]) -> dict[str, ComponentT
     counters = count(spec, (int(input_hw[0]), int(input_hw[1])),
                      lambda component: layer_counter(spec, component))
     return {name: ComponentTrace(tuple(c.layers), c.other_elems) for name, c in counters.items()}
+
+
+def conv_weights(spec: DetectorSpec, input_hw: tuple[int, int]) -> int:
+    """The conv weights one forward pass reads: a layer's once per run (a head shared across
+    levels, once per level), what the latency model's per_mweight term prices."""
+    return sum(times * layer.weights for comp in trace(spec, input_hw).values()
+               for layer, times in comp.layers)

@@ -99,7 +99,8 @@ def _profile(args: argparse.Namespace) -> int:
         step = max(1, len(specs) // args.calibrate)
         fit = calibrate(table, specs[::step][: args.calibrate], out, _timing(args))
         print(f"fit on {fit.models} models: scale {fit.scale:.3f}, {fit.per_melem:.4f} ms per "
-              f"M other elements, overhead {fit.overhead_ms:.3f} ms", file=sys.stderr)
+              f"M other elements, {fit.per_mweight:.4f} ms per M weights, overhead "
+              f"{fit.overhead_ms:.3f} ms", file=sys.stderr)
     print(f"wrote {out} ({len(table.layers)} layer rows)")
     return 0
 
