@@ -1,7 +1,7 @@
 """How well does a cheap training recipe rank architectures like a k-times longer one?
 
     python benchmarks/proxy_fidelity.py [--gflops 2.5] [--budget quick] [--specs 12] [--k 4]
-        [--top 3] [--data ROOT] [--workers 2] [--out DIR] [--report]
+        [--top 3] [--data ROOT] [--workers 2] [--long-seeds 1] [--out DIR] [--report]
 
 Samples `--specs` step-1 specs of the regime's space (as `facenas search` would), trains and
 tests each with the budget's trial recipe and with the same recipe k times longer (total,
@@ -65,6 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", help="dataset root (default: the budget's embedded dataset)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--out", help="directory for the trials (default: a temporary one)")
+    p.add_argument("--long-seeds", type=int, default=1,
+                   help="train the long recipe with this many training seeds (>1: also report "
+                        "how well it ranks like itself)")
     p.add_argument("--report", action="store_true",
                    help="train nothing: rank the finished pairs already in --out")
     args = p.parse_args(argv)
@@ -80,11 +83,21 @@ def main(argv: list[str] | None = None) -> int:
     recipes = {"short": search["recipe_overrides"],
                f"{args.k}x": _longer(search["recipe_overrides"], base_schedule, args.k)}
     out = Path(args.out or tempfile.mkdtemp(prefix="proxy_fidelity-"))
-    jobs = [(TrialRequest(spec_id=s.id, spec_yaml=s.to_yaml(), step=1, seed=0, budget=args.budget,
-                          data_root=data, out_dir=str(out / label / s.id), recipe=search["recipe"],
-                          recipe_overrides={**ov, "seed": 0}, num_threads=1).to_dict(), label)
-            for s in specs for label, ov in recipes.items()]  # pairs first: a partial run ranks
-    print(f"{len(specs)} specs x recipes {list(recipes)}, budget {args.budget}, data {data}; "
+    # Replicates of the long recipe with other training seeds come after every pair: they
+    # measure how well the long recipe agrees with itself, the ceiling of any proxy's tau.
+    replicas = [(f"{args.k}x_s{seed}", seed) for seed in range(1, args.long_seeds)]
+
+    def request(s, label: str, overrides: dict, seed: int) -> tuple[dict, str]:
+        return (TrialRequest(spec_id=s.id, spec_yaml=s.to_yaml(), step=1, seed=0,
+                             budget=args.budget, data_root=data, out_dir=str(out / label / s.id),
+                             recipe=search["recipe"], recipe_overrides={**overrides, "seed": seed},
+                             num_threads=1).to_dict(), label)
+
+    jobs = [request(s, label, ov, 0) for s in specs for label, ov in recipes.items()]
+    jobs += [request(s, label, recipes[f"{args.k}x"], seed) for label, seed in replicas
+             for s in specs]
+    labels = list(recipes) + [label for label, _ in replicas]
+    print(f"{len(specs)} specs x recipes {labels}, budget {args.budget}, data {data}; "
           f"trials in {out}", flush=True)
     # Finished rows go to rows.jsonl as they come, so a rerun with the same --out skips them
     # (a stopped run resumes; unfinished trials continue from their checkpoints).
@@ -130,6 +143,20 @@ def main(argv: list[str] | None = None) -> int:
                "total_s": round(time.perf_counter() - start, 1)}
     print(f"{len(ap)} pairs: Kendall tau {tau:.3f}, Spearman {rho:.3f}, top-{args.top} overlap "
           f"{len(top_short & top_long)}/{args.top}")
+    for label, _ in replicas:
+        both = frame.pivot(index="spec_id", columns="recipe", values="ap_hard").reindex(
+            columns=[short, long_, label]).dropna()
+        if len(both) < 3:
+            continue
+        self_tau = stats.kendalltau(both[long_], both[label]).statistic
+        mean_long = both[[long_, label]].mean(axis=1)
+        summary[f"kendall_tau_{long_}_vs_{label}"] = float(self_tau)
+        summary[f"kendall_tau_short_vs_mean_{long_}"] = float(
+            stats.kendalltau(both[short], mean_long).statistic)
+        summary[f"ap_{label}_mean"] = float(both[label].mean())
+        print(f"{len(both)} specs: the long recipe against itself (seed 0 vs {label}): Kendall "
+              f"tau {self_tau:.3f}; short vs the mean of both long seeds: "
+              f"{summary[f'kendall_tau_short_vs_mean_{long_}']:.3f}")
     print(json.dumps(summary))
     return 0
 
