@@ -2,18 +2,22 @@
 
     python benchmarks/latency_model.py [--runtime torch onnxruntime] [--threads 2]
         [--input 640x480] [--specs 50] [--calibrate 24] [--rounds 2] [--no-v1] [--out DIR]
-        [--seed 0] [--reuse-measured]
+        [--passes 2] [--seed 0] [--reuse-measured]
 
 Draws `--specs` random specs from the search spaces (SCRFD at 0.5, 2.5 and 10 GF, steps 1
 and 2; BFBox quick-frame paths; ASFD D0 and D1), and `--calibrate` others with another seed
-for the fit (the evaluated specs never enter it). For each runtime: profiles a table of the
+for the fit (the evaluated specs never enter it). For each runtime, in a process of its own
+(torch measured slower in a process that had run onnxruntime): profiles a table of the
 layers all of them need (DIR/<runtime>.json, resumable) and, for onnxruntime, a second one
 with rows timed as table format 1 did (a fresh output per call: DIR/onnxruntime_v1rows.json,
 the old model, unless --no-v1; torch rows did not change), row by row in turn so that both
-tables see the same load. Then measures every spec whole in
+tables see the same load, in `--passes` passes over all rows (a row is the minimum of its
+passes, as `facenas latency profile` makes them). Then measures every spec whole in
 `--rounds` interleaved rounds (each round: batch-1 median; a spec's latency is the median of
 its rounds, so a stall of the shared machine does not decide it), fits each table's
-whole-model terms on the calibration specs, and prints per model the median and
+whole-model terms on the calibration specs (whole-model latencies are saved in
+DIR/<runtime>_measured.json; --reuse-measured refits on them without measuring), and prints
+per model the median and
 90th-percentile absolute relative error, the same for the raw layer sum (before the fit),
 and the rank correlation of GFLOPs and of predicted latency with measured latency.
 Goal (issue 15): median absolute error <= 10%.
@@ -53,31 +57,39 @@ def _specs(num: int, seed: int):
     return specs
 
 
-def _tables(paths: dict[str, tuple[Path, bool]], runtime: str, threads: int, hw, specs, timing):
+def _tables(paths: dict[str, tuple[Path, bool]], runtime: str, threads: int, hw, specs, timing,
+            passes: int):
     """The tables {key: (path, legacy rows)}, profiled row by row in turn (each row once per
-    table, back to back), so that the machine's load drifts alike for all of them."""
+    table, back to back), so that the machine's load drifts alike for all of them, in
+    `passes` passes over all rows (a row is the minimum of its passes, as `facenas latency
+    profile` makes them)."""
     from detectors.latency.measure import measure_call, measure_layer, runtime_versions
     from detectors.latency.profile import needed_rows
     from detectors.latency.table import LatencyTable
     from detectors.latency.trace import Layer
 
     tables = {k: (LatencyTable.load(path) if path.exists() else
-                  LatencyTable(runtime, "cpu", threads, hw, versions=runtime_versions(runtime)))
+                  LatencyTable(runtime, "cpu", threads, hw, versions=runtime_versions(runtime),
+                               passes=passes))
               for k, (path, _) in paths.items()}
     call = Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000)
+    for table in tables.values():
+        table.passes = passes
     keys = sorted({k for t in tables.values() for k in needed_rows(specs, t)})
+    todo = [(p, key) for p in range(passes) for key in keys]
     last = time.monotonic()
-    for i, key in enumerate(keys):
+    for i, (p, key) in enumerate(todo):
         for k, table in tables.items():
             if not table.call_ms:
                 table.call_ms = measure_call(runtime, "cpu", threads, call, paths[k][1])
-            if key not in table.layers:
-                table.layers[key] = measure_layer(Layer.from_key(key), runtime, "cpu", threads,
-                                                  timing, paths[k][1])
-        if time.monotonic() - last > 30 or i == len(keys) - 1:
+            if table.passes_done(key) <= p:
+                table.add_sample(key, measure_layer(Layer.from_key(key), runtime, "cpu", threads,
+                                                   timing, paths[k][1]))
+        if time.monotonic() - last > 30 or i == len(todo) - 1:
             for k, table in tables.items():
                 table.save(paths[k][0])
-            print(f"latency rows {i + 1}/{len(keys)}", file=sys.stderr, flush=True)
+            print(f"latency rows {i + 1}/{len(todo)} (pass {p + 1} of {passes})",
+                  file=sys.stderr, flush=True)
             last = time.monotonic()
     return tables
 
@@ -141,6 +153,32 @@ def _report(label: str, table, evaluated, measured, hw) -> dict:
     return res
 
 
+def _each_in_its_own_process(argv: list[str], args, out: Path) -> int:
+    """Run each runtime in a fresh process: torch models measured in the process that had just
+    run the onnxruntime half measured 30-80% slower than in a fresh one (here, 2026-12-06:
+    torch's median error 14% after onnxruntime, 7-8% alone), which no table row shares."""
+    import subprocess
+
+    keep, skip = [], False
+    for a in argv:  # argv without its --runtime values and --out
+        if skip and not a.startswith("--"):
+            continue
+        skip = a in ("--runtime", "--out")
+        if not skip and not a.startswith(("--runtime=", "--out=")):
+            keep.append(a)
+    summary: dict = {"runtimes": {}}
+    for runtime in args.runtime:
+        done = subprocess.run([sys.executable, __file__, *keep, "--runtime", runtime, "--out",
+                               str(out)], stdout=subprocess.PIPE, text=True)
+        print(done.stdout, end="", flush=True)
+        if done.returncode != 0:
+            return done.returncode
+        one = json.loads(done.stdout.strip().splitlines()[-1])
+        summary = {**one, "runtimes": {**summary["runtimes"], **one["runtimes"]}}
+    print(json.dumps(summary))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     import pandas as pd
 
@@ -155,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--specs", type=int, default=50)
     p.add_argument("--calibrate", type=int, default=24)
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--passes", type=int, default=2,
+                   help="row timings per table row, in passes over all rows (minimum kept)")
     p.add_argument("--seed", type=int, default=0,
                    help="draws the evaluated specs (the calibration specs use seed + 100)")
     p.add_argument("--no-v1", action="store_true", help="skip the format-1 rows (old model)")
@@ -167,9 +207,12 @@ def main(argv: list[str] | None = None) -> int:
     hw = parse_input_size(args.input)
     out = Path(args.out or tempfile.mkdtemp(prefix="latency_model-"))
     out.mkdir(parents=True, exist_ok=True)
+    if len(args.runtime) > 1:
+        return _each_in_its_own_process(argv if argv is not None else sys.argv[1:], args, out)
     evaluated, held = _specs(args.specs, seed=args.seed), _specs(args.calibrate, seed=args.seed + 100)
     layer_timing = Timing(warmup=2, min_reps=5, min_seconds=0.1)
-    summary: dict = {"specs": len(evaluated), "calibration_specs": len(held), "threads": args.threads,
+    summary: dict = {"specs": len(evaluated), "calibration_specs": len(held), "passes": args.passes,
+                     "threads": args.threads,
                      "input": args.input, "rounds": args.rounds, "seed": args.seed,
                      "runtimes": {}}
     for runtime in args.runtime:
@@ -177,16 +220,19 @@ def main(argv: list[str] | None = None) -> int:
         tables = {"new": (out / f"{runtime}.json", False)}
         if runtime == "onnxruntime" and not args.no_v1:
             tables["v1 rows"] = (out / f"{runtime}_v1rows.json", True)
-        built = _tables(tables, runtime, args.threads, hw, evaluated + held, layer_timing)
+        built = _tables(tables, runtime, args.threads, hw, evaluated + held, layer_timing,
+                        args.passes)
         profiled = time.perf_counter() - start
-        saved = out / f"{runtime}_measured.json"  # spec id -> measured ms
+        saved = out / f"{runtime}_measured.json"  # [spec id, measured ms] in order
         if args.reuse_measured and saved.exists():
             known = json.loads(saved.read_text())
-            measured = [known[s.id] for s in evaluated + held]
+            if [i for i, _ in known] != [s.id for s in evaluated + held]:
+                raise SystemExit(f"{saved} holds other specs than --specs/--calibrate/--seed draw")
+            measured = [ms for _, ms in known]
             print(f"{runtime}: reusing the whole-model measurements in {saved}", file=sys.stderr)
         else:
             measured = _measure(evaluated + held, hw, runtime, args.threads, args.rounds)
-            saved.write_text(json.dumps({s.id: m for s, m in zip(evaluated + held, measured)}))
+            saved.write_text(json.dumps([[s.id, m] for s, m in zip(evaluated + held, measured)]))
         m_eval, m_held = measured[:len(evaluated)], measured[len(evaluated):]
         rounds = "measurements reused" if args.reuse_measured and saved.exists() else \
             f"{args.rounds} round(s) each"

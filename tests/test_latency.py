@@ -255,6 +255,9 @@ def test_profile_predict_and_measure_from_the_cli(tmp_path, one_torch_thread):
         assert data["fit"]["models"] == 1 and len(data["calibration"]) == 1
         assert data["fit"]["scale"] == 1.0 and data["fit"]["overhead_ms"] >= 0
         assert len(data["layers"]) > 20 and all(v > 0 for v in data["layers"].values())
+        # the default two passes: every row is the minimum of its two timings
+        assert data["passes"] == 2 and set(data["samples"]) == set(data["layers"])
+        assert all(len(v) == 2 and data["layers"][k] == min(v) for k, v in data["samples"].items())
         assert "torch" in data["versions"]
         r = facenas("latency", spec, "--table", str(path), "--measure", "--json")
         assert r.returncode == 0, r.stderr[-2000:]
@@ -268,6 +271,42 @@ def test_profile_predict_and_measure_from_the_cli(tmp_path, one_torch_thread):
     r = facenas("latency", "profile", "--runtime", "torch", "--threads", "1", "--input", "96x64",
                 "--spec", spec, "--quick-timing", "--calibrate", "0", "-o", str(tmp_path / "torch.json"))
     assert r.returncode == 0 and "need 0 new layer rows" in r.stderr
+
+
+def test_rows_are_the_minimum_of_passes_in_turn_and_an_interrupted_profile_resumes(
+        tmp_path, monkeypatch):
+    """Passes go over all rows in turn (a slow spell hits a row in one pass, not all), a row
+    is the minimum of its passes, and a profile stopped midway measures each remaining
+    (row, pass) exactly once when rerun; older tables' rows without samples count complete."""
+    import detectors.latency.profile as profile
+
+    keys = [Layer(c, c, 3, 3, 1, 20, 20).key for c in (8, 16, 32, 64)]
+    calls: list[str] = []
+    stop_after = [6]
+
+    def fake_measure(layer, runtime, device, threads, timing, legacy=False):
+        if len(calls) == stop_after[0]:
+            raise KeyboardInterrupt
+        calls.append(layer.key)
+        return 1.0 + len(calls) % 4  # 2, 3, 4, 1, 2, 3, ...: the minimum is not the first
+
+    monkeypatch.setattr(profile, "measure_layer", fake_measure)
+    path = tmp_path / "t.json"
+    table = LatencyTable("torch", "cpu", 1, (20, 20), call_ms=0.001, passes=3)
+    with pytest.raises(KeyboardInterrupt):
+        profile.profile_layers(table, keys, path, save_every_s=0.0, progress=False)
+    assert calls == keys + keys[:2]  # pass 1 over every row before pass 2 starts
+    resumed = LatencyTable.load(path)
+    assert resumed.passes == 3 and resumed.incomplete() == sorted(keys)
+    assert profile.needed_rows([], resumed) == sorted(keys)  # what a rerun picks up
+    stop_after[0] = -1
+    assert profile.profile_layers(resumed, sorted(keys), path, progress=False) == 4
+    assert sorted(calls) == sorted(keys * 3)  # each (row, pass) once in all
+    final = LatencyTable.load(path)
+    assert final.incomplete() == [] and all(len(final.samples[k]) == 3 for k in keys)
+    assert all(final.layers[k] == min(final.samples[k]) for k in keys)
+    old = LatencyTable("torch", "cpu", 1, (20, 20), layers={keys[0]: 2.0}, passes=3)
+    assert old.passes_done(keys[0]) == 3 and old.incomplete() == []
 
 
 def _write_macs_table(path: Path, specs, hw=(480, 640), runtime="onnxruntime") -> LatencyTable:

@@ -25,8 +25,9 @@ __all__ = ["needed_rows", "profile_layers", "calibrate", "fit_terms"]
 
 
 def needed_rows(specs: Iterable[DetectorSpec], table: LatencyTable) -> list[str]:
-    """The grid rows these specs need that the table lacks (sorted, so reruns agree)."""
-    keys: set[str] = set()
+    """The grid rows these specs need that the table lacks, and the rows an interrupted
+    profile left with fewer passes than the table's (sorted, so reruns agree)."""
+    keys: set[str] = set(table.incomplete())
     for spec in specs:
         keys.update(key for _, key in missing_layers(spec, table))
     return sorted(keys)
@@ -34,29 +35,29 @@ def needed_rows(specs: Iterable[DetectorSpec], table: LatencyTable) -> list[str]
 
 def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing: Timing = Timing(),
                    save_every_s: float = 10.0, progress: bool = True, legacy: bool = False) -> int:
-    """Measure rows `keys` into `table`, saving it to `path` as it goes; returns rows added.
-    `legacy`: rows timed as format 1 did (benchmarks/latency_model.py compares the two)."""
+    """Measure rows `keys` into `table` in `table.passes` passes over all of them (a row is
+    the minimum of its passes; table.py), saving it to `path` as it goes; returns rows
+    measured. `legacy`: rows timed as format 1 did (benchmarks/latency_model.py)."""
     from tqdm import tqdm
 
     from detectors.latency.measure import measure_call
 
-    last, added = time.monotonic(), 0
+    last, touched = time.monotonic(), set()
     if keys and not table.call_ms:
         table.call_ms = measure_call(table.runtime, table.device, table.threads,
                                      Timing(warmup=5, min_reps=50, min_seconds=0.5, max_reps=2000),
                                      legacy)
-    bar = tqdm(keys, desc="latency layers", unit="layer", disable=not progress, file=sys.stderr)
-    for key in bar:
-        if key in table.layers:
-            continue
-        table.layers[key] = measure_layer(Layer.from_key(key), table.runtime, table.device,
-                                          table.threads, timing, legacy)
-        added += 1
+    todo = [(p, key) for p in range(table.passes) for key in keys if table.passes_done(key) <= p]
+    for p, key in tqdm(todo, desc=f"latency layers ({table.passes} passes)", unit="row",
+                       disable=not progress, file=sys.stderr):
+        table.add_sample(key, measure_layer(Layer.from_key(key), table.runtime, table.device,
+                                            table.threads, timing, legacy))
+        touched.add(key)
         if time.monotonic() - last > save_every_s:
             table.save(path)
             last = time.monotonic()
     table.save(path)
-    return added
+    return len(touched)
 
 
 def fit_terms(rows: Sequence[dict]) -> Fit:
@@ -89,22 +90,26 @@ def fit_terms(rows: Sequence[dict]) -> Fit:
 
 def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
               timing: Timing = Timing(), progress: bool = True) -> Fit:
-    """Measure whole models, fit the table's whole-model terms, save; returns the fit."""
+    """Measure whole models (each the minimum of `table.passes` rounds over all of them, as
+    rows are), fit the table's whole-model terms, save; returns the fit."""
     from tqdm import tqdm
 
     from detectors.latency.trace import trace
 
     unfitted = LatencyTable(table.runtime, table.device, table.threads, table.input_hw,
                             layers=table.layers, call_ms=table.call_ms)  # no fit: raw sums
+    rounds = max(1, table.passes)
+    measured = [float("inf")] * len(specs)
+    for i in tqdm([i for _ in range(rounds) for i in range(len(specs))], desc="latency models",
+                  unit="model", disable=not progress, file=sys.stderr):
+        measured[i] = min(measured[i], measure_spec(specs[i], table.input_hw, table.runtime,
+                                                    table.device, table.threads, timing))
     rows = []
-    for spec in tqdm(specs, desc="latency models", unit="model", disable=not progress,
-                     file=sys.stderr):
-        pred = latency(spec, unfitted)
+    for spec, ms in zip(specs, measured):
         elems = sum(c.other_elems for c in trace(spec, table.input_hw).values())
-        rows.append({"name": spec.name, "spec_id": spec.id, "layers_ms": pred.layers_ms,
-                     "other_melems": elems / 1e6, "mweights": conv_weights(spec, table.input_hw) / 1e6,
-                     "measured_ms": measure_spec(spec, table.input_hw, table.runtime, table.device,
-                                                 table.threads, timing)})
+        rows.append({"name": spec.name, "spec_id": spec.id,
+                     "layers_ms": latency(spec, unfitted).layers_ms, "other_melems": elems / 1e6,
+                     "mweights": conv_weights(spec, table.input_hw) / 1e6, "measured_ms": ms})
     table.calibration = rows
     table.fit = fit_terms(rows)
     table.save(path)

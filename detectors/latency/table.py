@@ -98,6 +98,26 @@ class LatencyTable:
     # call (an onnxruntime session.run, a torch module call), which a model pays once, so it
     # is taken off each row when pricing (measured by profiling; 0 for older tables).
     call_ms: float = 0.0
+    # Rows are profiled in `passes` passes over all of them, spread in time, and a row is the
+    # minimum of its passes: a stall of the machine only ever adds time, and on this
+    # project's VM a minute-long slow spell tripled some rows of a one-pass table.
+    passes: int = 1
+    samples: dict[str, list[float]] = field(default_factory=dict)  # row -> ms of each pass
+
+    def add_sample(self, key: str, ms: float) -> None:
+        """Record one pass's ms of row `key`; the row becomes the minimum of its passes."""
+        self.samples.setdefault(key, []).append(float(ms))
+        self.layers[key] = min(self.samples[key])
+
+    def passes_done(self, key: str) -> int:
+        """Passes row `key` has had (a row without samples, from an older table, is complete)."""
+        if key in self.samples:
+            return len(self.samples[key])
+        return self.passes if key in self.layers else 0
+
+    def incomplete(self) -> list[str]:
+        """Rows an interrupted profile left with fewer than `passes` passes."""
+        return sorted(k for k, v in self.samples.items() if len(v) < self.passes)
 
     def __post_init__(self) -> None:
         if self.runtime not in RUNTIMES:
@@ -135,7 +155,8 @@ class LatencyTable:
                 "threads": self.threads, "input_hw": list(self.input_hw),
                 "versions": self.versions, "fit": asdict(self.fit),
                 "calibration": self.calibration, "call_ms": self.call_ms,
-                "layers": dict(sorted(self.layers.items()))}
+                "passes": self.passes, "layers": dict(sorted(self.layers.items())),
+                "samples": dict(sorted(self.samples.items()))}
 
     def save(self, path: str | os.PathLike) -> Path:
         path = Path(path)
@@ -172,7 +193,9 @@ class LatencyTable:
                         input_hw=tuple(data["input_hw"]), versions=dict(data.get("versions", {})),
                         layers={str(k): float(v) for k, v in data["layers"].items()},
                         fit=Fit(**data.get("fit", {})), calibration=list(data.get("calibration", [])),
-                        call_ms=float(data.get("call_ms", 0.0)))
+                        call_ms=float(data.get("call_ms", 0.0)), passes=int(data.get("passes", 1)),
+                        samples={str(k): [float(x) for x in v]
+                                 for k, v in data.get("samples", {}).items()})
         except (KeyError, TypeError, ValueError) as err:
             raise UserError(f"latency table {path} is malformed ({type(err).__name__}: {err})") from None
         for key, ms in table.layers.items():

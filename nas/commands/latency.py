@@ -45,6 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--calibrate", type=int, default=12,
                    help="whole models measured to fit the overhead terms (0: no fit)")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--passes", type=int, default=2,
+                   help="time each new row (and calibration model) this many times, in passes "
+                        "spread over the profile, and keep the minimum (default 2)")
     g.add_argument("--quick-timing", action="store_true",
                    help="fewer repetitions (tests and smoke tables; noisier)")
 
@@ -91,6 +94,9 @@ def _profile(args: argparse.Namespace) -> int:
     else:
         table = LatencyTable(args.runtime, args.device, threads, input_hw,
                              versions=runtime_versions(args.runtime))
+    if args.passes < 1:
+        raise UserError(f"--passes must be at least 1, got {args.passes}")
+    table.passes = args.passes
     keys = needed_rows(specs, table)
     print(f"latency profile: {len(specs)} specs need {len(keys)} new layer rows "
           f"({len(table.layers)} in the table) on {table.describe}", file=sys.stderr)
