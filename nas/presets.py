@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from detectors.config import CONFIG_BUDGET_KEYS, check_budget_section, merge
+from detectors.config import CONFIG_BUDGET_KEYS, Schedule, check_budget_section, merge
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from search_spaces.scrfd import ScrfdSpace, SpaceBounds, Step1Fixed
@@ -159,15 +159,20 @@ def build_space(search: dict[str, Any]) -> ScrfdSpace:
                       flops_band=search.get("gflops_band", True))
 
 
-def trial_iterations(search: dict[str, Any]) -> int | None:
-    """Training iterations of one trial of this search (None when its schedule counts epochs:
-    the number then depends on the dataset, read only by the trial)."""
+def trial_schedule(search: dict[str, Any]) -> Schedule:
+    """The LR schedule one trial of this search trains with (budget and overrides applied)."""
     from detectors.config import TrainConfig, apply_budget, recipe_from_dict
 
     base = TrainConfig(DetectorSpec.from_dict(search["template"]), recipe_from_dict(search["recipe"]))
     scaled = apply_budget(base, search["budget"]).recipe.to_dict()
-    recipe = recipe_from_dict(merge(scaled, search["recipe_overrides"]))
-    if recipe.schedule.unit != "iterations":
+    return recipe_from_dict(merge(scaled, search["recipe_overrides"])).schedule
+
+
+def trial_iterations(search: dict[str, Any]) -> int | None:
+    """Training iterations of one trial of this search (None when its schedule counts epochs:
+    the number then depends on the dataset, read only by the trial)."""
+    schedule = trial_schedule(search)
+    if schedule.unit != "iterations":
         return None
     cap = search.get("max_iterations")
-    return min(recipe.schedule.total, int(cap)) if cap else recipe.schedule.total
+    return min(schedule.total, int(cap)) if cap else schedule.total

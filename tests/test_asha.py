@@ -17,7 +17,7 @@ import pytest
 from _cli import fakes_pythonpath
 from detectors.errors import UserError
 from nas.cli import main
-from nas.fidelity import fidelity_from, rung_fractions, rung_iterations
+from nas.fidelity import fidelity_from, rung_fractions, rung_iterations, warmup_note
 from nas.results import RunStore
 
 
@@ -35,6 +35,19 @@ def test_rungs_hand_computed():
     assert rung_iterations([1 / 9, 1 / 3, 1], 9) == [1, 3, 9]
     f = fidelity_from("asha", None, None, 250)
     assert (f.grace, f.reduction_factor) == pytest.approx((1 / 9, 3))
+
+
+def test_a_first_rung_inside_the_warm_up_is_pointed_out():
+    """The quick recipe (250 iterations, 50 of warm-up): the default first rung, iteration 28,
+    is inside the warm-up; the suggested grace puts it at iteration 51, past it."""
+    note = warmup_note(fidelity_from("asha", None, None, 250), 250, 50)
+    assert "iteration 28 of 250" in note and "50-iteration warm-up" in note
+    suggested = float(note.split("--grace ")[1].split()[0])
+    assert rung_iterations(fidelity_from("asha", suggested, 3, 250).rungs, 250)[0] == 51
+    assert warmup_note(fidelity_from("asha", suggested, 3, 250), 250, 50) is None
+    assert warmup_note(fidelity_from("asha", 1 / 3, 3, 250), 250, 50) is None
+    assert warmup_note(fidelity_from("fifo", 1 / 9, 3, 250), 250, 50) is None  # stops nothing
+    assert warmup_note(fidelity_from("asha", 1 / 9, 3, 250), 250, 0) is None
 
 
 @pytest.mark.parametrize("args, message", [

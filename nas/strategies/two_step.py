@@ -28,14 +28,18 @@ def default_data(opts: Any) -> Path:
 
 
 def resolve(opts: Any, data: Path) -> dict[str, Any]:
-    from nas.fidelity import fidelity_from
+    from nas.fidelity import fidelity_from, warmup_note
 
     search = presets.resolve(opts.space, opts.gflops, opts.budget, num_samples=opts.num_samples,
                              seed=opts.seed, steps=opts.steps, data=str(data.resolve()),
                              max_failures=opts.max_failures)
-    search["fidelity"] = fidelity_from(
-        opts.scheduler, opts.grace, opts.reduction_factor,
-        presets.trial_iterations(search), getattr(opts, "rung_metric", None)).to_dict()
+    total = presets.trial_iterations(search)
+    fidelity = fidelity_from(opts.scheduler, opts.grace, opts.reduction_factor, total,
+                             getattr(opts, "rung_metric", None))
+    note = warmup_note(fidelity, total, presets.trial_schedule(search).warmup_iters)
+    if note:
+        print(note, file=sys.stderr)
+    search["fidelity"] = fidelity.to_dict()
     return search
 
 
