@@ -16,7 +16,7 @@ from _cli import facenas, one_line_error
 from detectors.cost import cost
 from detectors.errors import UserError
 from detectors.latency import latency, missing_layers
-from detectors.latency.profile import fit_terms
+from detectors.latency.profile import fit_terms, fit_warning
 from detectors.latency.table import Fit, LatencyTable, corners, grid_above, grid_below
 from detectors.latency.trace import Layer, trace
 from detectors.spec import DetectorSpec
@@ -130,6 +130,10 @@ def test_fit_recovers_known_terms_and_falls_back_to_an_overhead():
            - 0.7 * r["mweights"]} for r in rows]
     assert fit_terms(old).per_mweight == 0.0
     assert fit_terms(old).scale == pytest.approx(1.3, rel=1e-6)
+    assert fit_warning(fit) is None
+    # rows timed while the machine was busy: models cost a quarter of their rows plus a constant
+    busy = fit_terms([{**r, "measured_ms": 0.25 * r["layers_ms"] + 11.0} for r in rows])
+    assert busy.scale == pytest.approx(0.25) and "profile again" in fit_warning(busy)
     two = fit_terms(rows[:2])
     assert two.scale == 1.0 and two.overhead_ms == pytest.approx(
         np.median([r["measured_ms"] - r["layers_ms"] for r in rows[:2]]))

@@ -21,7 +21,7 @@ from detectors.latency.table import Fit, LatencyTable
 from detectors.latency.trace import Layer, conv_weights
 from detectors.spec import DetectorSpec
 
-__all__ = ["needed_rows", "profile_layers", "calibrate", "fit_terms"]
+__all__ = ["needed_rows", "profile_layers", "calibrate", "fit_terms", "fit_warning"]
 
 
 def needed_rows(specs: Iterable[DetectorSpec], table: LatencyTable) -> list[str]:
@@ -86,6 +86,17 @@ def fit_terms(rows: Sequence[dict]) -> Fit:
     scale, overhead = float(coef[0]), float(coef[-1])
     return Fit(scale, float(coef[1]) if full else 0.0, overhead, len(rows),
                float(coef[2]) if full else 0.0)
+
+
+def fit_warning(fit: Fit) -> str | None:
+    """A line for a fit whose layer scale is implausible: rows and whole models measured under
+    different load. Quiet profiles here fit 0.8-1.2; one made while a test suite ran on the
+    same cores fit 0.23 with an 11 ms overhead, a table that prices the layers at a quarter."""
+    if fit.models < 3 or 0.5 <= fit.scale <= 2.0:
+        return None
+    return (f"warning: the fit prices layers at {fit.scale:.2f}x their table rows: rows and "
+            "whole models were timed under different load (was the machine busy?); profile "
+            "again into a new file on a quiet machine")
 
 
 def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,

@@ -68,7 +68,7 @@ def _threads(n: int | None) -> int:
 
 def _profile(args: argparse.Namespace) -> int:
     from detectors.latency.measure import runtime_versions
-    from detectors.latency.profile import calibrate, needed_rows, profile_layers
+    from detectors.latency.profile import calibrate, fit_warning, needed_rows, profile_layers
     from detectors.latency.table import LatencyTable
     from nas.commands.cost import load_spec, parse_input_size
     from nas.latency_specs import space_specs
@@ -107,6 +107,9 @@ def _profile(args: argparse.Namespace) -> int:
         print(f"fit on {fit.models} models: scale {fit.scale:.3f}, {fit.per_melem:.4f} ms per "
               f"M other elements, {fit.per_mweight:.4f} ms per M weights, overhead "
               f"{fit.overhead_ms:.3f} ms", file=sys.stderr)
+        warning = fit_warning(fit)
+        if warning:
+            print(warning, file=sys.stderr)
     print(f"wrote {out} ({len(table.layers)} layer rows)")
     return 0
 
