@@ -106,16 +106,9 @@ def _measure(specs, hw, runtime: str, threads: int, rounds: int) -> list[float]:
 
 
 def _fit(table, held, measured, path: Path):
-    from detectors.latency import latency
-    from detectors.latency.profile import fit_terms
-    from detectors.latency.table import Fit
-    from detectors.latency.trace import conv_weights, trace
+    from detectors.latency.profile import calibration_row, fit_terms
 
-    table.fit = Fit()
-    rows = [{"name": s.name, "spec_id": s.id, "layers_ms": latency(s, table).layers_ms,
-             "other_melems": sum(c.other_elems for c in trace(s, table.input_hw).values()) / 1e6,
-             "mweights": conv_weights(s, table.input_hw) / 1e6,
-             "measured_ms": m} for s, m in zip(held, measured)]
+    rows = [calibration_row(s, table, m) for s, m in zip(held, measured)]
     table.calibration, table.fit = rows, fit_terms(rows)
     table.save(path)
     return table.fit
@@ -159,16 +152,9 @@ def _each_in_its_own_process(argv: list[str], args, out: Path) -> int:
     torch's median error 14% after onnxruntime, 7-8% alone), which no table row shares."""
     import subprocess
 
-    keep, skip = [], False
-    for a in argv:  # argv without its --runtime values and --out
-        if skip and not a.startswith("--"):
-            continue
-        skip = a in ("--runtime", "--out")
-        if not skip and not a.startswith(("--runtime=", "--out=")):
-            keep.append(a)
     summary: dict = {"runtimes": {}}
-    for runtime in args.runtime:
-        done = subprocess.run([sys.executable, __file__, *keep, "--runtime", runtime, "--out",
+    for runtime in args.runtime:  # argparse keeps the last --runtime and --out given
+        done = subprocess.run([sys.executable, __file__, *argv, "--runtime", runtime, "--out",
                                str(out)], stdout=subprocess.PIPE, text=True)
         print(done.stdout, end="", flush=True)
         if done.returncode != 0:
@@ -224,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
                         args.passes)
         profiled = time.perf_counter() - start
         saved = out / f"{runtime}_measured.json"  # [spec id, measured ms] in order
-        if args.reuse_measured and saved.exists():
+        reused = args.reuse_measured and saved.exists()
+        if reused:
             known = json.loads(saved.read_text())
             if [i for i, _ in known] != [s.id for s in evaluated + held]:
                 raise SystemExit(f"{saved} holds other specs than --specs/--calibrate/--seed draw")
@@ -234,8 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             measured = _measure(evaluated + held, hw, runtime, args.threads, args.rounds)
             saved.write_text(json.dumps([[s.id, m] for s, m in zip(evaluated + held, measured)]))
         m_eval, m_held = measured[:len(evaluated)], measured[len(evaluated):]
-        rounds = "measurements reused" if args.reuse_measured and saved.exists() else \
-            f"{args.rounds} round(s) each"
+        rounds = "measurements reused" if reused else f"{args.rounds} round(s) each"
         print(f"\n== {runtime}, {args.threads} thread(s), {args.input}: tables profiled in "
               f"{profiled:.0f} s; {len(evaluated)} specs evaluated (seed {args.seed}), fit on "
               f"{len(held)} others, {rounds}")

@@ -120,10 +120,10 @@ def main(argv: list[str] | None = None) -> int:
                       flush=True)
     short, long_ = "short", f"{args.k}x"
     # Only specs with both recipes finished are ranked (a partial run ranks its pairs).
-    frame = pd.DataFrame(rows, columns=sorted({"spec_id", "recipe", "ap_hard", "wall_time_s"}
-                                              | {k for r in rows for k in r}))
-    ap = frame.pivot(index="spec_id", columns="recipe", values="ap_hard").reindex(
-        columns=[short, long_]).dropna()
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(
+        columns=["spec_id", "recipe", "ap_hard", "wall_time_s"])
+    aps = frame.pivot(index="spec_id", columns="recipe", values="ap_hard")
+    ap = aps.reindex(columns=[short, long_]).dropna()
     secs = frame.pivot(index="spec_id", columns="recipe", values="wall_time_s").loc[ap.index]
     if len(ap) < 3:
         print(f"only {len(ap)} spec(s) have both recipes finished: nothing to rank yet")
@@ -144,8 +144,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{len(ap)} pairs: Kendall tau {tau:.3f}, Spearman {rho:.3f}, top-{args.top} overlap "
           f"{len(top_short & top_long)}/{args.top}")
     for label, _ in replicas:
-        both = frame.pivot(index="spec_id", columns="recipe", values="ap_hard").reindex(
-            columns=[short, long_, label]).dropna()
+        both = aps.reindex(columns=[short, long_, label]).dropna()
         if len(both) < 3:
             continue
         self_tau = stats.kendalltau(both[long_], both[label]).statistic

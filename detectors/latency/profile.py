@@ -21,7 +21,8 @@ from detectors.latency.table import Fit, LatencyTable
 from detectors.latency.trace import Layer, conv_weights
 from detectors.spec import DetectorSpec
 
-__all__ = ["needed_rows", "profile_layers", "calibrate", "fit_terms", "fit_warning"]
+__all__ = ["needed_rows", "profile_layers", "calibrate", "calibration_row", "fit_terms",
+           "fit_warning"]
 
 
 def needed_rows(specs: Iterable[DetectorSpec], table: LatencyTable) -> list[str]:
@@ -99,28 +100,30 @@ def fit_warning(fit: Fit) -> str | None:
             "again into a new file on a quiet machine")
 
 
+def calibration_row(spec: DetectorSpec, table: LatencyTable, measured_ms: float) -> dict:
+    """One measured model as fit_terms reads it: its raw layer sum on `table` (before any fit),
+    its other elements and conv weights read (millions), and its measured ms."""
+    from detectors.latency.trace import trace
+
+    elems = sum(c.other_elems for c in trace(spec, table.input_hw).values())
+    return {"name": spec.name, "spec_id": spec.id, "layers_ms": latency(spec, table).layers_ms,
+            "other_melems": elems / 1e6, "mweights": conv_weights(spec, table.input_hw) / 1e6,
+            "measured_ms": measured_ms}
+
+
 def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,
               timing: Timing = Timing(), progress: bool = True) -> Fit:
     """Measure whole models (each the minimum of `table.passes` rounds over all of them, as
     rows are), fit the table's whole-model terms, save; returns the fit."""
     from tqdm import tqdm
 
-    from detectors.latency.trace import trace
-
-    unfitted = LatencyTable(table.runtime, table.device, table.threads, table.input_hw,
-                            layers=table.layers, call_ms=table.call_ms)  # no fit: raw sums
     rounds = max(1, table.passes)
     measured = [float("inf")] * len(specs)
     for i in tqdm([i for _ in range(rounds) for i in range(len(specs))], desc="latency models",
                   unit="model", disable=not progress, file=sys.stderr):
         measured[i] = min(measured[i], measure_spec(specs[i], table.input_hw, table.runtime,
                                                     table.device, table.threads, timing))
-    rows = []
-    for spec, ms in zip(specs, measured):
-        elems = sum(c.other_elems for c in trace(spec, table.input_hw).values())
-        rows.append({"name": spec.name, "spec_id": spec.id,
-                     "layers_ms": latency(spec, unfitted).layers_ms, "other_melems": elems / 1e6,
-                     "mweights": conv_weights(spec, table.input_hw) / 1e6, "measured_ms": ms})
+    rows = [calibration_row(spec, table, ms) for spec, ms in zip(specs, measured)]
     table.calibration = rows
     table.fit = fit_terms(rows)
     table.save(path)
