@@ -111,10 +111,12 @@ def warmup_note(fidelity: Fidelity, total_iterations: int | None,
     first = rung_iterations(fidelity.rungs, total_iterations)[0]
     if first > warmup_iterations:
         return None
-    past = (warmup_iterations + 1) / total_iterations
+    past = math.ceil((warmup_iterations + 1) / total_iterations * 1000) / 1000
+    fix = (f"--grace {past:g} or more puts it past the warm-up" if past < 1 else
+           "no --grace clears a warm-up this long: use a longer budget")
     return (f"note: ASHA's first rung (iteration {first} of {total_iterations}) falls inside the "
             f"recipe's {warmup_iterations}-iteration warm-up, where rung metrics barely rank "
-            f"models; --grace {math.ceil(past * 1000) / 1000:g} or more puts it past the warm-up")
+            f"models; {fix}")
 
 
 def rung_loss(metrics_jsonl: Any, iteration: int) -> float:

@@ -48,6 +48,9 @@ def test_a_first_rung_inside_the_warm_up_is_pointed_out():
     assert warmup_note(fidelity_from("asha", 1 / 3, 3, 250), 250, 50) is None
     assert warmup_note(fidelity_from("fifo", 1 / 9, 3, 250), 250, 50) is None  # stops nothing
     assert warmup_note(fidelity_from("asha", 1 / 9, 3, 250), 250, 0) is None
+    # the smoke budget: 2 iterations, 1 of warm-up; no grace < 1 clears it, and none is offered
+    smoke = warmup_note(fidelity_from("asha", None, None, 2), 2, 1)
+    assert "or more" not in smoke and "longer budget" in smoke
 
 
 @pytest.mark.parametrize("args, message", [
