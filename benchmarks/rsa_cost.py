@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-from detectors.baselines.rsa_cost import pipeline_cost
+from detectors.rsa.cost import pipeline_cost
 from detectors.spec import DetectorSpec
 
 PAPER = {"forecast": "95.67M", "rsa": "0 to 182.42M", "lrn": "0 to 1.3G", "total": "95.67M to 1.5G"}

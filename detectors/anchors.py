@@ -7,25 +7,14 @@ index). The point of cell (y, x) at stride s is (x * s, y * s): SCRFD uses no ha
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import torch
 
-from detectors.spec import AnchorSpec, DetectorSpec
+if TYPE_CHECKING:  # used by catalogue leaves (RSA training): no run-time spec import
+    from detectors.spec import AnchorSpec
 
-__all__ = ["feature_sizes", "anchor_points", "anchor_boxes", "anchor_strides"]
-
-
-def feature_sizes(spec: DetectorSpec, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
-    """(H_l, W_l) per level for an input of input_hw, as the model computes them.
-
-    Every stride-2 step in the network rounds up (3x3/s2 convs with padding 1 and ceil-mode
-    pools), except the deep stem's 2x2 max-pool, which rounds down; for inputs divisible by the
-    largest stride all of this is simply H / s. Prefer the sizes the model reports
-    (`HeadOutputs.feature_sizes`) when you have them.
-    """
-    from detectors.cost import level_sizes
-
-    return level_sizes(spec, input_hw)
+__all__ = ["anchor_points", "anchor_boxes", "anchor_strides"]
 
 
 def anchor_points(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],

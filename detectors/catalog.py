@@ -74,10 +74,12 @@ class HeadEntry:
     detector: type | None = None
 
 
-from detectors import assign, autofem, bfbox_fpn, drmc, heads, losses, multibox, necks  # noqa: E402
-from detectors.baselines import fanet  # noqa: E402
-from detectors.blocks import bfbox, extra, mobilenet, mobilenet_v1, resnet, tv_resnet, vgg  # noqa: E402,E501
-from detectors.baselines import rsa, rsa_lrn, rsa_unit  # noqa: E402
+from detectors import assign, heads, losses, multibox, necks  # noqa: E402
+from detectors.asfd import autofem, drmc  # noqa: E402
+from detectors.bfbox import blocks as bfbox, fpn as bfbox_fpn  # noqa: E402
+from detectors.blocks import extra, mobilenet, mobilenet_v1, resnet, tv_resnet, vgg  # noqa: E402
+from detectors.fanet import neck as fanet  # noqa: E402
+from detectors.rsa import detector as rsa, lrn as rsa_lrn, unit as rsa_unit  # noqa: E402
 
 BLOCKS: dict[str, BlockEntry] = {
     "basic": BlockEntry(resnet.BasicBlock, resnet.basic_cost),

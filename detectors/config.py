@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 import yaml
 
 from detectors.errors import UserError
+from detectors.rsa.recipe import RSARecipe
 
 if TYPE_CHECKING:  # imported lazily so recipes work without building anything
     from detectors.spec import DetectorSpec
@@ -151,28 +152,6 @@ class TestConfig:
     score_thresh: float = 0.02
     iou_thresh: float = 0.45
     max_det: int | None = None
-
-
-RSA_STAGES = ("all", "forecast", "rsa_lrn")
-
-
-@dataclass(frozen=True)
-class RSARecipe:
-    """Training stages of the RSA baseline (models of head type 'rsa_lrn'; ignored by others;
-    docs/rsa.md). stage: 'forecast' (scale-forecast network, Eq. 2), 'rsa_lrn' (RSA unit +
-    LRN end-to-end, Eq. 7 + 11), 'all' (both objectives each step: their parameters are
-    disjoint); init_weights: a checkpoint of the same spec from an earlier stage, loaded at
-    the first step; require_landmarks: a sample with faces but no landmark labels is a
-    UserError (else its faces train the score and box only); rsa_weight multiplies Eq. 7."""
-
-    stage: str = "all"
-    init_weights: str | None = None
-    require_landmarks: bool = False
-    rsa_weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if self.stage not in RSA_STAGES:
-            raise UserError(f"recipe.rsa.stage {self.stage!r} is not one of {', '.join(RSA_STAGES)}")
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,13 @@ def _backbone(spec: DetectorSpec, h: int, w: int, counters: list[Counter]) -> li
 
 
 def level_sizes(spec: DetectorSpec, input_hw: tuple[int, int]) -> list[tuple[int, int]]:
-    """(H_l, W_l) of each neck/head level for an (H, W) input, as the built model computes."""
+    """(H_l, W_l) of each neck/head level for an (H, W) input, as the built model computes.
+
+    Every stride-2 step in the network rounds up (3x3/s2 convs with padding 1 and ceil-mode
+    pools), except the deep stem's 2x2 max-pool, which rounds down; for inputs divisible by the
+    largest stride all of this is simply H / s. Prefer the sizes the model reports
+    (`HeadOutputs.feature_sizes`) when you have them.
+    """
     n = len(spec.backbone.stages)
     sizes = _backbone(spec, int(input_hw[0]), int(input_hw[1]), [Counter() for _ in range(n + 1)])
     return _neck(spec, sizes, Counter())

@@ -12,12 +12,16 @@ stride even when convs are shared, as SCRFD).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
 from detectors.blocks.conv import ConvNormAct, DepthwiseSeparable
 from detectors.macs import Counter
-from detectors.spec import HeadSpec
+
+if TYPE_CHECKING:  # a catalogue leaf: importing the spec at run time would close a cycle
+    from detectors.spec import HeadSpec
 
 __all__ = ["Scale", "DepthwiseSeparable", "SCRFDHead", "scrfd_head", "scrfd_head_cost", "NUM_KEYPOINTS"]
 

@@ -12,6 +12,7 @@ mmdet (`lateral_convs.i.conv`, `fpn_convs.i.conv`, `downsample_convs.i.conv`,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -19,9 +20,11 @@ from torch import nn
 
 from detectors.blocks.conv import ConvNormAct
 from detectors.macs import Counter
-from detectors.spec import NeckSpec
 
-__all__ = ["NeckOutput", "FPN", "PAFPN", "fpn", "pafpn", "fpn_cost", "pafpn_cost", "build_neck"]
+if TYPE_CHECKING:  # a catalogue leaf: importing the spec at run time would close a cycle
+    from detectors.spec import NeckSpec
+
+__all__ = ["NeckOutput", "FPN", "PAFPN", "fpn", "pafpn", "fpn_cost", "pafpn_cost"]
 
 
 @dataclass
@@ -103,11 +106,3 @@ def pafpn_cost(c: Counter, spec: NeckSpec, in_channels: list[int],
         c.conv(n, n, 3, 2, h, w, norm=False, act=False)  # bottom-up downsample
     for h, w in sizes[1:]:
         c.conv(n, n, 3, 1, h, w, norm=False, act=False)  # pafpn conv
-
-
-def build_neck(spec: NeckSpec, backbone_channels: tuple[int, ...]) -> nn.Module:
-    """backbone_channels: channels of C2, C3, ...; the neck reads spec.in_levels of them."""
-    from detectors.catalog import neck_entry
-
-    cins = [backbone_channels[lv - 2] for lv in spec.in_levels]
-    return neck_entry(spec.type).build(spec, cins)

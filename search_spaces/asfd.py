@@ -26,10 +26,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from detectors.autofem import PATHS, AutoFEMOptions
-from detectors.blocks.ops import S_CPM, S_FPN
+from detectors.asfd.autofem import PATHS, AutoFEMOptions
+from detectors.asfd.ops import S_CPM, S_FPN
 from detectors.errors import UserError
-from detectors.model import FaceDetector, init_weights
+from detectors.model import FaceDetector, build_parts, init_weights
 from detectors.necks import NeckOutput
 from detectors.spec import DetectorSpec, NeckSpec
 from search_spaces.asfd_cells import MODES, SearchCell, SearchFPN
@@ -94,7 +94,7 @@ class AutoFEMSupernet(nn.Module):
 
 def build_supernet(base: DetectorSpec, config: SupernetConfig) -> FaceDetector:
     """A FaceDetector of `base` whose neck is the AutoFEM supernet over base.neck's levels."""
-    model = FaceDetector(base)
+    model = FaceDetector(base, *build_parts(base))
     cins = [base.backbone.out_channels[lv - 2] for lv in base.neck.in_levels]
     model.neck = AutoFEMSupernet(cins, base.neck.channels, config)
     init_weights(model)

@@ -7,7 +7,7 @@ optimises them separately); everything else is an ordinary weight.
 - MixedOp: sum_o softmax(alpha)_o * o(x) over a candidate set. With partial channels K > 1
   (PC-DARTS) only the first C/K channels go through the ops, the rest bypass them, and a
   channel shuffle (K groups) mixes the two halves for the next edge.
-- SearchFPN: Eq. 2 as in detectors.autofem, every path a MixedOp over S_FPN and the path
+- SearchFPN: Eq. 2 as in detectors.asfd.autofem, every path a MixedOp over S_FPN and the path
   weights beta_l (softmax: PC-DARTS edge normalisation).
 - SearchCell, one per level, N intermediate nodes, in one of three modes:
     hard    (ASFD): node j takes exactly one predecessor i ~ Gumbel-softmax(gamma_j / tau),
@@ -26,9 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.autofem import PATHS, cell_leaves
+from detectors.asfd.autofem import PATHS, cell_leaves
 from detectors.blocks.conv import ConvNormAct, DepthwiseSeparable
-from detectors.blocks.ops import OPS, S_CPM, S_FPN
+from detectors.asfd.ops import OPS, S_CPM, S_FPN
 from detectors.errors import UserError
 
 __all__ = ["MODES", "MixedOp", "channel_shuffle", "gumbel_hard", "SearchFPN", "SearchCell"]

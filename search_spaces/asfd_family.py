@@ -27,7 +27,7 @@ import os
 import sys
 from pathlib import Path
 
-from detectors.autofem import AutoFEMOptions
+from detectors.asfd.autofem import AutoFEMOptions
 from detectors.errors import UserError
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 

@@ -26,8 +26,8 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from detectors.bfbox_fpn import RF_MODULES, BFBoxFPNOptions
-from detectors.blocks.bfbox import DEEP_KERNELS, DENSE, SHALLOW_KERNELS, TWO_KERNELS
+from detectors.bfbox.fpn import RF_MODULES, BFBoxFPNOptions
+from detectors.bfbox.blocks import DEEP_KERNELS, DENSE, SHALLOW_KERNELS, TWO_KERNELS
 from detectors.errors import UserError
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 
@@ -328,7 +328,7 @@ def latency_tables(space: BFBoxSpace, table: Any) -> tuple[float, list[np.ndarra
 def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype):
     """(value of the fixed parts, per gene an array of values per choice): every choice's cost
     functions run into a fresh counter `make(component)`, read by `value(counter)`."""
-    from detectors.bfbox_fpn import rf_cost
+    from detectors.bfbox.fpn import rf_cost
     from detectors.catalog import block_entry, head_entry, stem_entry
 
     stem = make("stem")

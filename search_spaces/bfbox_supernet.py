@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from detectors.bfbox_fpn import RF_MODULES, pool_levels, resize_to, rf_module
+from detectors.bfbox.fpn import RF_MODULES, pool_levels, resize_to, rf_module
 from detectors.blocks.conv import ConvNormAct
 from detectors.catalog import block_entry, head_entry, stem_entry
 from detectors.errors import UserError

@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from detectors.autofem import AutoFEMOptions
+from detectors.asfd.autofem import AutoFEMOptions
 from tests.test_asfd_ops import autofem_spec
 
 

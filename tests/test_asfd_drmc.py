@@ -9,7 +9,7 @@ import torch
 
 from detectors.catalog import loss_fn
 from detectors.config import LossWeights
-from detectors.drmc import hard_negatives, margin_classification_loss
+from detectors.asfd.drmc import hard_negatives, margin_classification_loss
 from detectors.losses import LossInputs, Targets
 
 

@@ -13,7 +13,7 @@ from detectors.errors import UserError
 from detectors.measure import measured_cost
 from detectors.model import build
 from detectors.spec import DetectorSpec
-from detectors.autofem import AutoFEMOptions
+from detectors.asfd.autofem import AutoFEMOptions
 from search_spaces.asfd_family import TABLE1, autofem_depth, family_spec, head_depth, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from detectors.autofem import AutoFEMOptions, CPMCell, cell_leaves
-from detectors.blocks.ops import OPS, S_CPM, S_FPN, op_entry
+from detectors.asfd.autofem import AutoFEMOptions, CPMCell, cell_leaves
+from detectors.asfd.ops import OPS, S_CPM, S_FPN, op_entry
 from detectors.cost import cost
 from detectors.errors import UserError
 from detectors.macs import Counter
@@ -119,7 +119,7 @@ def test_dual_shot_in_training_only():
 
 def test_eq2_products_and_path_weights():
     """With every op replaced by identity, level outputs follow Eq. 2 as read in autofem.py."""
-    from detectors.autofem import FPNStage
+    from detectors.asfd.autofem import FPNStage
 
     stage = FPNStage([4, 4, 4], 4, _fpn(3))
     for lv in stage.paths:

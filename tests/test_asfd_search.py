@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detectors.autofem import AutoFEMOptions, cell_leaves
-from detectors.blocks.ops import S_CPM, S_FPN
+from detectors.asfd.autofem import AutoFEMOptions, cell_leaves
+from detectors.asfd.ops import S_CPM, S_FPN
 from detectors.checkpoint import save_checkpoint
 from detectors.cost import cost
 from detectors.errors import UserError

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from detectors.bfbox_fpn import RF_MODULES, BFBoxFPN, BFBoxFPNOptions
-from detectors.blocks.bfbox import BLOCKS
+from detectors.bfbox.fpn import RF_MODULES, BFBoxFPN, BFBoxFPNOptions
+from detectors.bfbox.blocks import BLOCKS
 from detectors.catalog import BLOCKS as CATALOG_BLOCKS, NECKS
 from detectors.cost import cost
 from detectors.errors import UserError

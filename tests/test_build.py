@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 import torch
 
-from detectors.anchors import anchor_boxes, anchor_points, feature_sizes
+from detectors.anchors import anchor_boxes, anchor_points
+from detectors.cost import level_sizes
 from detectors.model import Detections, HeadOutputs, build, decode_outputs
 from detectors.postprocess import (boxes_to_distance, distance_to_boxes, keypoints_to_offsets,
                                    offsets_to_keypoints)
@@ -40,7 +41,7 @@ def test_output_shapes_follow_contract(kw):
     assert isinstance(out, HeadOutputs)
     assert out.strides == (8, 16, 32)
     assert out.feature_sizes == [(h // s, w // s) for s in (8, 16, 32)]
-    assert out.feature_sizes == feature_sizes(spec, (h, w))
+    assert out.feature_sizes == level_sizes(spec, (h, w))
     for lvl, s in enumerate((8, 16, 32)):
         rows = (h // s) * (w // s) * 2
         assert out.cls_logits[lvl].shape == (2, rows, 1)
@@ -150,7 +151,7 @@ def test_odd_input_sizes_work():
     for kw in ({}, {"block": "depthwise", "stem": "mobilenet"}):
         spec = tiny(**kw)
         out = build(spec).eval()(torch.randn(1, 3, 75, 101))
-        assert out.feature_sizes == feature_sizes(spec, (75, 101))
+        assert out.feature_sizes == level_sizes(spec, (75, 101))
 
 
 def test_unshared_head_has_modules_per_stride():

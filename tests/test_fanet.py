@@ -18,7 +18,7 @@ from torch import nn
 
 from detectors.anchors import anchor_boxes, anchor_points
 from detectors.assign import iou_assign
-from detectors.baselines.fanet import ABlock, FANetNeck, FANetOptions
+from detectors.fanet.neck import ABlock, FANetNeck, FANetOptions
 from detectors.config import TrainConfig, load_config, recipe_from_dict
 from detectors.cost import cost
 from detectors.device import TrainingMode

@@ -14,11 +14,11 @@ import torch
 from PIL import Image
 
 from _cli import one_line_error
-from detectors.baselines.rsa import TARGET_FACE, plan_scales
-from detectors.baselines.rsa_forecast import (NUM_BINS, bin_to_size, forecast_loss,
+from detectors.rsa.detector import TARGET_FACE, plan_scales
+from detectors.rsa.forecast import (NUM_BINS, bin_to_size, forecast_loss,
                                               gaussian_targets, scale_bin, select_scales)
-from detectors.baselines.rsa_lrn import retrace_scores
-from detectors.baselines.rsa_unit import RSANeck, RSAOptions, RSAUnit, rollout, rsa_loss
+from detectors.rsa.lrn import retrace_scores
+from detectors.rsa.unit import RSANeck, RSAOptions, RSAUnit, rollout, rsa_loss
 from detectors.config import load_config
 from detectors.errors import UserError
 from detectors.model import HeadOutputs, build
@@ -365,7 +365,7 @@ def test_rollout_depth_in_a_spec_file_exits_2(tmp_path, capsys):
 def test_pipeline_cost_parts_equal_hook_counts():
     """Table 1's split: forecast at long side 224 and trunk + RSA + LRN at VGA (depth 2) equal
     forward-hook counts of the modules that run them."""
-    from detectors.baselines.rsa_cost import pipeline_cost
+    from detectors.rsa.cost import pipeline_cost
     from detectors.measure import measured_cost
 
     class Holder(torch.nn.Module):  # measured_cost's "head" component = the forecast net

@@ -9,7 +9,7 @@ The S3FD backbone (Zhang et al. 2017; FANet's, Zhang et al. 2018) as catalogue e
 
 Every conv has a bias and is followed by ReLU (torchvision vgg16 / the S3FD prototxt). Pools are
 2x2/s2 max-pools with ceil_mode (for even sizes identical to torchvision's floor mode; odd sizes
-round up like every other stride-2 step of the project, see detectors.anchors.feature_sizes).
+round up like every other stride-2 step of the project, see detectors.cost.level_sizes).
 The 13 VGG convs appear in the module tree in torchvision's order, so `load_torchvision_vgg16`
 maps `torchvision.models.vgg16().features` weights onto them (fc6/fc7 stay as initialised:
 torchvision's classifier is fully connected, not the SSD "reduced" convs).

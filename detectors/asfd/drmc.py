@@ -13,7 +13,7 @@
   (DSFD's hard negative mining; ratio <= 0 keeps all); ignored anchors never count. Scaled by
   recipe.loss.cls_weight.
 - N: positives in the batch (at least 1). The second term of Eq. 8, the first shot weighted by
-  lambda_2, is the trainer's auxiliary set (recipe.loss.aux_weight; detectors.autofem).
+  lambda_2, is the trainer's auxiliary set (recipe.loss.aux_weight; detectors.asfd.autofem).
 
 Keypoint offsets, if the head predicts them, are not trained by this loss.
 """

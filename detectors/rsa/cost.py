@@ -10,9 +10,9 @@ cost functions (each tested equal to a hook count), so no model is built.
 
 from __future__ import annotations
 
-from detectors.baselines.rsa_forecast import FORECAST_SIDE, forecast_cost
-from detectors.baselines.rsa_lrn import _level_cost
-from detectors.baselines.rsa_unit import rsa_unit_cost
+from detectors.rsa.forecast import FORECAST_SIDE, forecast_cost
+from detectors.rsa.lrn import _level_cost
+from detectors.rsa.unit import rsa_unit_cost
 from detectors.blocks.resnet import basic_cost
 from detectors.cost import ComponentCost, cost
 from detectors.macs import Counter

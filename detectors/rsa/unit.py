@@ -37,7 +37,7 @@ MAX_ROLLOUTS = 5  # M: six scales in all (the six main bins 2^5 .. 2^11 of the f
 
 # Mean 5-landmark layout relative to the face box: (x - cx) / w, (y - cy) / h per landmark
 # (left eye, right eye, nose, left / right mouth corner). Computed from widerface-mini train
-# (its landmarks) by `detectors.baselines.rsa.mean_landmark_layout`; a spec may carry its own.
+# (its landmarks) by `detectors.rsa.detector.mean_landmark_layout`; a spec may carry its own.
 DEFAULT_LAYOUT = (-0.173, -0.129, 0.217, -0.134, 0.023, 0.07, -0.127, 0.251, 0.181, 0.247)
 
 

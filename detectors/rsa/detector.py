@@ -27,11 +27,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from detectors.baselines.rsa_forecast import (REFERENCE_SIDE, bin_to_size, forecast_input,
+from detectors.rsa.forecast import (REFERENCE_SIDE, bin_to_size, forecast_input,
                                               select_scales)
-from detectors.baselines.rsa_unit import RSAOptions
+from detectors.rsa.unit import RSAOptions
 from detectors.errors import UserError
-from detectors.model import Detections, FaceDetector, HeadOutputs, _flatten, decode_outputs
+from detectors.detector import Detections, FaceDetector, HeadOutputs, decode_outputs, flatten_level
 from detectors.heads import NUM_KEYPOINTS
 
 __all__ = ["RSADetector", "mean_landmark_layout", "plan_scales", "TARGET_FACE"]
@@ -53,8 +53,8 @@ def plan_scales(face_sizes: np.ndarray, long_side: int, max_side: int,
 class RSADetector(FaceDetector):
     """FaceDetector of the RSA baseline (module docstring). Input (N, 3, H, W) normalised RGB."""
 
-    def __init__(self, spec) -> None:
-        super().__init__(spec)
+    def __init__(self, spec, backbone, neck, head) -> None:
+        super().__init__(spec, backbone, neck, head)
         a = spec.anchors
         ratios = {b * a.scales[0] / s for b, s in zip(a.base_sizes, a.strides)}
         if a.num_anchors != 1 or len(ratios) != 1:
@@ -71,14 +71,14 @@ class RSADetector(FaceDetector):
         feats = self.neck([c[lv - 2] for lv in self.spec.neck.in_levels], depth)
         cls, box, kps = self.head(feats)
         return HeadOutputs(
-            cls_logits=[_flatten(x, 1) for x in cls], box_dists=[_flatten(x, 4) for x in box],
-            kps_offsets=[_flatten(x, 2 * NUM_KEYPOINTS) for x in kps],
+            cls_logits=[flatten_level(x, 1) for x in cls], box_dists=[flatten_level(x, 4) for x in box],
+            kps_offsets=[flatten_level(x, 2 * NUM_KEYPOINTS) for x in kps],
             strides=self.spec.anchors.strides[:len(feats)],
             feature_sizes=[tuple(f.shape[-2:]) for f in feats])
 
     def training_loss(self, images: torch.Tensor, batch: dict, recipe) -> tuple[dict, int]:
-        """The recipe's RSA stage objective (detectors.baselines.rsa_train)."""
-        from detectors.baselines.rsa_train import rsa_training_loss
+        """The recipe's RSA stage objective (detectors.rsa.training)."""
+        from detectors.rsa.training import rsa_training_loss
 
         if recipe.rsa.init_weights and not int(self.stage_initialised):
             self.load_stage(recipe.rsa.init_weights)

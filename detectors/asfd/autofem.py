@@ -14,7 +14,7 @@ the intermediate nodes of the top-down and bottom-up paths):
     BU_1 = C_1,  BU_l = maxpool(O_l^bu(BU_{l-1})) * C_l      (2x2/s2, ceil mode)
     P_l  = F_c(b_l^0 O_l^0(C_l) + b_l^td TD_l [l < L] + b_l^bu BU_l [l > 1])
 
-with the O's the searched operations (detectors.blocks.ops, S_FPN), b_l = softmax of learnable
+with the O's the searched operations (detectors.asfd.ops, S_FPN), b_l = softmax of learnable
 per-level scalars (kept after the search, as Eq. 2), F_c a 3x3 depthwise-separable conv, `*`
 element-wise. A CPM cell is a tree rooted at its input (node 0): node j applies its op (S_CPM)
 to node `input_j` < j; the leaves (nodes no other node reads) are concatenated and a 1x1 conv
@@ -28,17 +28,20 @@ first shot, weighted by recipe.loss.aux_weight (lambda_2).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.asfd.ops import S_CPM, S_FPN, op_entry
 from detectors.blocks.conv import ConvNormAct, DepthwiseSeparable, depthwise_separable_cost
-from detectors.blocks.ops import S_CPM, S_FPN, op_entry
 from detectors.errors import UserError
 from detectors.macs import Counter
 from detectors.necks import NeckOutput
-from detectors.spec import NeckSpec
+
+if TYPE_CHECKING:  # a catalogue leaf: importing the spec at run time would close a cycle
+    from detectors.spec import NeckSpec
 
 __all__ = ["AutoFEMOptions", "AutoFEM", "FPNStage", "CPMCell", "autofem", "autofem_cost",
            "PATHS", "cell_leaves"]

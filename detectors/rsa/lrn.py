@@ -24,8 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors.blocks.resnet import BasicBlock, basic_cost
-from detectors.baselines.rsa_forecast import ScaleForecastNet, forecast_cost
-from detectors.baselines.rsa_unit import per_scale_norms
+from detectors.rsa.forecast import ScaleForecastNet, forecast_cost
+from detectors.rsa.unit import per_scale_norms
 from detectors.errors import UserError
 from detectors.heads import NUM_KEYPOINTS
 from detectors.macs import Counter

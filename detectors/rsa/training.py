@@ -25,8 +25,8 @@ from torchvision.ops import roi_align
 
 from detectors.anchors import anchor_boxes
 from detectors.assign import iou_assign
-from detectors.baselines.rsa_forecast import forecast_input, forecast_loss
-from detectors.baselines.rsa_unit import rsa_loss
+from detectors.rsa.forecast import forecast_input, forecast_loss
+from detectors.rsa.unit import rsa_loss
 from detectors.errors import UserError
 
 __all__ = ["rsa_training_loss", "rescale_batch", "check_landmarks", "lrn_loss", "MIN_NEGATIVES"]
