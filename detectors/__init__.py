@@ -1,9 +1,8 @@
 """Detectors: specs, building, cost, data, training and evaluation.
 
 `detectors.build(spec)`, `detectors.cost(spec)` and `detectors.latency(spec, table)` are the
-public entry points. They are
-resolved lazily so that torch-free code (analysis/, detectors.errors, detectors.spec) can
-import this package without importing torch.
+public entry points. They are resolved lazily, so that `import detectors` (or
+detectors.errors) does not import torch; docs/architecture.md shows the package's layout.
 """
 
 from typing import Any
