@@ -10,13 +10,13 @@ from dataclasses import dataclass
 import pytest
 import torch
 
+from _cost_check import assert_cost_matches
 from detectors import catalog
 from detectors.assign import iou_assign
 from detectors.checkpoint import load_checkpoint
 from detectors.config import TrainConfig, recipe_from_dict
-from detectors.cost import components_of, cost
+from detectors.cost import components_of
 from detectors.errors import UserError
-from detectors.measure import measured_cost
 from detectors.model import build
 from detectors.necks import FPN, NeckOutput, fpn_cost
 from detectors.spec import DetectorSpec
@@ -52,10 +52,7 @@ def _check_trains_and_costs(spec: DetectorSpec, hw=(48, 40)) -> None:
     assert torch.isfinite(loss)
     missing = [n for n, p in model.named_parameters() if p.grad is None]
     assert not missing, missing
-    want, got = measured_cost(model, hw), cost(spec, hw)
-    assert list(got.components) == list(components_of(spec))
-    for c in got.components:
-        assert got.components[c] == want.components[c], c
+    assert_cost_matches(model, hw)
 
 
 @pytest.mark.parametrize("model", sorted(PUBLISHED_IDS))
