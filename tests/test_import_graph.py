@@ -16,9 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGES = ("nas", "search_spaces", "detectors", "analysis", "experiments")
 
 
+class _Graph(dict):
+    """The graph, with a short repr: pytest prints fixture values in a failure report."""
+
+    def __repr__(self) -> str:
+        return f"<import graph of {len(self)} modules>"
+
+
 @pytest.fixture(scope="module")
 def graph() -> dict[str, set[str]]:
-    return import_graph(REPO, PACKAGES)
+    return _Graph(import_graph(REPO, PACKAGES))
 
 
 def test_every_package_is_read(graph):
