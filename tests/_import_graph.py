@@ -139,11 +139,11 @@ def cycle_path(graph: dict[str, set[str]], component: list[str]) -> list[str]:
         following: list[str] = []
         for node in frontier:
             for child in sorted(graph[node] & members):
-                if child == start:
+                if child == start:  # closed: walk back from node to start
                     path = [node]
                     while path[-1] != start:
                         path.append(parent[path[-1]])
-                    return [start] + path[::-1][1:] + [start] if node != start else [start, start]
+                    return path[::-1] + [start]
                 if child not in parent:
                     parent[child] = node
                     following.append(child)
