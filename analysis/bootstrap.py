@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.errors import AnalysisError
 from analysis.tables import atomic_path, ok_rows, present_quantities
-from detectors.errors import UserError
 
 __all__ = ["bootstrap_ranges", "bootstrap_winners", "write_ranges_csv", "read_ranges_csv",
            "RANGE_COLUMNS"]
@@ -35,9 +35,9 @@ def bootstrap_winners(metric_values: np.ndarray, n_boot: int = 2500, frac: float
     (n_boot, k))` (row b = resample b); ties go to the first drawn.
     """
     if int(n_boot) < 1:
-        raise UserError(f"n_boot must be at least 1, got {n_boot}")
+        raise AnalysisError(f"n_boot must be at least 1, got {n_boot}")
     if not 0.0 < float(frac) <= 1.0:
-        raise UserError(f"frac must be in (0, 1], got {frac}")
+        raise AnalysisError(f"frac must be in (0, 1], got {frac}")
     values = np.asarray(metric_values, dtype=float)
     n = values.shape[0]
     k = max(1, round(frac * n))
@@ -102,15 +102,15 @@ def read_ranges_csv(path: str | os.PathLike) -> pd.DataFrame:
     """Read a ranges CSV back: indexed by quantity, columns low, best, high, n_models."""
     path = Path(path)
     if not path.is_file():
-        raise UserError(f"ranges file {path} does not exist")
+        raise AnalysisError(f"ranges file {path} does not exist")
     try:
         frame = pd.read_csv(path)
     except Exception as err:  # empty or garbled file
-        raise UserError(f"{path}: cannot read ranges CSV ({type(err).__name__})") from None
+        raise AnalysisError(f"{path}: cannot read ranges CSV ({type(err).__name__})") from None
     missing = [c for c in RANGE_COLUMNS[:4] if c not in frame.columns]
     if missing:
-        raise UserError(f"{path}: ranges CSV lacks column(s) {', '.join(missing)}")
+        raise AnalysisError(f"{path}: ranges CSV lacks column(s) {', '.join(missing)}")
     for col in ("low", "best", "high"):
         if not pd.api.types.is_numeric_dtype(frame[col]):
-            raise UserError(f"{path}: column '{col}' must be numeric")
+            raise AnalysisError(f"{path}: column '{col}' must be numeric")
     return frame.set_index("quantity")

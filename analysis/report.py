@@ -19,12 +19,12 @@ from tqdm import tqdm
 
 from analysis.bootstrap import bootstrap_ranges, write_ranges_csv
 from analysis.edf import edf_summary
+from analysis.errors import AnalysisError
 from analysis.plots import (plot_computation_bars, plot_edfs, plot_flops_vs_latency,
                             plot_quantities, quantity_label,
                             save_figure)
 from analysis.tables import (BACKBONE_RATIOS, DETECTOR_RATIOS, SHAPES, atomic_path,
                              load_results, ok_rows)
-from detectors.errors import UserError
 
 __all__ = ["analyze_run", "describe_range", "Population"]
 
@@ -192,12 +192,12 @@ def analyze_run(run_dir: str | os.PathLike, metric: str = "ap_hard",
 
     Reads RUN_DIR/trials.parquet (or .csv), writes RUN_DIR/analysis/ (ranges*.csv, *.png,
     report.md). compare_dir: a second run whose error EDF is drawn against this one's.
-    Raises UserError for a missing run dir, an empty table, a missing metric column, or a
+    Raises AnalysisError for a missing run dir, an empty table, a missing metric column, or a
     table without a successful trial.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise UserError(f"run directory {run_dir} does not exist")
+        raise AnalysisError(f"run directory {run_dir} does not exist")
     table = load_results(run_dir)
     rows = ok_rows(table, metric, include_stopped=include_stopped)
     ranges = bootstrap_ranges(rows, metric, n_boot=n_boot, seed=seed)

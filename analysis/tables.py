@@ -2,7 +2,7 @@
 
 The columns are fixed in docs/architecture.md ("Results table"); this module only reads them.
 Every mistake in what the user points us at (missing run dir, empty table, unknown metric, no
-successful trial) is a `UserError` with one line naming the file and what is wrong.
+successful trial) is an `AnalysisError` with one line naming the file and what is wrong.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from detectors.errors import UserError
+from analysis.errors import AnalysisError
 
 __all__ = [
     "DEFAULT_QUANTITIES",
@@ -45,17 +45,17 @@ def find_table(run: str | os.PathLike) -> Path:
     if path.is_file():
         return path
     if not path.exists():
-        raise UserError(f"run directory {path} does not exist")
+        raise AnalysisError(f"run directory {path} does not exist")
     for name in _TABLE_NAMES:
         if (path / name).is_file():
             return path / name
-    raise UserError(f"{path} holds no results table (expected {' or '.join(_TABLE_NAMES)})")
+    raise AnalysisError(f"{path} holds no results table (expected {' or '.join(_TABLE_NAMES)})")
 
 
 def load_results(run: str | os.PathLike) -> pd.DataFrame:
     """Read a run's results table (a run directory or a .parquet/.csv file).
 
-    Raises UserError when the run or its table is missing, unreadable or has no rows.
+    Raises AnalysisError when the run or its table is missing, unreadable or has no rows.
     """
     path = find_table(run)
     try:
@@ -64,14 +64,14 @@ def load_results(run: str | os.PathLike) -> pd.DataFrame:
         elif path.suffix == ".csv":
             table = pd.read_csv(path)
         else:
-            raise UserError(f"{path}: results table must be .parquet or .csv")
-    except UserError:
+            raise AnalysisError(f"{path}: results table must be .parquet or .csv")
+    except AnalysisError:
         raise
     except Exception as err:  # pandas/pyarrow raise many types for a corrupt file
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"{path}: cannot read results table ({first})") from None
+        raise AnalysisError(f"{path}: cannot read results table ({first})") from None
     if table.empty:
-        raise UserError(f"{path}: results table is empty (no trials recorded)")
+        raise AnalysisError(f"{path}: results table is empty (no trials recorded)")
     table.attrs["source"] = str(path)
     return table
 
@@ -85,22 +85,22 @@ def ok_rows(table: pd.DataFrame, metric: str = "ap_hard", include_stopped: bool 
     include_stopped also keeps rows an early-stopping scheduler stopped ('stopped': their
     metric is the one at the last rung they reached).
 
-    Raises UserError when the metric column is missing or no row qualifies.
+    Raises AnalysisError when the metric column is missing or no row qualifies.
     """
     where = _where(table)
     if table.empty:
-        raise UserError(f"{where}: results table is empty (no trials recorded)")
+        raise AnalysisError(f"{where}: results table is empty (no trials recorded)")
     if metric not in table.columns:
         aps = [c for c in table.columns if str(c).startswith("ap_")]
         hint = f"; metric columns present: {', '.join(aps)}" if aps else ""
-        raise UserError(f"{where}: no column '{metric}' for the metric{hint}")
+        raise AnalysisError(f"{where}: no column '{metric}' for the metric{hint}")
     values = pd.to_numeric(table[metric], errors="coerce").to_numpy(dtype=float)
     keep = np.isfinite(values)
     if "status" in table.columns:
         wanted = ["ok", "stopped"] if include_stopped else ["ok"]
         keep &= table["status"].astype(str).isin(wanted).to_numpy()
     if not keep.any():
-        raise UserError(f"{where}: no trial with status 'ok' and a finite '{metric}'")
+        raise AnalysisError(f"{where}: no trial with status 'ok' and a finite '{metric}'")
     rows = table.loc[keep].copy()
     rows[metric] = values[keep]
     rows.attrs = dict(table.attrs)
@@ -113,7 +113,7 @@ def present_quantities(table: pd.DataFrame, quantities: list[str] | None = None)
         return [q for q in DEFAULT_QUANTITIES if q in table.columns]
     missing = [q for q in quantities if q not in table.columns]
     if missing:
-        raise UserError(f"{_where(table)}: no column(s) {', '.join(missing)} to bootstrap")
+        raise AnalysisError(f"{_where(table)}: no column(s) {', '.join(missing)} to bootstrap")
     return list(quantities)
 
 

@@ -13,6 +13,7 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
+from analysis.errors import AnalysisError
 from detectors.errors import UserError
 
 __all__ = ["main", "COMMANDS"]
@@ -68,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(_load(args.command).run(args) or 0)
-    except UserError as err:
+    except (UserError, AnalysisError) as err:  # user mistakes, from either layer: one line
         print(f"facenas {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -8,12 +8,10 @@ import json
 import pytest
 import torch
 
+from _cost_check import assert_cost_matches
 from detectors.checkpoint import load_checkpoint
 from detectors.config import TrainConfig, recipe_from_dict
-from detectors.cost import cost
 from detectors.errors import UserError
-from detectors.measure import measured_cost
-from detectors.model import build
 from detectors.spec import DetectorSpec
 from nas.strategies.darts import HISTORY, DartsSettings, run_search
 from nas.strategies.heldout import split_train
@@ -66,7 +64,7 @@ def test_search_resume_is_exact_and_derives(widerface_mini, tmp_path):
     assert DetectorSpec.from_yaml(tmp_path / "a" / "derived_spec.yaml") == whole
     assert (tmp_path / "a" / "architecture.png").stat().st_size > 0
     hw = (64, 64)
-    assert cost(whole, hw).components == measured_cost(build(whole), hw).components
+    assert_cost_matches(whole, hw)
 
 
 def test_sgd_never_moves_the_architecture(widerface_mini, tmp_path):

@@ -6,12 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _cost_check import assert_cost_matches
 from detectors.asfd.autofem import AutoFEMOptions, cell_leaves
 from detectors.asfd.ops import S_CPM, S_FPN
 from detectors.checkpoint import save_checkpoint
-from detectors.cost import cost
 from detectors.errors import UserError
-from detectors.measure import measured_cost
 from detectors.model import build
 from search_spaces.asfd import (SupernetConfig, arch_parameters, build_supernet, derive,
                                 derive_from_checkpoint, derive_options, weight_parameters)
@@ -165,7 +164,7 @@ def test_derive_is_deterministic_and_its_spec_costs_exactly():
         SearchCell.edge_index(i, 4)].argmax())])
     derived = build(spec)
     hw = (61, 70)
-    assert cost(spec, hw).components == measured_cost(derived, hw).components
+    assert_cost_matches(derived, hw)
 
 
 def test_derive_ties_go_to_the_first_candidate():

@@ -6,13 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from _cost_check import assert_cost_matches
 from detectors.bfbox.fpn import RF_MODULES, BFBoxFPN, BFBoxFPNOptions
 from detectors.bfbox.blocks import BLOCKS
 from detectors.catalog import BLOCKS as CATALOG_BLOCKS, NECKS
-from detectors.cost import cost
 from detectors.errors import UserError
-from detectors.measure import measured_cost
-from detectors.model import build
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 
 LEVELS = (2, 3, 4, 5, 6, 7)
@@ -46,8 +44,7 @@ def test_catalogue_holds_every_block_of_fig2():
 @pytest.mark.parametrize("name", sorted(BLOCKS))
 @pytest.mark.parametrize("hw", [(96, 96), (70, 45)])
 def test_block_cost_equals_hook_count(name, hw, one_torch_thread):
-    spec = _spec([name], PLAIN)
-    assert cost(spec, hw).components == measured_cost(build(spec), hw).components
+    assert_cost_matches(_spec([name], PLAIN), hw)
 
 
 def test_hand_count_of_one_block():
@@ -69,7 +66,7 @@ def test_fpn_cost_equals_hook_count(rf, weighted, one_torch_thread):
     options = BFBoxFPNOptions(inputs=(3, 0, 6, 7, 9), rf=(rf,) * 5, weighted=weighted)
     spec = _spec(["bf_conv3"], options, depth=1)
     for hw in ((128, 128), (90, 61)):
-        assert cost(spec, hw).components == measured_cost(build(spec), hw).components
+        assert_cost_matches(spec, hw)
 
 
 def _trains_every_parameter(module: torch.nn.Module, inputs) -> None:

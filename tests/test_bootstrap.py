@@ -10,7 +10,7 @@ import pytest
 
 from analysis.bootstrap import (bootstrap_ranges, bootstrap_winners, read_ranges_csv,
                                 write_ranges_csv)
-from detectors.errors import UserError
+from analysis.errors import AnalysisError
 
 
 def _peaked_table(n: int, seed: int, optimum: float = 0.30, noise: float = 0.002) -> pd.DataFrame:
@@ -159,7 +159,7 @@ def test_single_model_is_its_own_range():
     (pd.DataFrame({"status": ["ok"], "ratio_c2": [0.3], "ap_hard": [0.5]}), {"frac": 1.5}, "frac"),
 ])
 def test_bad_inputs_are_user_errors(table, kwargs, words):
-    with pytest.raises(UserError, match=words):
+    with pytest.raises(AnalysisError, match=words):
         bootstrap_ranges(table, **kwargs)
 
 
@@ -172,9 +172,9 @@ def test_ranges_csv_round_trip_is_atomic(tmp_path):
     np.testing.assert_allclose(back[["low", "best", "high"]], ranges[["low", "best", "high"]],
                                rtol=1e-5)
     (tmp_path / "broken.csv").write_text("quantity,low\nratio_c2,0.1\n")
-    with pytest.raises(UserError, match="broken.csv"):
+    with pytest.raises(AnalysisError, match="broken.csv"):
         read_ranges_csv(tmp_path / "broken.csv")
-    with pytest.raises(UserError, match="does not exist"):
+    with pytest.raises(AnalysisError, match="does not exist"):
         read_ranges_csv(tmp_path / "nope.csv")
 
 

@@ -16,13 +16,13 @@ import pytest
 import torch
 from torch import nn
 
+from _cost_check import assert_cost_matches
 from detectors.anchors import anchor_boxes, anchor_points
 from detectors.assign import iou_assign
 from detectors.fanet.neck import ABlock, FANetNeck, FANetOptions
 from detectors.config import TrainConfig, load_config, recipe_from_dict
 from detectors.cost import cost
 from detectors.device import TrainingMode
-from detectors.measure import measured_cost
 from detectors.model import HeadOutputs, build
 from detectors.multibox import hard_negatives
 from detectors.spec import DetectorSpec
@@ -214,16 +214,10 @@ def test_hierarchical_loss_is_the_weighted_sum_over_hierarchies(aux_weight):
 
 
 # ---- cost ------------------------------------------------------------------------------------
-def _assert_cost_matches(spec: DetectorSpec, hw) -> None:
-    analytic = cost(spec, hw)
-    measured = measured_cost(build(spec), hw)
-    assert analytic.components == measured.components, spec
-
-
 def test_fanet_spec_cost_equals_hook_count():
     spec = DetectorSpec.from_yaml(FANET_SPEC)
-    _assert_cost_matches(spec, (64, 64))
-    _assert_cost_matches(spec, (72, 40))  # odd maps: ceil-mode pools, non-2x upsampling
+    assert_cost_matches(spec, (64, 64))
+    assert_cost_matches(spec, (72, 40))  # odd maps: ceil-mode pools, non-2x upsampling
 
 
 def test_random_fanet_options_cost_equals_hook_count():
@@ -238,7 +232,7 @@ def test_random_fanet_options_cost_equals_hook_count():
                       channels=8 * rng.randint(1, 3), x=4 * rng.randint(1, 4),
                       ratio=rng.choice([1, 4, 8]), context=rng.random() < 0.7, levels=levels,
                       l2norm=tuple(float(rng.randint(1, 10)) for _ in range(rng.randint(0, 3))))
-        _assert_cost_matches(spec, (8 * rng.randint(4, 10), 8 * rng.randint(4, 10)))
+        assert_cost_matches(spec, (8 * rng.randint(4, 10), 8 * rng.randint(4, 10)))
 
 
 def test_vga_cost_of_the_full_fanet():

@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 from _cli import one_line_error
+from _cost_check import assert_cost_matches, measure_module
 from detectors.rsa.detector import TARGET_FACE, plan_scales
 from detectors.rsa.forecast import (NUM_BINS, bin_to_size, forecast_loss,
                                               gaussian_targets, scale_bin, select_scales)
@@ -111,13 +112,9 @@ def test_rollout_shapes():
 
 @pytest.mark.parametrize("rollouts", [0, 2, 5])
 def test_cost_equals_hook_count(rollouts):
-    from detectors.cost import cost
-    from detectors.measure import measured_cost
-
-    spec = _spec(rollouts=rollouts)
-    model = build(spec)
+    model = build(_spec(rollouts=rollouts))
     for hw in ((480, 640), (97, 131)):
-        assert cost(spec, hw).components == measured_cost(model, hw).components
+        assert_cost_matches(model, hw)
 
 
 @pytest.mark.parametrize("bad", [6, -1, True, 2.0])
@@ -368,18 +365,10 @@ def test_pipeline_cost_parts_equal_hook_counts():
     from detectors.rsa.cost import pipeline_cost
     from detectors.measure import measured_cost
 
-    class Holder(torch.nn.Module):  # measured_cost's "head" component = the forecast net
-        def __init__(self, net):
-            super().__init__()
-            self.head = net
-
-        def forward(self, x):
-            return self.head(x)
-
     spec = _spec(rollouts=2)
     model = build(spec)
     parts = pipeline_cost(spec, (480, 640), 2)
-    forecast = measured_cost(Holder(model.head.forecast), (168, 224)).components["head"]
+    forecast = measure_module(model.head.forecast, (168, 224))
     assert (parts["forecast"].params, parts["forecast"].macs) == (forecast.params, forecast.macs)
     fixed = measured_cost(model, (480, 640)).components
     assert parts["trunk"].macs == fixed["stem"].macs + fixed["c2"].macs
