@@ -69,7 +69,7 @@ def main() -> None:
     from detectors.model import build
     from nas.strategies import bfbox_search as bs
     from nas.strategies.spos import path_of_iteration
-    from search_spaces.bfbox_supernet import build_supernet
+    from search_spaces.bfbox.supernet import build_supernet
 
     _FixedPath = _fixed_path_hooks()
     torch.set_num_threads(a.threads)

@@ -58,20 +58,20 @@ def _preset(budget: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _nearest(gflops: float, members) -> int:
     """The member D (of `members`) whose Table 5 GFLOPs are nearest `gflops`."""
-    from search_spaces.asfd_family import TABLE5
+    from search_spaces.asfd.family import TABLE5
 
     return min(members, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
 
 
 def _members() -> tuple[int, ...]:
-    from search_spaces.asfd_family import TABLE1
+    from search_spaces.asfd.family import TABLE1
 
     return tuple(TABLE1)
 
 
 def _member_base(d: int) -> dict[str, Any]:
     """Table 1's member D<d> as a search base (backbone, AutoFEM / head width, head depth)."""
-    from search_spaces.asfd_family import TABLE1, head_depth
+    from search_spaces.asfd.family import TABLE1, head_depth
 
     theta, net = TABLE1[d]
     return {"backbone": net, "channels": 64 * theta, "head_convs": head_depth(theta)}
@@ -83,7 +83,7 @@ def member_latencies(table) -> dict[int, float]:
     row the table lacks, and the profile command that adds them."""
     from detectors.latency import latency, missing_layers
     from detectors.spec import DetectorSpec
-    from search_spaces.asfd_family import TABLE1, TABLE5
+    from search_spaces.asfd.family import TABLE1, TABLE5
 
     models = PRESET.parents[1] / "models"
     specs = {d: DetectorSpec.from_yaml(models / f"asfd_d{d}.yaml") for d in TABLE1}
@@ -139,8 +139,8 @@ def resolve(budget: str, seeds: int | None = None, gflops: float = 70.0, seed: i
 
 
 def base_spec(cfg: dict[str, Any], name: str = "asfd_search"):
-    """The detector around the supernet (search_spaces.asfd_family.search_base)."""
-    from search_spaces.asfd_family import search_base
+    """The detector around the supernet (search_spaces.asfd.family.search_base)."""
+    from search_spaces.asfd.family import search_base
 
     base = dict(cfg.get("base") or {})
     unknown = set(base) - {"backbone", "channels", "head_convs"}
@@ -182,7 +182,7 @@ def check(cfg: dict[str, Any]) -> None:
     """Everything a search would build, built once now (UserError before anything runs);
     with a latency budget, the base member is picked first (apply_latency)."""
     from nas.strategies.darts import DartsSettings
-    from search_spaces.asfd import SupernetConfig
+    from search_spaces.asfd.supernet import SupernetConfig
 
     apply_latency(cfg)
     base_spec(cfg)
@@ -203,7 +203,7 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
     derived spec (also written to out_dir/derived_spec.yaml)."""
     from nas.strategies.darts import DartsSettings, run_search
     from nas.trial import trial_config
-    from search_spaces.asfd import SupernetConfig
+    from search_spaces.asfd.supernet import SupernetConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.derive:
-            from search_spaces.asfd import derive_from_checkpoint
+            from search_spaces.asfd.supernet import derive_from_checkpoint
 
             print(derive_from_checkpoint(args.derive).to_yaml())
             return 0

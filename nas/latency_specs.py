@@ -34,7 +34,7 @@ def _scrfd(gflops: float, num: int, seed: int, budget: str) -> list[DetectorSpec
 
 def _bfbox(gflops: float | None, num: int, seed: int, budget: str) -> list[DetectorSpec]:
     from nas.strategies.bfbox_search import load_preset
-    from search_spaces.bfbox import BFBoxSpace
+    from search_spaces.bfbox.space import BFBoxSpace
 
     space = BFBoxSpace.from_dict(load_preset(budget)["frame"])
     genes = space.sample(num, np.random.default_rng(seed), gflops)
@@ -44,7 +44,7 @@ def _bfbox(gflops: float | None, num: int, seed: int, budget: str) -> list[Detec
 def _asfd(gflops: float, num: int, seed: int, budget: str) -> list[DetectorSpec]:
     from pathlib import Path
 
-    from search_spaces.asfd_family import TABLE5
+    from search_spaces.asfd.family import TABLE5
 
     d = min(TABLE5, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
     models = Path(__file__).resolve().parents[1] / "experiments" / "models"

@@ -16,7 +16,7 @@ import yaml
 from detectors.config import CONFIG_BUDGET_KEYS, Schedule, check_budget_section, merge
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
-from search_spaces.scrfd import ScrfdSpace, SpaceBounds, Step1Fixed
+from search_spaces.scrfd.space import ScrfdSpace, SpaceBounds, Step1Fixed
 
 __all__ = ["PRESET_DIR", "REGIMES", "SPACES", "build_space", "default_data", "load_preset",
            "preset_path", "resolve", "sample_seed"]

@@ -17,7 +17,7 @@ from detectors.model import build
 from detectors.spec import DetectorSpec
 from nas.strategies.darts import HISTORY, DartsSettings, run_search
 from nas.strategies.heldout import split_train
-from search_spaces.asfd import SupernetConfig
+from search_spaces.asfd.supernet import SupernetConfig
 from tests.test_asfd_search import BASE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -76,7 +76,7 @@ def test_sgd_never_moves_the_architecture(widerface_mini, tmp_path):
     run_search(_config(), widerface_mini, tmp_path / "w", SUPERNET, settings, num_threads=1,
                max_iterations=3)
     state = load_checkpoint(tmp_path / "w" / "checkpoint.pt")
-    from search_spaces.asfd import build_supernet
+    from search_spaces.asfd.supernet import build_supernet
 
     torch.manual_seed(RECIPE["seed"])  # the trainer seeds before building: the same init
     init = build_supernet(BASE, SUPERNET).state_dict()

@@ -14,7 +14,7 @@ from detectors.measure import measured_cost
 from detectors.model import build
 from detectors.spec import DetectorSpec
 from detectors.autofem import AutoFEMOptions
-from search_spaces.asfd_family import TABLE1, autofem_depth, family_spec, head_depth, main
+from search_spaces.asfd.family import TABLE1, autofem_depth, family_spec, head_depth, main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -13,9 +13,9 @@ from detectors.cost import cost
 from detectors.errors import UserError
 from detectors.measure import measured_cost
 from detectors.model import build
-from search_spaces.asfd import (SupernetConfig, arch_parameters, build_supernet, derive,
+from search_spaces.asfd.supernet import (SupernetConfig, arch_parameters, build_supernet, derive,
                                 derive_from_checkpoint, derive_options, weight_parameters)
-from search_spaces.asfd_cells import SearchCell, channel_shuffle, gumbel_hard
+from search_spaces.asfd.cells import SearchCell, channel_shuffle, gumbel_hard
 from tests.test_asfd_ops import autofem_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

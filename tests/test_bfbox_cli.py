@@ -16,7 +16,7 @@ from detectors.checkpoint import save_checkpoint
 from detectors.config import load_config
 from detectors.cost import vga_gflops
 from nas.strategies.bfbox_search import load_preset
-from search_spaces.bfbox import BFBoxSpace
+from search_spaces.bfbox.space import BFBoxSpace
 
 
 def _other_space_checkpoint(path: Path) -> Path:

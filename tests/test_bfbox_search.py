@@ -9,7 +9,7 @@ import pytest
 from detectors.cost import vga_gflops
 from detectors.errors import UserError
 from nas.strategies.evolution import Evolution, RandomSearch, make_strategy
-from search_spaces.bfbox import BFBoxSpace
+from search_spaces.bfbox.space import BFBoxSpace
 
 SPACE = BFBoxSpace(widths=(32, 32, 64, 64, 64, 32), stem_width=16, neck_channels=16, head_channels=16)
 

@@ -15,7 +15,7 @@ from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from nas import presets
 from nas.results import cost_columns
-from search_spaces.scrfd import RATIO_QUANTITIES, ScrfdSpace, SpaceBounds, Step1Fixed
+from search_spaces.scrfd.space import RATIO_QUANTITIES, ScrfdSpace, SpaceBounds, Step1Fixed
 
 REGIMES = (0.5, 2.5, 10.0, 34.0)
 

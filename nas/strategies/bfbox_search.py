@@ -31,7 +31,7 @@ import yaml
 
 from detectors.config import merge
 from detectors.errors import UserError
-from search_spaces.bfbox import BFBoxSpace
+from search_spaces.bfbox.space import BFBoxSpace
 
 __all__ = ["PRESET", "resolve", "space_of", "run_supernet", "plan_candidates",
            "evaluate_candidate", "planner", "load_preset", "scored_rows"]

@@ -20,7 +20,7 @@ from torch import nn
 
 from detectors.errors import UserError
 from detectors.model import build
-from search_spaces.bfbox import BFBoxPath, BFBoxSpace
+from search_spaces.bfbox.space import BFBoxPath, BFBoxSpace
 
 __all__ = ["EvalSubsets", "fixed_subsets", "recalibrate_bn", "image_batches", "evaluate_path"]
 

@@ -18,7 +18,7 @@ from detectors.spec import DetectorSpec
 from nas import presets
 from nas.results import COLUMNS, RunStore
 from nas.spaces import Phase
-from search_spaces.scrfd import RATIO_QUANTITIES
+from search_spaces.scrfd.space import RATIO_QUANTITIES
 
 __all__ = ["resolve", "check", "phases", "finish", "default_data", "step2_ranges", "steps"]
 
