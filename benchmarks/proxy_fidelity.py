@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     from detectors.config import TrainConfig, apply_budget, recipe_from_dict
     from detectors.spec import DetectorSpec
     from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
+    from nas.strategies.two_step import sample_seed
     from nas.trial import TrialRequest
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,10 +76,12 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: rank the finished pairs already in --out")
     args = p.parse_args(argv)
 
-    data = args.data or str(presets.default_data("scrfd", args.gflops, args.budget))
-    search = presets.resolve("scrfd", args.gflops, args.budget, num_samples=args.specs,
-                             seed=args.sample_seed, steps="1", data=data, max_failures=0)
-    specs = presets.build_space(search).sample(args.specs, seed=presets.sample_seed(args.sample_seed, 1),
+    search = resolve_config(SearchOptions(space="scrfd", gflops=args.gflops, budget=args.budget,
+                                          num_samples=args.specs, seed=args.sample_seed, steps="1",
+                                          max_failures=0))
+    data = args.data or str(presets.default_data(search))
+    search["data"] = data
+    specs = build_space(search).sample(args.specs, seed=sample_seed(args.sample_seed, 1),
                                                  step=1)
     scaled = apply_budget(TrainConfig(DetectorSpec.from_dict(search["template"]),
                                       recipe_from_dict(search["recipe"])), args.budget)

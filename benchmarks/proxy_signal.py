@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     from scipy import stats
 
     from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
+    from nas.strategies.two_step import sample_seed
     from nas.trial import TrialRequest, merge
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,11 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="directory for the trials (default: a temporary one)")
     args = p.parse_args(argv)
 
-    data = args.data or str(presets.default_data("scrfd", args.gflops, args.budget))
-    search = presets.resolve("scrfd", args.gflops, args.budget, num_samples=args.specs,
-                             seed=args.sample_seed, steps="1", data=data, max_failures=0)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=args.gflops, budget=args.budget,
+                                          num_samples=args.specs, seed=args.sample_seed, steps="1",
+                                          max_failures=0))
+    data = args.data or str(presets.default_data(search))
+    search["data"] = data
     overrides = merge(search["recipe_overrides"], yaml.safe_load(args.override) or {})
-    specs = presets.build_space(search).sample(args.specs, seed=presets.sample_seed(args.sample_seed, 1),
+    specs = build_space(search).sample(args.specs, seed=sample_seed(args.sample_seed, 1),
                                                  step=1)
     out = Path(args.out or tempfile.mkdtemp(prefix="proxy_signal-"))
     requests = [TrialRequest(spec_id=s.id, spec_yaml=s.to_yaml(), step=1, seed=seed,

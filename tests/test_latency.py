@@ -187,11 +187,13 @@ def test_onnxruntime_rows_write_into_bound_outputs_that_equal_a_plain_run():
 
 
 def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
-    from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
 
-    search = presets.resolve("scrfd", gflops, "paper", num_samples=4, seed=0, steps="both",
-                             data="", max_failures=0)
-    space = presets.build_space(search)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget="paper",
+                                          num_samples=4, max_failures=0))
+    space = build_space(search)
     if latency_band is None:
         return space
     from search_spaces.scrfd.space import ScrfdSpace
@@ -230,12 +232,13 @@ def test_scrfd_latency_band_alone_and_with_gflops():
 def test_bfbox_latency_tables_equal_the_per_spec_model():
     import dataclasses
 
-    from nas.strategies.bfbox_search import load_preset
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
     from search_spaces.bfbox.space import BFBoxSpace
 
     table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3),
                    hw=(256, 256))
-    space = BFBoxSpace.from_dict(load_preset("smoke")["frame"])
+    space = BFBoxSpace.from_dict(resolve_config(SearchOptions(space="bfbox", budget="smoke"))["frame"])
     space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
     genes = space.random_genes(np.random.default_rng(0), 8)
     want = [latency(space.template(space.decode(g)), table).total_ms for g in genes]

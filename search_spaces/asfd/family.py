@@ -26,13 +26,14 @@ import math
 import os
 import sys
 from pathlib import Path
+from typing import Iterable
 
 from detectors.autofem import AutoFEMOptions
 from detectors.errors import UserError
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 
 __all__ = ["TABLE1", "TABLE5", "autofem_depth", "head_depth", "backbone", "family_spec",
-           "search_base"]
+           "search_base", "nearest_member"]
 
 LEVELS = (2, 3, 4, 5, 6, 7)
 # D -> (theta, backbone); Table 1
@@ -45,6 +46,12 @@ _RESNETS = {"resnet18": ("tv_basic", (2, 2, 2, 2)), "resnet34": ("tv_basic", (3,
             "resnet50": ("tv_bottleneck", (3, 4, 6, 3)),
             "resnet101": ("tv_bottleneck", (3, 4, 23, 3)),
             "resnet152": ("tv_bottleneck", (3, 8, 36, 3))}
+
+
+def nearest_member(gflops: float, members: Iterable[int] = TABLE1) -> int:
+    """The member D (of `members`) whose Table 5 GFLOPs are nearest `gflops` (the smaller D
+    on a tie)."""
+    return min(members, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
 
 
 def autofem_depth(theta: int) -> float:
