@@ -1,5 +1,6 @@
 """`--set KEY=VALUE` overrides (mmdetection's --cfg-options), shared by `facenas train`, `test`
-and `search`: one parser of KEY=VALUE lists and one dotted-key setter over plain mappings.
+and `search`: one parser of KEY=VALUE lists and one dotted-key setter over plain mappings
+(`override_config` applies them to a retraining config).
 
     set_dotted(config, "recipe.schedule.total", 600)
 
@@ -11,13 +12,16 @@ mapping, and so on (None accepts anything).
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
 
 import yaml
 
 from detectors.errors import UserError
 
-__all__ = ["parse_overrides", "set_dotted", "check_like"]
+if TYPE_CHECKING:
+    from detectors.config import TrainConfig
+
+__all__ = ["parse_overrides", "set_dotted", "check_like", "override_config"]
 
 
 def parse_overrides(items: Sequence[str] | None) -> list[tuple[str, Any]]:
@@ -98,3 +102,22 @@ def set_dotted(config: dict[str, Any], key: str, value: Any,
             node[part] = value
         else:
             node = node[part]
+
+
+def override_config(config: "TrainConfig", items: Sequence[str] | None) -> "TrainConfig":
+    """A retraining config with `--set KEY=VALUE` items applied to its full form (spec.*,
+    recipe.*; every key exists there, so a mistyped one is an error) and parsed again."""
+    from detectors.config import TrainConfig, recipe_from_dict
+    from detectors.spec import DetectorSpec
+
+    pairs = parse_overrides(items)
+    if not pairs:
+        return config
+    data = config.to_dict()
+    for key, value in pairs:
+        set_dotted(data, key, value)
+    try:
+        return TrainConfig(spec=DetectorSpec.from_dict(data["spec"]),
+                           recipe=recipe_from_dict(data["recipe"]), budgets=config.budgets)
+    except UserError as err:
+        raise UserError(f"--set {', '.join(k for k, _ in pairs)}: {err}") from None
