@@ -12,9 +12,10 @@ set) -> the space's `check`. The overrides are recorded as given, in `search.ove
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from detectors.config import recipe_from_dict
 from detectors.errors import UserError
@@ -44,6 +45,9 @@ def _preset(opts: SearchOptions) -> tuple[Path, dict[str, Any]]:
         return builtin_path, load_preset(builtin_path, rules)
     path = Path(opts.preset).expanduser().resolve()
     preset = load_preset(path, rules)
+    if preset.get("space", opts.space) != opts.space:
+        raise UserError(f"{path}: space is {preset['space']!r}, not --space {opts.space} "
+                        f"(pass --space {preset['space']})")
     check_preset_kinds(preset, load_preset(builtin_path, rules), path)
     return path, preset
 
@@ -81,10 +85,31 @@ def resolve_config(opts: SearchOptions) -> dict[str, Any]:
     if opts.top_k is not None:
         search["top_k"] = int(opts.top_k)
     _apply_overrides(search, list(opts.overrides))
-    entry.derive(search, opts)
+    with _naming_overrides(opts):
+        _check_driver_keys(search)
+        entry.derive(search, opts)
     if opts.overrides:
         search["overrides"] = list(opts.overrides)
     return search
+
+
+@contextlib.contextmanager
+def _naming_overrides(opts: SearchOptions) -> Iterator[None]:
+    """A check failing after `--set` names the keys set (the value may be what it rejects)."""
+    try:
+        yield
+    except UserError as err:
+        if not opts.overrides:
+            raise
+        keys = ", ".join(item.partition("=")[0] for item in opts.overrides)
+        raise UserError(f"{err} (with --set {keys})") from None
+
+
+def _check_driver_keys(search: dict[str, Any]) -> None:
+    """The keys the driver itself reads, in range (a space checks its own)."""
+    for key, low in (("top_k", 1), ("max_failures", 0)):
+        if not isinstance(search.get(key), int) or search[key] < low:
+            raise UserError(f"{key} must be an integer >= {low}, got {search.get(key)!r}")
 
 
 def resolve_search(opts: SearchOptions) -> dict[str, Any]:
@@ -95,5 +120,6 @@ def resolve_search(opts: SearchOptions) -> dict[str, Any]:
     if not data.is_dir():
         raise UserError(f"--data {opts.data or data}: no such directory")
     search["data"] = str(data.resolve())
-    space_entry(opts.space).check(search)  # an infeasible budget is an error before anything is written
+    with _naming_overrides(opts):
+        space_entry(opts.space).check(search)  # an infeasible budget: nothing written yet
     return search
