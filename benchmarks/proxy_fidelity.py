@@ -52,11 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detectors.config import TrainConfig, apply_budget, recipe_from_dict
     from detectors.spec import DetectorSpec
-    from nas import presets
-    from nas.options import SearchOptions
-    from nas.search_config import resolve_config
-    from nas.spaces.scrfd import build_space
-    from nas.strategies.two_step import sample_seed
+    from proxy_signal import step1_sample  # the same step-1 sample (benchmarks/ is on sys.path)
     from nas.trial import TrialRequest
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -76,13 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: rank the finished pairs already in --out")
     args = p.parse_args(argv)
 
-    search = resolve_config(SearchOptions(space="scrfd", gflops=args.gflops, budget=args.budget,
-                                          num_samples=args.specs, seed=args.sample_seed, steps="1",
-                                          max_failures=0))
-    data = args.data or str(presets.default_data(search))
-    search["data"] = data
-    specs = build_space(search).sample(args.specs, seed=sample_seed(args.sample_seed, 1),
-                                                 step=1)
+    search, specs = step1_sample(args.gflops, args.budget, args.specs, args.sample_seed, args.data)
+    data = search["data"]
     scaled = apply_budget(TrainConfig(DetectorSpec.from_dict(search["template"]),
                                       recipe_from_dict(search["recipe"])), args.budget)
     base_schedule = scaled.recipe.to_dict()["schedule"]
