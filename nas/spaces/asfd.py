@@ -30,11 +30,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 
 from detectors.config import merge
 from detectors.errors import UserError
@@ -211,18 +209,18 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
 def search_trial(request, report=None) -> dict[str, Any]:
     """The driver's trial of the search phase: one seed's search, resumed if interrupted
     (`report`, the driver's rung callback under ASHA, is not used: a search has no rungs)."""
-    from detectors.device import set_threads
     from detectors.train import CHECKPOINT
+    from nas.trial import run_job
 
-    start = time.perf_counter()
-    set_threads(request.num_threads)
-    base = DetectorSpec.from_yaml(request.spec_yaml)
-    out = Path(request.out_dir)
-    spec = run_seed(request.search, seed_of(base), request.data_root, out, base=base,
-                    resume=(out / "search" / CHECKPOINT).is_file(),
-                    num_threads=request.num_threads)
-    return {"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
-            "derived_spec_id": spec.id}
+    def search() -> dict[str, Any]:
+        base = DetectorSpec.from_yaml(request.spec_yaml)
+        out = Path(request.out_dir)
+        spec = run_seed(request.search, seed_of(base), request.data_root, out, base=base,
+                        resume=(out / "search" / CHECKPOINT).is_file(),
+                        num_threads=request.num_threads)
+        return {"derived_spec_id": spec.id}
+
+    return run_job(request, search)
 
 
 def derived_trial(request, report=None) -> dict[str, Any]:

@@ -190,13 +190,12 @@ def plan_candidates(search: dict[str, Any], generation: int,
 
 def evaluate_candidate(search: dict[str, Any], spec_yaml: str, supernet_path: str | os.PathLike,
                        data_root: str | os.PathLike) -> dict[str, Any]:
-    """One candidate trial: inherit, recalibrate, test; the results-row metrics."""
+    """One candidate: inherit, recalibrate, test; the results-row metrics."""
     from nas.strategies.candidates import evaluate_candidate as evaluate
 
     test = search["recipe"]["test"]
-    metrics = evaluate(search["frame"], spec_yaml, supernet_path, data_root, search["candidates"],
-                       search["seed"], test["score_thresh"], test["iou_thresh"])
-    return {"status": "ok", "error": "", **metrics}
+    return evaluate(search["frame"], spec_yaml, supernet_path, data_root, search["candidates"],
+                    search["seed"], test["score_thresh"], test["iou_thresh"])
 
 
 def scored_rows(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:
@@ -221,24 +220,20 @@ def supernet_checkpoint(search: dict[str, Any], run_dir: Path) -> Path:
 
 def supernet_trial(request) -> dict[str, Any]:
     """Phase 0's one trial: train (or resume) the supernet into <trial dir>/supernet."""
-    from detectors.device import set_threads
+    from nas.trial import run_job
 
-    start = time.perf_counter()
-    set_threads(request.num_threads)
-    ckpt = run_supernet(request.search, Path(request.out_dir) / "supernet", request.data_root,
-                        num_threads=request.num_threads)
-    return {"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
-            "checkpoint": str(ckpt)}
+    return run_job(request, lambda: {"checkpoint": str(run_supernet(
+        request.search, Path(request.out_dir) / "supernet", request.data_root,
+        num_threads=request.num_threads))})
 
 
 def candidate_trial(request) -> dict[str, Any]:
     """One candidate: inherit the supernet's weights, recalibrate BN, test; row metrics."""
-    from detectors.device import set_threads
+    from nas.trial import run_job
 
-    set_threads(request.num_threads)
-    run_dir = Path(request.out_dir).parents[1]
-    ckpt = supernet_checkpoint(request.search, run_dir)
-    return evaluate_candidate(request.search, request.spec_yaml, ckpt, request.data_root)
+    ckpt = supernet_checkpoint(request.search, Path(request.out_dir).parents[1])  # RUN_DIR
+    return run_job(request, lambda: evaluate_candidate(request.search, request.spec_yaml, ckpt,
+                                                       request.data_root))
 
 
 def _plan_supernet(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
