@@ -33,7 +33,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-
 from detectors.config import merge
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
