@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", default="scrfd", help="search space (default scrfd)")
     parser.add_argument("--gflops", type=float, default=None,
                         help="target VGA GFLOPs; the nearest regime's preset is used (default "
-                             "2.5; with --latency-ms alone it only picks the regime)")
+                             "2.5, or a --preset's own gflops; with --latency-ms alone it only "
+                             "picks the regime)")
     parser.add_argument("--latency-ms", type=float, default=None,
                         help="latency budget: predicted ms in [L (1 - tolerance), L] on "
                              "--latency-table (alone or with --gflops)")

@@ -31,7 +31,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from detectors.config import merge
 from detectors.errors import UserError
@@ -40,6 +40,10 @@ from experiments import MODELS_DIR, SEARCH_DIR
 from nas.options import SearchOptions
 from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.results import RunStore
+
+if TYPE_CHECKING:
+    from detectors.latency import LatencyTable
+    from nas.trial import TrialRequest
 
 __all__ = ["PRESET", "ENTRY", "DERIVED", "resolve", "derive", "check", "phases",
            "add_arguments", "apply_latency", "latency_member", "member_latencies", "base_spec",
@@ -61,7 +65,7 @@ def _member_base(d: int) -> dict[str, Any]:
     return {"backbone": net, "channels": 64 * theta, "head_convs": head_depth(theta)}
 
 
-def member_latencies(table) -> dict[int, float]:
+def member_latencies(table: "LatencyTable") -> dict[int, float]:
     """Predicted ms of each family member D0-D6 (experiments/models/asfd_d<k>.yaml, the
     shipped derived AutoFEM around each base) on `table`; one line naming the members and a
     row the table lacks, and the profile command that adds them."""
@@ -186,8 +190,8 @@ def check(cfg: dict[str, Any]) -> None:
 
 
 def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str | Path, *,
-             base=None, resume: bool = False, num_threads: int | None = None,
-             progress: bool = False):
+             base: DetectorSpec | None = None, resume: bool = False,
+             num_threads: int | None = None, progress: bool = False) -> DetectorSpec:
     """One bilevel search with `seed` (recipe, Gumbel sampling, data split); returns the
     derived spec (also written to out_dir/derived_spec.yaml)."""
     from nas.strategies.darts import DartsSettings, run_search
@@ -205,7 +209,7 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
                       num_threads=num_threads, progress=progress, derived=out / DERIVED)
 
 
-def search_trial(request, report=None) -> dict[str, Any]:
+def search_trial(request: "TrialRequest", report: Callable | None = None) -> dict[str, Any]:
     """The driver's trial of the search phase: one seed's search, resumed if interrupted
     (`report`, the driver's rung callback under ASHA, is not used: a search has no rungs)."""
     from detectors.train import CHECKPOINT
@@ -222,7 +226,7 @@ def search_trial(request, report=None) -> dict[str, Any]:
     return run_job(request, search)
 
 
-def derived_trial(request, report=None) -> dict[str, Any]:
+def derived_trial(request: "TrialRequest", report: Callable | None = None) -> dict[str, Any]:
     """run_trial (train + test; rung reports under ASHA) of a derived detector, plus its
     search seed."""
     from nas.trial import run_trial

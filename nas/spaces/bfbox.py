@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
@@ -34,6 +34,11 @@ from experiments import SEARCH_DIR
 from nas.options import SearchOptions
 from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.results import RunStore
+
+if TYPE_CHECKING:
+    from nas.strategies.evolution import Evolution, RandomSearch
+    from nas.trial import TrialRequest
+    from search_spaces.bfbox.space import BFBoxSpace
 
 __all__ = ["PRESET", "ENTRY", "SUPERNET_STEP", "resolve", "derive", "check", "phases",
            "add_arguments", "space_of", "planner", "run_supernet", "plan_candidates",
@@ -130,7 +135,7 @@ def check(search: dict[str, Any]) -> None:
         load_supernet(search["supernet"], BFBoxSpace.from_dict(search["frame"]))
 
 
-def space_of(search: dict[str, Any]):
+def space_of(search: dict[str, Any]) -> "BFBoxSpace":
     """The config's frame (search_spaces.bfbox.space.BFBoxSpace), with the search's latency
     band when it has one."""
     from search_spaces.bfbox.space import BFBoxSpace
@@ -146,7 +151,7 @@ def space_of(search: dict[str, Any]):
     return space
 
 
-def planner(search: dict[str, Any]):
+def planner(search: dict[str, Any]) -> "RandomSearch | Evolution":
     """The candidate planner (nas.strategies.evolution: random or evolution)."""
     from nas.strategies.evolution import make_strategy
 
@@ -218,7 +223,7 @@ def supernet_checkpoint(search: dict[str, Any], run_dir: Path) -> Path:
     return run_dir / "trials" / f"step{SUPERNET_STEP}-{spec_id}" / "supernet" / CHECKPOINT
 
 
-def supernet_trial(request) -> dict[str, Any]:
+def supernet_trial(request: "TrialRequest") -> dict[str, Any]:
     """Phase 0's one trial: train (or resume) the supernet into <trial dir>/supernet."""
     from nas.trial import run_job
 
@@ -227,7 +232,7 @@ def supernet_trial(request) -> dict[str, Any]:
         num_threads=request.num_threads))})
 
 
-def candidate_trial(request) -> dict[str, Any]:
+def candidate_trial(request: "TrialRequest") -> dict[str, Any]:
     """One candidate: inherit the supernet's weights, recalibrate BN, test; row metrics."""
     from nas.trial import run_job
 
@@ -240,7 +245,7 @@ def _plan_supernet(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec
     return [_supernet_spec(search)]
 
 
-def _plan_generation(generation: int):
+def _plan_generation(generation: int) -> Callable[[RunStore, dict[str, Any]], list[DetectorSpec]]:
     def plan(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
         rows = [r for r in store.rows() if r["step"] >= 1]
         t0 = time.perf_counter()

@@ -15,7 +15,7 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from detectors.config import CONFIG_BUDGET_KEYS, Schedule, merge
 from detectors.errors import UserError
@@ -26,6 +26,9 @@ from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.presets import recipe_mapping
 from nas.results import RunStore
 from nas.strategies.two_step import sample_seed, step2_ranges as bootstrap_step2_ranges
+
+if TYPE_CHECKING:
+    from search_spaces.scrfd.space import ScrfdSpace
 
 __all__ = ["PRESET", "REGIMES", "ENTRY", "preset_path", "resolve", "derive", "check", "phases",
            "build_space", "step2_ranges", "steps", "trial_schedule", "trial_iterations"]
@@ -110,7 +113,7 @@ def phases(search: dict[str, Any]) -> list[Phase]:
             for s in steps(search)]
 
 
-def build_space(search: dict[str, Any]):
+def build_space(search: dict[str, Any]) -> "ScrfdSpace":
     """The sampler (search_spaces.scrfd.space.ScrfdSpace) described by a resolved config."""
     from search_spaces.scrfd.space import ScrfdSpace, SpaceBounds, Step1Fixed
 
