@@ -106,8 +106,9 @@ def _naming_overrides(opts: SearchOptions) -> Iterator[None]:
 
 
 def _check_driver_keys(search: dict[str, Any]) -> None:
-    """The keys the driver itself reads, in range (a space checks its own)."""
-    for key, low in (("top_k", 1), ("max_failures", 0)):
+    """The keys the driver itself reads, in range (a space checks its own; Tune's
+    max_failures -1 retries without end)."""
+    for key, low in (("top_k", 0), ("max_failures", -1)):
         if not isinstance(search.get(key), int) or search[key] < low:
             raise UserError(f"{key} must be an integer >= {low}, got {search.get(key)!r}")
 

@@ -81,7 +81,8 @@ def _bad_presets(tmp_path: Path) -> dict[str, Path]:
     (["--set", "recipe.schedule.totl=600"], ["recipe.schedule.totl"]),
     (["--set", "tolerance=abc"], ["--set tolerance must be a number"]),
     (["--set", "recipe.schedule.total=0"], ["--set recipe.schedule.total", "total must be >= 1"]),
-    (["--set", "top_k=0"], ["top_k", "--set top_k"]),
+    (["--set", "top_k=-1"], ["top_k must be an integer >= 0", "--set top_k"]),
+    (["--set", "max_failures=1.5"], ["--set max_failures must be an integer"]),
 ])
 def test_bad_preset_or_set_is_one_line_exit_2_and_no_run_dir(tmp_path, capsys, args, words):
     files = _bad_presets(tmp_path)
