@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from search_spaces.asfd_cells import MODES, SearchCell
+from search_spaces.asfd.cells import MODES, SearchCell
 
 
 def _saved_bytes(cell: SearchCell, x: torch.Tensor) -> int:

@@ -83,7 +83,13 @@ def main() -> None:
 
     from detectors.data.synthetic import default_root
     from detectors.spec import DetectorSpec
-    from nas.strategies import bfbox_search as bs
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces import bfbox as bs
+
+    def resolve(**space_options):
+        return resolve_config(SearchOptions(space="bfbox", gflops=a.gflops, budget=a.budget,
+                                            space_options=space_options))
 
     torch.set_num_threads(1)
     out = Path(a.out)
@@ -98,13 +104,13 @@ def main() -> None:
                 s["total"], s["warmup_iters"] = its, min(s["warmup_iters"], its // 4)
         return config
 
-    base = shrink(bs.resolve(a.gflops, a.budget, num_candidates=a.candidates, strategy="random"))
+    base = shrink(resolve(num_candidates=a.candidates, strategy="random"))
     data = Path(a.data) if a.data else Path(default_root(**base["synthetic"]))
     plan = bs.plan_candidates(base, 0, [])
     inherited: dict[str, list[float]] = {}
     for setting in a.attention:
-        config = shrink(bs.resolve(a.gflops, a.budget, num_candidates=a.candidates,
-                                   strategy="random", frame={"attention": setting == "on"}))
+        config = shrink(resolve(num_candidates=a.candidates, strategy="random",
+                                fpn_attention=setting))
         t0 = time.perf_counter()
         ckpt = bs.run_supernet(config, out / f"supernet-{setting}", data,
                                num_threads=a.threads or a.workers)

@@ -67,13 +67,15 @@ def main() -> None:
     from detectors.config import recipe_from_dict
     from detectors.data.synthetic import default_root
     from detectors.model import build
-    from nas.strategies import bfbox_search as bs
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces import bfbox as bs
     from nas.strategies.spos import path_of_iteration
-    from search_spaces.bfbox_supernet import build_supernet
+    from search_spaces.bfbox.supernet import build_supernet
 
     _FixedPath = _fixed_path_hooks()
     torch.set_num_threads(a.threads)
-    config = bs.resolve(a.gflops, a.budget)
+    config = resolve_config(SearchOptions(space="bfbox", gflops=a.gflops, budget=a.budget))
     space, recipe = bs.space_of(config), recipe_from_dict(config["recipe"])
     data = Path(default_root(**config["synthetic"]))
     batches = SeededBatches(data, recipe)

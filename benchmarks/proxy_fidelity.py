@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from detectors.config import TrainConfig, apply_budget, recipe_from_dict
     from detectors.spec import DetectorSpec
-    from nas import presets
+    from proxy_signal import step1_sample  # the same step-1 sample (benchmarks/ is on sys.path)
     from nas.trial import TrialRequest
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -72,11 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="train nothing: rank the finished pairs already in --out")
     args = p.parse_args(argv)
 
-    data = args.data or str(presets.default_data("scrfd", args.gflops, args.budget))
-    search = presets.resolve("scrfd", args.gflops, args.budget, num_samples=args.specs,
-                             seed=args.sample_seed, steps="1", data=data, max_failures=0)
-    specs = presets.build_space(search).sample(args.specs, seed=presets.sample_seed(args.sample_seed, 1),
-                                                 step=1)
+    search, specs = step1_sample(args.gflops, args.budget, args.specs, args.sample_seed, args.data)
+    data = search["data"]
     scaled = apply_budget(TrainConfig(DetectorSpec.from_dict(search["template"]),
                                       recipe_from_dict(search["recipe"])), args.budget)
     base_schedule = scaled.recipe.to_dict()["schedule"]

@@ -41,13 +41,27 @@ def _run(request_dict: dict) -> dict:
     return {"spec_id": request.spec_id, "seed": request.seed, **run_trial(request)}
 
 
+def step1_sample(gflops: float, budget: str, num: int, seed: int, data: str | None) -> tuple[dict, list]:
+    """The budget's step-1 search config (its dataset: `data`, else the budget's embedded one)
+    and `num` specs sampled as the search's step 1 would with search seed `seed`."""
+    from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
+    from nas.strategies.two_step import sample_seed
+
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget=budget,
+                                          num_samples=num, seed=seed, steps="1", max_failures=0))
+    search["data"] = data or str(presets.default_data(search))
+    return search, build_space(search).sample(num, seed=sample_seed(seed, 1), step=1)
+
+
 def main(argv: list[str] | None = None) -> int:
     import numpy as np
     import pandas as pd
     import yaml
     from scipy import stats
 
-    from nas import presets
     from nas.trial import TrialRequest, merge
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -62,12 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="directory for the trials (default: a temporary one)")
     args = p.parse_args(argv)
 
-    data = args.data or str(presets.default_data("scrfd", args.gflops, args.budget))
-    search = presets.resolve("scrfd", args.gflops, args.budget, num_samples=args.specs,
-                             seed=args.sample_seed, steps="1", data=data, max_failures=0)
+    search, specs = step1_sample(args.gflops, args.budget, args.specs, args.sample_seed, args.data)
+    data = search["data"]
     overrides = merge(search["recipe_overrides"], yaml.safe_load(args.override) or {})
-    specs = presets.build_space(search).sample(args.specs, seed=presets.sample_seed(args.sample_seed, 1),
-                                                 step=1)
     out = Path(args.out or tempfile.mkdtemp(prefix="proxy_signal-"))
     requests = [TrialRequest(spec_id=s.id, spec_yaml=s.to_yaml(), step=1, seed=seed,
                              budget=args.budget, data_root=data,

@@ -29,14 +29,16 @@ def sleep_trial(request) -> dict:
 
 
 def bench_sampler(gflops: float, repeats: int = 3) -> None:
-    from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
 
-    search = presets.resolve("scrfd", gflops, "quick", num_samples=320, seed=0, steps="both",
-                             data="/", max_failures=0)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget="quick",
+                                          num_samples=320, max_failures=0))
     for step in (1, 2):
         cold, warm = [], []
         for seed in range(repeats):
-            space = presets.build_space(search)
+            space = build_space(search)
             t0 = time.perf_counter()
             space.sample(320, seed=seed, step=step)
             cold.append(time.perf_counter() - t0)

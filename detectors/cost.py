@@ -24,7 +24,7 @@ from detectors.macs import Counter
 from detectors.spec import DetectorSpec
 
 __all__ = ["ComponentCost", "CostReport", "COMPONENTS", "components_of", "cost", "vga_gflops",
-           "level_sizes", "VGA_FACTOR", "count"]
+           "level_sizes", "backbone_sizes", "VGA_FACTOR", "count"]
 
 # The components of a four-stage (SCRFD) spec; components_of(spec) gives any spec's.
 COMPONENTS = ("stem", "c2", "c3", "c4", "c5", "neck", "head")
@@ -75,7 +75,7 @@ def components_of(spec: DetectorSpec) -> tuple[str, ...]:
     return ("stem",) + tuple(f"c{lv}" for lv in spec.backbone.levels) + ("neck", "head")
 
 
-def _backbone(spec: DetectorSpec, h: int, w: int, counters: list[Counter]) -> list[tuple[int, int]]:
+def backbone_sizes(spec: DetectorSpec, h: int, w: int, counters: list[Counter]) -> list[tuple[int, int]]:
     """Stem and stages into counters[0], counters[1..]; returns each stage's output size."""
     from detectors.backbones import stage_strides
     from detectors.catalog import block_entry, stem_entry
@@ -111,7 +111,7 @@ def level_sizes(spec: DetectorSpec, input_hw: tuple[int, int]) -> list[tuple[int
     (`HeadOutputs.feature_sizes`) when you have them.
     """
     n = len(spec.backbone.stages)
-    sizes = _backbone(spec, int(input_hw[0]), int(input_hw[1]), [Counter() for _ in range(n + 1)])
+    sizes = backbone_sizes(spec, int(input_hw[0]), int(input_hw[1]), [Counter() for _ in range(n + 1)])
     return _neck(spec, sizes, Counter())
 
 
@@ -135,7 +135,7 @@ def count(spec: DetectorSpec, hw: tuple[int, int], make: Callable[[str], Counter
 
     names = components_of(spec)
     counters = [make(name) for name in names]
-    sizes = _backbone(spec, int(hw[0]), int(hw[1]), counters)
+    sizes = backbone_sizes(spec, int(hw[0]), int(hw[1]), counters)
     lsizes = _neck(spec, sizes, counters[-2])
     head_entry(spec.head.type).cost(counters[-1], spec.head, spec.neck.channels, lsizes,
                                     spec.anchors.num_anchors)

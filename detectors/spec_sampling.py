@@ -1,6 +1,6 @@
 """Random valid specs over every option of DetectorSpec, for tests and benchmarks.
 
-Not a search space (that is search_spaces/scrfd.py): this draws uniformly over all block
+Not a search space (that is search_spaces/scrfd/space.py): this draws uniformly over all block
 types, stems, necks, head options and anchor layouts so that code handling specs (cost, build,
 export) is exercised on everything a spec can express.
 """

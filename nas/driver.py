@@ -1,9 +1,10 @@
 """Search orchestration on Ray Tune: plan, trials, results store, resume, analysis, export.
 
 This is the only module that imports Ray. What is searched comes from the space's entry in
-nas/spaces.py (its phases, their plans and trial functions); a search run:
+nas/space_table.py (its phases, their plans and trial functions); a search run:
 
-1. writes RUN_DIR/config.yaml (resolved search config, seed, versions, git revision) first;
+1. resolves and checks the whole search config (nas.search_config: preset, options, --set),
+   then writes RUN_DIR/config.yaml (resolved search config, seed, versions, git revision);
 2. per phase, plans its specs once (RUN_DIR/plan/stepN.yaml; e.g. SCRFD's step 2 is drawn
    inside step 1's bootstrap ranges) and runs every planned spec not yet finished as one Ray
    Tune trial (`tune.Tuner`, `tune.with_resources`) of the phase's trial function;
@@ -11,7 +12,7 @@ nas/spaces.py (its phases, their plans and trial functions); a search run:
    process (a `tune.Callback`), atomically; a trial that raises or diverges is retried up to
    `max_failures` times by Tune and then recorded 'failed' with its reason (phases without
    rows, e.g. a supernet's training, are recorded by their result.json only);
-4. hands over to the space's `finish` (SCRFD: analysis, export of the top-k configs).
+4. finishes (nas.finish: analysis, export of the top-k configs, the summary table).
 
 Resume: the plan is fixed on disk, so `--resume RUN_DIR` runs exactly plan minus finished ids.
 Each trial also writes its own RUN_DIR/trials/<id>/result.json when it finishes; resume folds
@@ -35,56 +36,25 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
+from experiments import EXPERIMENTS_DIR
+from nas.finish import finish_search
+from nas.options import SearchOptions
+from nas.phases import Phase
 from nas.progress import Progress
 from nas.results import METRIC_COLUMNS, RunStore, atomic_write_text, cost_columns, failed_metrics
-from nas.spaces import Phase, check_scheduler, space_entry
+from nas.search_config import resolve_search
+from nas.space_table import space_entry
 from nas.trial import TrialFn, TrialRequest, run_trial
 
-__all__ = ["SearchOptions", "resolve_trial_fn", "run_search"]
+__all__ = ["SearchOptions", "resolve_trial_fn", "run_search", "finish_run"]
 
-_REPO = Path(__file__).resolve().parents[1]
+_REPO = EXPERIMENTS_DIR.parent  # the checkout whose git revision a run records
 TRIAL_FN_ENV = "FACENAS_TRIAL_FN"
-
-
-@dataclass
-class SearchOptions:
-    """What `facenas search` was asked (CLI options; None = preset/default)."""
-
-    space: str = "scrfd"
-    gflops: float = 2.5
-    budget: str = "quick"
-    num_samples: int | None = None
-    data: str | None = None
-    out: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float | None = None
-    max_concurrent: int | None = None
-    address: str | None = None
-    seed: int = 0
-    steps: str = "both"
-    max_failures: int = 1
-    resume: str | None = None
-    top_k: int | None = None
-    verbose: bool = False
-    space_options: dict[str, Any] = field(default_factory=dict)  # a space's own CLI options
-    scheduler: str = "fifo"  # nas.fidelity: fifo | asha
-    grace: float | None = None  # first rung, as a fraction of the schedule
-    reduction_factor: float | None = None
-    rung_metric: str | None = None  # nas.fidelity.RUNG_METRICS: ap (default) or loss
-    # nas.latency_budget: a predicted-latency band on a measured table; `gflops_band` False
-    # when --gflops was not given with it (gflops then only picks the SCRFD regime)
-    latency_ms: float | None = None
-    latency_table: str | None = None
-    latency_tolerance: float | None = None
-    latency_runtime: str | None = None
-    latency_device: str | None = None
-    gflops_band: bool = True
 
 
 def resolve_trial_fn() -> TrialFn | None:
@@ -122,27 +92,12 @@ def _versions() -> dict[str, str]:
 
 def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
     """The new run's store and resolved config, every option checked; nothing written yet."""
-    space = space_entry(opts.space)
-    check_scheduler(opts.space, space, opts.scheduler)
-    data = space.default_data(opts) if opts.data is None else Path(opts.data)
-    if not data.is_dir():
-        raise UserError(f"--data {opts.data}: no such directory")
-    from nas.latency_budget import resolve_latency
-
-    latency = resolve_latency(opts.latency_ms, opts.latency_table, opts.latency_tolerance,
-                              opts.latency_runtime, opts.latency_device)
-    search = space.resolve(opts, data)
-    if latency is not None:
-        search["latency"] = latency
-        search["gflops_band"] = bool(opts.gflops_band)
-    if opts.top_k is not None:
-        search["top_k"] = int(opts.top_k)
+    search = resolve_search(opts)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(opts.out or f"runs/{opts.space}-{opts.gflops:g}g-{stamp}")
+    out = Path(opts.out or f"runs/{opts.space}-{search['gflops']:g}g-{stamp}")
     store = RunStore(out)
     if store.config_path.exists():
         raise UserError(f"--out {out}: already holds a search run; resume it with --resume {out}")
-    space.check(search)  # an infeasible budget is an error before anything is written
     return store, search
 
 
@@ -569,6 +524,9 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
     trial function; `after` the space's finish (analysis + export + summary).
     """
     if opts.resume:
+        if opts.preset or opts.overrides:
+            raise UserError("--preset and --set do not apply with --resume: a resumed run "
+                            "keeps the config it recorded")
         store = RunStore(opts.resume)
         search = store.read_config()["search"]
     else:
@@ -603,10 +561,10 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         if started:
             import ray
             ray.shutdown()
-    (after or space.finish)(store, search)
+    (after or finish_run)(store, search)
     return store.run_dir, True
 
 
 def finish_run(store: RunStore, search: dict[str, Any]) -> None:
-    """The space's own finish (SCRFD: analysis, top-k export, summary); kept for callers."""
-    space_entry(search["space"]).finish(store, search)
+    """The one finish (nas.finish), with the bootstrap analysis where the space has one."""
+    finish_search(store, search, bootstrap=space_entry(search["space"]).bootstrap)

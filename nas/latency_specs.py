@@ -23,32 +23,32 @@ SPACES_WITH_SPECS = ("scrfd", "bfbox", "asfd")
 
 
 def _scrfd(gflops: float, num: int, seed: int, budget: str) -> list[DetectorSpec]:
-    from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
 
-    search = presets.resolve("scrfd", gflops, "paper", num_samples=num, seed=seed, steps="both",
-                             data="", max_failures=0)
-    space = presets.build_space(search)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget="paper",
+                                          num_samples=num, seed=seed, max_failures=0))
+    space = build_space(search)
     corners = space.corner_specs(1) + space.corner_specs(2)  # the span a budget is checked on
     return corners + space.sample(num, seed=seed, step=1) + space.sample(num, seed=seed + 1, step=2)
 
 
 def _bfbox(gflops: float | None, num: int, seed: int, budget: str) -> list[DetectorSpec]:
-    from nas.strategies.bfbox_search import load_preset
-    from search_spaces.bfbox import BFBoxSpace
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from search_spaces.bfbox.space import BFBoxSpace
 
-    space = BFBoxSpace.from_dict(load_preset(budget)["frame"])
+    space = BFBoxSpace.from_dict(resolve_config(SearchOptions(space="bfbox", budget=budget))["frame"])
     genes = space.sample(num, np.random.default_rng(seed), gflops)
     return [space.template(space.decode(g)) for g in genes]
 
 
 def _asfd(gflops: float, num: int, seed: int, budget: str) -> list[DetectorSpec]:
-    from pathlib import Path
+    from experiments import MODELS_DIR
+    from search_spaces.asfd.family import nearest_member
 
-    from search_spaces.asfd_family import TABLE5
-
-    d = min(TABLE5, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
-    models = Path(__file__).resolve().parents[1] / "experiments" / "models"
-    return [DetectorSpec.from_yaml(models / f"asfd_d{d}.yaml")]
+    return [DetectorSpec.from_yaml(MODELS_DIR / f"asfd_d{nearest_member(gflops)}.yaml")]
 
 
 def space_specs(space: str, gflops: Sequence[float] | None, num: int, seed: int = 0,

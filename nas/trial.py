@@ -19,7 +19,8 @@ import yaml
 # re-exported: the one deep merge of budget sections lives with the retraining configs
 from detectors.config import merge
 
-__all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config"]
+__all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config",
+           "run_job"]
 
 
 class TrialDiverged(RuntimeError):
@@ -54,6 +55,18 @@ class TrialRequest:
 TrialFn = Callable[..., dict]  # (request) or (request, report=...) -> metric columns
 # report(metrics, checkpoint_dir): called by a multi-fidelity trial at each rung (nas.fidelity)
 Report = Callable[[dict, Path], None]
+
+
+def run_job(request: TrialRequest, job: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """A trial that is one job (a supernet's training, one candidate, one seed's search): the
+    request's torch threads (Ray's OMP_NUM_THREADS is ignored once torch is loaded), then
+    `job()`'s columns as an ok row with its wall time."""
+    from detectors.device import set_threads
+
+    start = time.perf_counter()
+    set_threads(request.num_threads)
+    columns = job()
+    return {"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start, **columns}
 
 
 def trial_config(spec_yaml: str, recipe: dict[str, Any], budget: str,

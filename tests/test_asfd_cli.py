@@ -44,5 +44,5 @@ def test_derive_from_a_plain_training_checkpoint(tmp_path):
 
     ckpt = tmp_path / "checkpoint.pt"
     save_checkpoint(ckpt, {"model": {}, "hooks_identity": {}})
-    line = _one_line(_run("-m", "nas.asfd_search", "--derive", str(ckpt)))
+    line = _one_line(_run("-m", "nas.spaces.asfd", "--derive", str(ckpt)))
     assert "not of the asfd space" in line

@@ -15,7 +15,7 @@ from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from nas.strategies.darts import HISTORY, DartsSettings, run_search
 from nas.strategies.heldout import split_train
-from search_spaces.asfd import SupernetConfig
+from search_spaces.asfd.supernet import SupernetConfig
 from tests.test_asfd_search import BASE
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -74,7 +74,7 @@ def test_sgd_never_moves_the_architecture(widerface_mini, tmp_path):
     run_search(_config(), widerface_mini, tmp_path / "w", SUPERNET, settings, num_threads=1,
                max_iterations=3)
     state = load_checkpoint(tmp_path / "w" / "checkpoint.pt")
-    from search_spaces.asfd import build_supernet
+    from search_spaces.asfd.supernet import build_supernet
 
     torch.manual_seed(RECIPE["seed"])  # the trainer seeds before building: the same init
     init = build_supernet(BASE, SUPERNET).state_dict()
@@ -84,21 +84,27 @@ def test_sgd_never_moves_the_architecture(widerface_mini, tmp_path):
     assert not (tmp_path / "w" / HISTORY).exists()
 
 
-def test_one_planned_search_per_seed():
-    from nas.asfd_search import resolve, seed_of, seed_specs
+def _resolve(budget: str, seeds: int | None = None, seed: int = 0, gflops: float = 70.0) -> dict:
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
 
-    cfg = resolve("smoke", seeds=3, seed=5)
+    return resolve_config(SearchOptions(space="asfd", budget=budget, seed=seed, gflops=gflops,
+                                        space_options={"seeds": seeds}))
+
+
+def test_one_planned_search_per_seed():
+    from nas.spaces.asfd import seed_of, seed_specs
+
+    cfg = _resolve("smoke", seeds=3, seed=5)
     specs = seed_specs(cfg)
     assert [seed_of(s) for s in specs] == [5, 6, 7] and len({s.id for s in specs}) == 3
     assert all(s.neck.in_levels == (2, 3, 4, 5, 6, 7) for s in specs)
-    assert resolve("paper", gflops=70)["base"] == {"backbone": "resnet50", "channels": 256,
+    assert _resolve("paper", gflops=70)["base"] == {"backbone": "resnet50", "channels": 256,
                                                     "head_convs": 2}  # the paper's supernet
 
 
 def test_preset_errors():
-    from nas.asfd_search import resolve
-
     with pytest.raises(UserError, match="unknown budget 'huge'; valid: smoke, quick, paper"):
-        resolve("huge")
+        _resolve("huge")
     with pytest.raises(UserError, match="--seeds must be an integer >= 1"):
-        resolve("smoke", seeds=0)
+        _resolve("smoke", seeds=0)

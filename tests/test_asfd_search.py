@@ -12,9 +12,9 @@ from detectors.asfd.ops import S_CPM, S_FPN
 from detectors.checkpoint import save_checkpoint
 from detectors.errors import UserError
 from detectors.model import build
-from search_spaces.asfd import (SupernetConfig, arch_parameters, build_supernet, derive,
+from search_spaces.asfd.supernet import (SupernetConfig, arch_parameters, build_supernet, derive,
                                 derive_from_checkpoint, derive_options, weight_parameters)
-from search_spaces.asfd_cells import SearchCell, channel_shuffle, gumbel_hard
+from search_spaces.asfd.cells import SearchCell, channel_shuffle, gumbel_hard
 from tests.test_asfd_ops import autofem_spec
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -165,7 +165,7 @@ def test_rung_loss_is_the_mean_of_the_last_tenth_of_iterations(tmp_path):
 
 def test_rung_metric_picks_what_asha_compares():
     from nas.driver import _scheduler
-    from nas.spaces import Phase
+    from nas.phases import Phase
 
     phase = Phase(step=1, label="step 1", plan=lambda store, search: [])
     for metric, (key, mode) in {"ap": ("ap_hard", "max"), "loss": ("rung_loss", "min")}.items():

@@ -15,18 +15,23 @@ from _cli import facenas, fakes_pythonpath, one_line_error
 from detectors.checkpoint import save_checkpoint
 from detectors.config import load_config
 from detectors.cost import vga_gflops
-from nas.strategies.bfbox_search import load_preset
-from search_spaces.bfbox import BFBoxSpace
+from nas.options import SearchOptions
+from nas.search_config import resolve_config
+from search_spaces.bfbox.space import BFBoxSpace
+
+
+def _smoke_frame() -> dict:
+    return resolve_config(SearchOptions(space="bfbox", budget="smoke"))["frame"]
 
 
 def _other_space_checkpoint(path: Path) -> Path:
-    frame = BFBoxSpace.from_dict({**load_preset("smoke")["frame"], "fdb": 3})
+    frame = BFBoxSpace.from_dict({**_smoke_frame(), "fdb": 3})
     save_checkpoint(path, {"model": {}, "hooks_identity": {"space": "bfbox",
                                                           "space_config": frame.to_dict()}})
     return path
 
 
-SMOKE = BFBoxSpace.from_dict(load_preset("smoke")["frame"])
+SMOKE = BFBoxSpace.from_dict(_smoke_frame())
 LO, HI = SMOKE.gflops_range()
 
 

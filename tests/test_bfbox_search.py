@@ -9,7 +9,7 @@ import pytest
 from detectors.cost import vga_gflops
 from detectors.errors import UserError
 from nas.strategies.evolution import Evolution, RandomSearch, make_strategy
-from search_spaces.bfbox import BFBoxSpace
+from search_spaces.bfbox.space import BFBoxSpace
 
 SPACE = BFBoxSpace(widths=(32, 32, 64, 64, 64, 32), stem_width=16, neck_channels=16, head_channels=16)
 
@@ -70,15 +70,21 @@ def test_evolution_generations_are_capped_by_the_candidate_budget():
 
 
 def test_an_evolution_schedule_sets_the_candidate_count_or_its_mismatch_is_said(capsys):
-    from nas.strategies import bfbox_search as bs
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.bfbox import planner
 
-    evolution = {"population": 4, "generations": 5, "top_k": 2}
-    config = bs.resolve(2.5, "smoke", strategy="evolution", evolution=evolution)
+    def resolve(num_candidates=None):
+        return resolve_config(SearchOptions(space="bfbox", gflops=2.5, budget="smoke", space_options={
+            "strategy": "evolution", "population": 4, "generations": 5, "parents": 2,
+            "num_candidates": num_candidates}))
+
+    config = resolve()
     assert config["num_candidates"] == 20 and capsys.readouterr().err == ""
-    assert bs.planner(config).generations == 5
-    config = bs.resolve(2.5, "smoke", strategy="evolution", evolution=evolution, num_candidates=8)
-    assert bs.planner(config).generations == 2
+    assert planner(config).generations == 5
+    config = resolve(num_candidates=8)
+    assert planner(config).generations == 2
     assert "--num-candidates 8 allows 2 of the 5 generations of 4; pass --num-candidates 20" \
         in capsys.readouterr().err
-    bs.resolve(2.5, "smoke", strategy="evolution", evolution=evolution, num_candidates=40)
+    resolve(num_candidates=40)
     assert "evaluate 20 candidates, fewer than --num-candidates 40" in capsys.readouterr().err

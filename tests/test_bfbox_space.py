@@ -12,8 +12,8 @@ from detectors.cost import vga_gflops
 from detectors.errors import UserError
 from detectors.model import build
 from detectors.spec import DetectorSpec
-from search_spaces.bfbox import BFBoxSpace
-from search_spaces.bfbox_supernet import build_supernet
+from search_spaces.bfbox.space import BFBoxSpace
+from search_spaces.bfbox.supernet import build_supernet
 
 SMALL = dict(widths=(32, 32, 64, 64, 64, 32), stem_width=16, neck_channels=16, head_channels=16)
 TINY = BFBoxSpace(depths=(2, 2, 1, 1, 1, 1), **SMALL)
@@ -128,7 +128,7 @@ def test_supernet_path_equals_standalone_model(attention, one_torch_thread):
 def test_supernet_step_trains_only_the_path(one_torch_thread):
     """A path's backward reaches exactly its own blocks, RF modules, laterals, head and the
     attention; the other choices get no gradient (so SGD leaves them untouched)."""
-    from search_spaces.bfbox_supernet import _standalone_name
+    from search_spaces.bfbox.supernet import _standalone_name
 
     torch.manual_seed(0)
     net = build_supernet(TINY)

@@ -16,7 +16,7 @@ from detectors.model import build
 from detectors.train import train
 from nas.strategies.candidates import fixed_subsets, image_batches, recalibrate_bn
 from nas.strategies.spos import load_supernet, path_of_iteration, train_supernet
-from search_spaces.bfbox import BFBoxSpace
+from search_spaces.bfbox.space import BFBoxSpace
 
 SPACE = BFBoxSpace(widths=(16, 16, 32, 32, 32, 16), stem_width=16, neck_channels=16,
                    head_channels=16, depths=(1, 1, 1, 1, 1, 1))
@@ -69,14 +69,14 @@ def test_supernet_resume_is_exact(widerface_mini, tmp_path):
 
 
 def build_supernet_like(state):
-    from search_spaces.bfbox_supernet import build_supernet
+    from search_spaces.bfbox.supernet import build_supernet
 
     torch.manual_seed(RECIPE.seed)  # the trainer seeds torch before building the model
     return build_supernet(SPACE).state_dict()
 
 
 def _path_params(path):
-    from search_spaces.bfbox_supernet import BFBoxSupernet, _standalone_name
+    from search_spaces.bfbox.supernet import BFBoxSupernet, _standalone_name
 
     return {k for k in BFBoxSupernet(SPACE).state_dict() if _standalone_name(k, path) is not None}
 

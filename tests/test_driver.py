@@ -120,7 +120,7 @@ def test_two_step_search_records_failed_trials_and_completes(tmp_path, data_dir,
     for spec_yaml in table["spec_yaml"]:
         assert abs(vga_gflops(DetectorSpec.from_yaml(spec_yaml)) - 2.5) <= 0.05
     # step 2 respects step 1's ranges as the driver widened them
-    from nas.strategies.two_step import step2_ranges
+    from nas.spaces.scrfd import step2_ranges
 
     ranges = step2_ranges(store, store.read_config()["search"])
     step2 = table[table["step"] == 2]

@@ -12,18 +12,22 @@ import yaml
 
 from detectors.config import Recipe, load_config
 from detectors.errors import UserError
-from nas import presets
+from nas.options import SearchOptions
+from nas.search_config import resolve_config
+from nas.spaces.scrfd import build_space
 from nas.export import export_top
 from nas.results import RunStore, cost_columns, failed_metrics
 
 
 def _make_run(run_dir: Path, aps: list[float | None]) -> tuple[RunStore, list]:
     """A run directory with one row per AP (None: a failed trial), specs from the 2.5GF space."""
-    search = presets.resolve("scrfd", 2.5, "smoke", num_samples=len(aps), seed=0, steps="1",
-                             data=str(run_dir), max_failures=0)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=2.5, budget="smoke",
+                                          num_samples=len(aps), steps="1", data=str(run_dir),
+                                          max_failures=0))
+    search["data"] = str(run_dir)
     store = RunStore(run_dir)
     store.write_config({"search": search})
-    specs = presets.build_space(search).sample(len(aps), seed=0, step=1)
+    specs = build_space(search).sample(len(aps), seed=0, step=1)
     store.write_plan(1, specs)
     for i, (spec, ap) in enumerate(zip(specs, aps)):
         metrics = failed_metrics("RuntimeError: x") if ap is None else {

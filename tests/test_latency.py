@@ -187,14 +187,16 @@ def test_onnxruntime_rows_write_into_bound_outputs_that_equal_a_plain_run():
 
 
 def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
-    from nas import presets
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.scrfd import build_space
 
-    search = presets.resolve("scrfd", gflops, "paper", num_samples=4, seed=0, steps="both",
-                             data="", max_failures=0)
-    space = presets.build_space(search)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget="paper",
+                                          num_samples=4, max_failures=0))
+    space = build_space(search)
     if latency_band is None:
         return space
-    from search_spaces.scrfd import ScrfdSpace
+    from search_spaces.scrfd.space import ScrfdSpace
 
     return ScrfdSpace(space.template, gflops=space.gflops, block=space.block, step1=space.step1,
                       tolerance=space.tolerance, gn_groups=space.gn_groups, bounds=space.bounds,
@@ -203,7 +205,7 @@ def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
 
 @pytest.mark.parametrize("gflops", [0.5, 2.5, 10.0])
 def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops):
-    from search_spaces.scrfd_latency import ScrfdLatency
+    from search_spaces.scrfd.latency import ScrfdLatency
 
     table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4))
     space = _scrfd_space(gflops=gflops)
@@ -230,12 +232,13 @@ def test_scrfd_latency_band_alone_and_with_gflops():
 def test_bfbox_latency_tables_equal_the_per_spec_model():
     import dataclasses
 
-    from nas.strategies.bfbox_search import load_preset
-    from search_spaces.bfbox import BFBoxSpace
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from search_spaces.bfbox.space import BFBoxSpace
 
     table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3),
                    hw=(256, 256))
-    space = BFBoxSpace.from_dict(load_preset("smoke")["frame"])
+    space = BFBoxSpace.from_dict(resolve_config(SearchOptions(space="bfbox", budget="smoke"))["frame"])
     space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
     genes = space.random_genes(np.random.default_rng(0), 8)
     want = [latency(space.template(space.decode(g)), table).total_ms for g in genes]
@@ -428,7 +431,7 @@ def _asfd_search(tmp_path, table, ms, gflops=None, budget="paper", **kw):
 
 
 def test_asfd_latency_budget_picks_the_base_member(tmp_path):
-    from search_spaces.asfd_family import TABLE1, head_depth
+    from search_spaces.asfd.family import TABLE1, head_depth
 
     members = _asfd_members()
     table = tmp_path / "t.json"

@@ -9,31 +9,35 @@ import yaml
 
 from detectors.errors import UserError
 from nas import presets
+from nas.options import SearchOptions
+from nas.search_config import resolve_config
+from nas.spaces import scrfd
+
+RULES = scrfd.PRESET
 
 
 def _shared() -> dict:
     return yaml.safe_load(presets.BUDGETS_FILE.read_text())["budgets"]
 
 
-@pytest.mark.parametrize("gflops", presets.REGIMES["scrfd"])
+@pytest.mark.parametrize("gflops", scrfd.REGIMES)
 def test_every_regime_gets_the_shared_budgets(gflops):
-    preset = presets.load_preset(presets.preset_path("scrfd", gflops))
+    preset = presets.load_preset(scrfd.preset_path(gflops), RULES)
     assert preset["budgets"] == _shared()
-    search = presets.resolve("scrfd", gflops, "quick", num_samples=None, seed=0, steps="both",
-                             data="/d", max_failures=1)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget="quick"))
     assert search["num_samples"] == _shared()["quick"]["num_samples"]
     assert search["recipe_overrides"] == _shared()["quick"]["recipe"]
 
 
 def test_a_presets_own_budgets_merge_over_the_shared_ones(tmp_path):
-    src = presets.preset_path("scrfd", 2.5)
+    src = scrfd.preset_path(2.5)
     preset = yaml.safe_load(src.read_text())
     preset["template"] = str(src.parent / preset["template"])
     preset["budgets"] = {"quick": {"num_samples": 3, "recipe": {"schedule": {"total": 99}}},
                          "tiny": {"num_samples": 1}}
     path = tmp_path / "scrfd_2.5g.yaml"
     path.write_text(yaml.safe_dump(preset))
-    budgets = presets.load_preset(path)["budgets"]
+    budgets = presets.load_preset(path, RULES)["budgets"]
     quick = _shared()["quick"]
     assert budgets["quick"]["num_samples"] == 3
     assert budgets["quick"]["recipe"]["schedule"]["total"] == 99
@@ -45,13 +49,13 @@ def test_a_presets_own_budgets_merge_over_the_shared_ones(tmp_path):
 
 
 def test_bad_synthetic_key_is_a_one_line_error(tmp_path):
-    src = presets.preset_path("scrfd", 2.5)
+    src = scrfd.preset_path(2.5)
     preset = yaml.safe_load(src.read_text())
     preset["budgets"] = {"quick": {"synthetic": {"image_sise": 320}}}
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(preset))
     with pytest.raises(UserError, match=r"budgets\.quick\.synthetic: unknown key 'image_sise'"):
-        presets.load_preset(path)
+        presets.load_preset(path, RULES)
 
 
 def test_default_data_follows_the_budget(monkeypatch):
@@ -62,8 +66,9 @@ def test_default_data_follows_the_budget(monkeypatch):
         return Path("/cache/root")
 
     monkeypatch.setattr("detectors.data.synthetic.default_root", fake_root)
-    assert presets.default_data("scrfd", 2.5, "quick", progress=False) == Path("/cache/root")
-    assert presets.default_data("scrfd", 2.5, "smoke", progress=False) == Path("/cache/root")
+    for budget in ("quick", "smoke"):
+        search = resolve_config(SearchOptions(space="scrfd", gflops=2.5, budget=budget))
+        assert presets.default_data(search, progress=False) == Path("/cache/root")
     assert calls == [{"progress": False, **_shared()["quick"]["synthetic"]}, {"progress": False}]
     with pytest.raises(UserError, match="unknown budget 'nonsense'"):
-        presets.default_data("scrfd", 2.5, "nonsense")
+        resolve_config(SearchOptions(space="scrfd", gflops=2.5, budget="nonsense"))

@@ -13,17 +13,20 @@ import pytest
 from detectors.cost import cost, vga_gflops
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
-from nas import presets
+from experiments import MODELS_DIR
+from nas.options import SearchOptions
+from nas.search_config import resolve_config
+from nas.spaces.scrfd import build_space
 from nas.results import cost_columns
-from search_spaces.scrfd import RATIO_QUANTITIES, ScrfdSpace, SpaceBounds, Step1Fixed
+from search_spaces.scrfd.space import RATIO_QUANTITIES, ScrfdSpace, SpaceBounds, Step1Fixed
 
 REGIMES = (0.5, 2.5, 10.0, 34.0)
 
 
 def _space(gflops: float) -> ScrfdSpace:
-    search = presets.resolve("scrfd", gflops, "smoke", num_samples=None, seed=0, steps="both",
-                             data="/nonexistent", max_failures=0)
-    return presets.build_space(search)
+    search = resolve_config(SearchOptions(space="scrfd", gflops=gflops, budget="smoke",
+                                          max_failures=0))
+    return build_space(search)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ def test_exclude_skips_given_specs(space25, specs25):
 
 @pytest.mark.parametrize("gflops", [0.001, 1e5])
 def test_infeasible_budget_is_one_line_user_error(gflops):
-    space = ScrfdSpace(DetectorSpec.from_yaml(presets.PRESET_DIR.parent / "models" / "scrfd_2.5g.yaml"),
+    space = ScrfdSpace(DetectorSpec.from_yaml(MODELS_DIR / "scrfd_2.5g.yaml"),
                        gflops=gflops, block="basic", step1=Step1Fixed(32, 96, 2))
     with pytest.raises(UserError) as err:
         space.sample(10, seed=0, step=1)
@@ -139,7 +142,7 @@ def test_same_seed_same_plan_other_seed_other_plan(space25):
 
 # -- uniformity and completeness against brute force on a tiny space -------------------------
 def _tiny(tolerance: float, batch_size: int = 256) -> tuple[ScrfdSpace, list[DetectorSpec]]:
-    template = DetectorSpec.from_yaml(presets.PRESET_DIR.parent / "models" / "scrfd_2.5g.yaml")
+    template = DetectorSpec.from_yaml(MODELS_DIR / "scrfd_2.5g.yaml")
     bounds = SpaceBounds(max_depth=2, max_width=32, width_step=8)
     probe = ScrfdSpace(template, gflops=1.0, block="basic", step1=Step1Fixed(16, 16, 1),
                        bounds=bounds)

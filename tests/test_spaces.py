@@ -1,4 +1,4 @@
-"""The driver's space seam (nas/spaces.py): a space made of a one-trial phase without rows that
+"""The driver's space seam (nas/phases.py, nas/space_table.py): a space made of a one-trial phase without rows that
 takes the whole node, then phases whose plans read earlier results, runs through the same
 driver, table, resume and finish as SCRFD."""
 
@@ -12,7 +12,8 @@ import pytest
 from _cli import fakes_pythonpath
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
-from nas import spaces
+from nas import space_table
+from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.results import COLUMNS, RunStore
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,11 +41,14 @@ def _plan_generation(store, search):
     return [_variant(16 * (2 + done + i)) for i in range(2)]
 
 
-def _entry() -> spaces.SpaceEntry:
+def _entry(tmp_path: Path) -> SpaceEntry:
     import search_fakes
 
-    def resolve(opts, data):
-        return {"space": "toy", "seed": opts.seed, "budget": opts.budget, "data": str(data),
+    preset = tmp_path / "toy.yaml"
+    preset.write_text("space: toy\nbudgets: {smoke: {}, quick: {}}\n")
+
+    def resolve(preset, budget, opts):
+        return {"space": "toy", "seed": opts.seed, "budget": opts.budget, "data": None,
                 "top_k": 1, "max_failures": 0, "recipe": {}, "recipe_overrides": {},
                 "max_iterations": None, "generations": opts.space_options["generations"]}
 
@@ -54,23 +58,27 @@ def _entry() -> spaces.SpaceEntry:
 
     def phases(search):
         # fake trials: they never read the (empty) data directory
-        out = [spaces.Phase(1, "supernet", _plan_supernet, search_fakes.fake_phase_trial,
+        out = [Phase(1, "supernet", _plan_supernet, search_fakes.fake_phase_trial,
                             rows=False, whole_node=True, reads_data=False)]
-        out += [spaces.Phase(1 + g, f"generation {g}", _plan_generation,
+        out += [Phase(1 + g, f"generation {g}", _plan_generation,
                              search_fakes.fake_phase_trial, reads_data=False)
                 for g in range(1, search["generations"] + 1)]
         return out
 
-    def finish(store, search):
-        (store.run_dir / "finished.txt").write_text("yes")
+    rules = PresetRules(path=lambda gflops: preset, keys=frozenset({"space", "budgets"}),
+                        budget_keys=frozenset())
+    return SpaceEntry(rules, resolve, lambda search, opts: None, check, phases)
 
-    return spaces.SpaceEntry(resolve, check, phases, finish, default_data=lambda opts: Path("."))
+
+def _finish(store, search):
+    (store.run_dir / "finished.txt").write_text("yes")
 
 
 def test_phased_space_runs_through_the_one_driver(tmp_path, monkeypatch):
     from nas.driver import SearchOptions, run_search
 
-    monkeypatch.setitem(spaces.SPACES, "toy", _entry)
+    monkeypatch.setitem(space_table.SPACES, "toy", _entry(tmp_path))
+    monkeypatch.setattr("nas.driver.finish_run", _finish)  # the space's finish, as a marker
     monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
     data = tmp_path / "data"
     data.mkdir()
@@ -105,7 +113,7 @@ def test_phased_space_runs_through_the_one_driver(tmp_path, monkeypatch):
 def test_space_check_runs_before_anything_is_written(tmp_path, monkeypatch):
     from nas.driver import SearchOptions, run_search
 
-    monkeypatch.setitem(spaces.SPACES, "toy", _entry)
+    monkeypatch.setitem(space_table.SPACES, "toy", _entry(tmp_path))
     data = tmp_path / "data"
     data.mkdir()
     opts = SearchOptions(space="toy", data=str(data), out=str(tmp_path / "run"),
@@ -114,4 +122,4 @@ def test_space_check_runs_before_anything_is_written(tmp_path, monkeypatch):
         run_search(opts)
     assert not (tmp_path / "run").exists()
     with pytest.raises(UserError, match="unknown search space 'nope'; valid: scrfd"):
-        spaces.space_entry("nope")
+        space_table.space_entry("nope")

@@ -12,7 +12,7 @@ index i). Merge step k (k = 0 .. M-1) makes the output at level in_levels[k]:
 ceil-mode max-pool (finer input, d levels finer: exactly L_k's size). Levels past the last
 merge output their lateral (BFBox: p2..p6 are merged, p7 is conv7's lateral).
 With `weighted`, the sum is w[k, 0] * L_k + w[k, 1] * resize(...), two learnable scalars per
-merge: what a supernet path's FPN-attention (search_spaces/bfbox_supernet.py) reduces to for
+merge: what a supernet path's FPN-attention (search_spaces/bfbox/supernet.py) reduces to for
 one fixed path, so an exported path computes exactly what the supernet computed.
 
 Module names: `lateral_convs.i.conv` (1x1 with bias, no norm: mmdet's FPN laterals),

@@ -33,9 +33,9 @@ def pipeline_cost(spec, input_hw: tuple[int, int], depth: int) -> dict[str, Comp
     report = cost(spec, input_hw)
     trunk = ComponentCost(report.components["stem"].params + report.components["c2"].params,
                           report.components["stem"].macs + report.components["c2"].macs)
-    from detectors.cost import _backbone
+    from detectors.cost import backbone_sizes
 
-    sizes = _backbone(spec, h, w, [Counter() for _ in range(2)])
+    sizes = backbone_sizes(spec, h, w, [Counter() for _ in range(2)])
     cin, maps, rsa = spec.backbone.stages[0].out_channels, [sizes[0]], Counter()
     for m in range(depth):
         maps.append(rsa_unit_cost(rsa, cin, *maps[-1], params=m == 0))

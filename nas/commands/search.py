@@ -1,11 +1,11 @@
-"""`facenas search`: a search over one space (nas/spaces.py) on Ray Tune; SCRFD's two-step
+"""`facenas search`: a search over one space (nas/space_table.py) on Ray Tune; SCRFD's two-step
 computation-redistribution search by default.
 
     facenas search --space scrfd --gflops 2.5 [--budget smoke|quick|paper] [--num-samples N]
                    [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
-                   [--reduction-factor RF]
+                   [--reduction-factor RF] [--preset FILE] [--set KEY=VALUE ...]
     facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
 """
 
@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", default="scrfd", help="search space (default scrfd)")
     parser.add_argument("--gflops", type=float, default=None,
                         help="target VGA GFLOPs; the nearest regime's preset is used (default "
-                             "2.5; with --latency-ms alone it only picks the regime)")
+                             "2.5, or a --preset's own gflops; with --latency-ms alone it only "
+                             "picks the regime)")
     parser.add_argument("--latency-ms", type=float, default=None,
                         help="latency budget: predicted ms in [L (1 - tolerance), L] on "
                              "--latency-table (alone or with --gflops)")
@@ -69,7 +70,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what ASHA compares at a rung: the hard AP (default) or the "
                              "training loss (better early: AP is ~0 before a short schedule "
                              "has converged)")
-    from nas.spaces import add_space_arguments
+    parser.add_argument("--preset", default=None, metavar="FILE",
+                        help="your own preset, in the format of experiments/search/*.yaml "
+                             "(default: the space's built-in one)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="override a key of the resolved search config (repeatable; dotted "
+                             "keys, YAML values), e.g. --set recipe.schedule.total=600")
+    from nas.space_table import add_space_arguments
 
     add_space_arguments(parser)  # each space's own options, in its own group
 
@@ -77,14 +85,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
            "resume", "verbose", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
-           "latency_table", "latency_tolerance", "latency_runtime", "latency_device"}
+           "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
+           "preset", "overrides"}
 
 
 def run(args: argparse.Namespace) -> int:
-    from nas.driver import SearchOptions, run_search
+    from nas.driver import run_search
+    from nas.options import SearchOptions
 
     opts = SearchOptions(
-        space=args.space, gflops=2.5 if args.gflops is None else args.gflops,
+        space=args.space, gflops=args.gflops, preset=args.preset, overrides=list(args.overrides),
         gflops_band=args.gflops is not None or args.latency_ms is None,
         latency_ms=args.latency_ms, latency_table=args.latency_table,
         latency_tolerance=args.latency_tolerance, latency_runtime=args.latency_runtime,

@@ -1,4 +1,5 @@
-"""`facenas test CONFIG --weights CKPT [--data ROOT] [--split val] [--out PRED_DIR] [--json]`.
+"""`facenas test CONFIG --weights CKPT [--data ROOT] [--split val] [--out PRED_DIR] [--json]
+[--set KEY=VALUE ...]` (e.g. --set recipe.test.size=320).
 
 Predicts a split at the config's test settings (long side resized to the test size, padded),
 optionally writes the official per-image prediction files to PRED_DIR, and prints WIDER FACE
@@ -27,15 +28,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the config (repeatable; dotted keys, YAML values), "
+                             "e.g. --set recipe.test.size=320")
 
 
 def run(args: argparse.Namespace) -> int:
     from detectors.config import load_config
     from detectors.device import set_threads
+    from detectors.overrides import override_config
     from detectors.test import test
     from nas.commands.train import recorded_data_root, resolve_data_root
 
-    config = load_config(args.config)
+    config = override_config(load_config(args.config), args.overrides)
     set_threads(args.threads)
     recorded = None if args.data else recorded_data_root(args.config)
     root = recorded or resolve_data_root(args.data)

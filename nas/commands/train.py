@@ -1,9 +1,11 @@
-"""`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]`.
+"""`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]
+[--set KEY=VALUE ...]`.
 
 Trains a retraining config (spec + recipe) scaled to a budget preset (the global override of
 detectors.config, then the config's own `budgets:` section); without --data it uses the
 embedded synthetic dataset (the budget section's `synthetic:` variant, else the default set;
-generated once into the cache). Prints the run directory and the final losses; a diverged run
+generated once into the cache). `--set recipe.schedule.lr=0.01` overrides a key of the scaled
+config (recorded in RUN_DIR/config.yaml). Prints the run directory and the final losses; a diverged run
 exits 1 with one line naming the iteration.
 """
 
@@ -30,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
     parser.add_argument("--fp32", action="store_true", help="force fp32 NCHW instead of the device's fastest mode")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a key of the config, after the budget scaled it (repeatable; "
+                             "dotted keys, YAML values), e.g. --set recipe.schedule.lr=0.01")
 
 
 def resolve_data_root(data: str | None, synthetic: dict[str, Any] | None = None) -> Path:
@@ -65,10 +70,11 @@ def recorded_data_root(config_path: str) -> Path | None:
 def run(args: argparse.Namespace) -> int:
     from detectors.config import apply_budget, budget_synthetic, load_config
     from detectors.errors import UserError
+    from detectors.overrides import override_config
     from detectors.train import TrainingDiverged, train
 
     loaded = load_config(args.config)
-    config = apply_budget(loaded, args.budget)
+    config = override_config(apply_budget(loaded, args.budget), args.overrides)
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
     out = Path(args.out) if args.out else Path("runs") / (

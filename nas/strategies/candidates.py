@@ -9,6 +9,7 @@ ids, sorted, so every candidate of a search sees the same images.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from dataclasses import dataclass
@@ -20,9 +21,10 @@ from torch import nn
 
 from detectors.errors import UserError
 from detectors.model import build
-from search_spaces.bfbox import BFBoxPath, BFBoxSpace
+from search_spaces.bfbox.space import BFBoxPath, BFBoxSpace
 
-__all__ = ["EvalSubsets", "fixed_subsets", "recalibrate_bn", "image_batches", "evaluate_path"]
+__all__ = ["EvalSubsets", "fixed_subsets", "recalibrate_bn", "image_batches", "evaluate_path",
+           "evaluate_candidate"]
 
 
 @dataclass(frozen=True)
@@ -111,3 +113,41 @@ def evaluate_path(supernet, space: BFBoxSpace, path: BFBoxPath, data_root: str |
     ap = evaluate_predictions(preds, gt, progress=False)
     return {"ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
             "ap_hard": float(ap["hard"]), "wall_time_s": time.perf_counter() - start}
+
+
+@functools.lru_cache(maxsize=2)
+def _context(frame_yaml: str, supernet_path: str, data_root: str, settings_yaml: str, seed: int):
+    """Per process: the supernet, fixed subsets, val ground truth, recalibration batches."""
+    import yaml
+
+    from detectors.data.widerface import load_eval_ground_truth
+    from nas.strategies.spos import load_supernet
+
+    space, cand = BFBoxSpace.from_dict(yaml.safe_load(frame_yaml)), yaml.safe_load(settings_yaml)
+    net = load_supernet(supernet_path, space)
+    subsets = fixed_subsets(data_root, cand["recalibration_images"], cand["validation_images"], seed)
+    gt = load_eval_ground_truth(data_root).subset(subsets.validation)
+    small = len(subsets.recalibration) * cand["test_size"] ** 2 <= 64 * 320**2  # cache <= ~80 MB
+    batches = list(image_batches(data_root, "train", subsets.recalibration, cand["test_size"])) \
+        if small else None
+    recal = (lambda: batches) if small else (
+        lambda: image_batches(data_root, "train", subsets.recalibration, cand["test_size"]))
+    return space, net, subsets, gt, recal
+
+
+def evaluate_candidate(frame: dict, spec_yaml: str, supernet_path: str | os.PathLike,
+                       data_root: str | os.PathLike, settings: dict, seed: int,
+                       score_thresh: float, iou_thresh: float) -> dict[str, float]:
+    """One candidate trial over the supernet of space `frame` (BFBoxSpace.to_dict()): inherit,
+    recalibrate, test (`settings`: recalibration_images, validation_images, test_size). The
+    supernet and subsets are loaded once per process and reused by its next candidates."""
+    import yaml
+
+    from detectors.spec import DetectorSpec
+
+    space, net, subsets, gt, recal = _context(
+        yaml.safe_dump(frame, sort_keys=True), str(supernet_path), str(data_root),
+        yaml.safe_dump(settings, sort_keys=True), int(seed))
+    path = space.from_spec(DetectorSpec.from_yaml(spec_yaml))
+    return evaluate_path(net, space, path, data_root, subsets, settings["test_size"], recal, gt,
+                         score_thresh, iou_thresh)

@@ -3,7 +3,7 @@
     spec = run_search(config, data_root, out_dir, SupernetConfig(), DartsSettings())
 
 `DartsHooks` turns detectors.train.train into the bilevel search: the model is the ASFD
-supernet (search_spaces/asfd.py); SGD (the recipe's schedule) trains the weights only, on the
+supernet (search_spaces/asfd/supernet.py); SGD (the recipe's schedule) trains the weights only, on the
 `weights` half of the training images; after `warmup_fraction` of the iterations each
 iteration ends with one architecture step, Adam (lr 0.01, weight decay 5e-4 as ASFD §4.1,
 betas (0.5, 0.999) as DARTS) on the recipe's loss of one batch of the `heldout` half
@@ -14,7 +14,7 @@ Everything that makes a resumed search exact is in the checkpoint (TrainHooks.st
 Adam's state, the Gumbel sampler's generator, the held-out stream's position (its batch k
 depends only on (seed + 1, k)), and the architecture history's length. The history,
 RUN/architecture.jsonl, gets one line per architecture step (softmax weights of every
-choice, search_spaces.asfd.architecture); `plot_history` draws it (architecture.png).
+choice, search_spaces.asfd.supernet.architecture); `plot_history` draws it (architecture.png).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from detectors.data.widerface import load_split
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from detectors.train import CHECKPOINT, TrainHooks, _write_text, train
-from search_spaces.asfd import (SupernetConfig, architecture, arch_parameters, build_supernet,
+from search_spaces.asfd.supernet import (SupernetConfig, architecture, arch_parameters, build_supernet,
                                 derive_from_checkpoint, supernet_identity, weight_parameters)
 
 __all__ = ["DartsSettings", "DartsHooks", "run_search", "plot_history", "HISTORY",

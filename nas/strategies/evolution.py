@@ -1,7 +1,7 @@
 """Candidate searches over a trained supernet: random search (BFBox's choice, §4.4) and the
 evolutionary search of SPOS (population 50, 20 generations, top-k 10, mutation 0.1, crossover).
 
-Both are planners in ask/tell form over gene rows (search_spaces.bfbox): `propose(generation,
+Both are planners in ask/tell form over gene rows (search_spaces.bfbox.space): `propose(generation,
 scored)` returns the rows to evaluate in that generation, as a pure function of the seed, the
 generation and the rows scored so far, so a resumed search re-plans exactly what an
 uninterrupted one would have. Every proposed row lies in the FLOPs band and none repeats an
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from detectors.errors import UserError
-from search_spaces.bfbox import DEFAULT_TOLERANCE, BFBoxSpace
+from search_spaces.bfbox.space import DEFAULT_TOLERANCE, BFBoxSpace
 
 __all__ = ["RandomSearch", "Evolution", "STRATEGIES", "make_strategy"]
 

@@ -25,8 +25,8 @@ import torch
 from detectors.config import Recipe, TrainConfig
 from detectors.errors import UserError
 from detectors.train import TrainHooks, TrainResult, train
-from search_spaces.bfbox import BFBoxPath, BFBoxSpace
-from search_spaces.bfbox_supernet import BFBoxSupernet, build_supernet
+from search_spaces.bfbox.space import BFBoxPath, BFBoxSpace
+from search_spaces.bfbox.supernet import BFBoxSupernet, build_supernet
 
 __all__ = ["SPOSHooks", "train_supernet", "load_supernet", "path_of_iteration", "SPACE_NAME"]
 

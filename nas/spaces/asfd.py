@@ -1,19 +1,26 @@
-"""The ASFD search preset (experiments/search/asfd.yaml) and its search trial (one seed).
+"""ASFD's glue: its preset (experiments/search/asfd.yaml), the AutoFEM search as driver
+phases, its trials.
 
-    search = resolve("quick", seeds=None, gflops=2.5, seed=0, data="...")   # plain data
-    spec = run_seed(search, seed=0, data_root=..., out_dir=...)   # search -> derive -> spec
+    step 1  search   one trial per seed (rows=False): the bilevel search of that seed, which
+                     derives a discrete AutoFEM (`search_trial`, writing
+                     trials/step1-<id>/derived_spec.yaml); the seeds run in parallel
+    step 2  derived  one trial per seed's derived detector: trained and tested with the
+                     preset's recipe (nas.trial.run_trial), one results row each (with the
+                     search seed as the extra column `search_seed`)
 
-`resolve` gives the driver's search config (nas/spaces.py: seed, budget, data, top_k,
-max_failures, recipe, recipe_overrides, max_iterations, retrain_recipe) plus ASFD's own keys
-(seeds, base, supernet, darts, synthetic). The weights' recipe is the preset's `recipe`
-scaled by detectors.config.apply_budget, then the budget's `recipe` (as SCRFD's presets).
-Exports carry the preset's recipe with the budget's `recipe` merged in (paper: the preset's
-own; smoke / quick keep their smaller learning rates, which a from-scratch MobileNet with the
-DRMC loss needs without the paper's 500-iteration warm-up).
-`search_trial(request)` is the driver's trial function of the search phase: the planned spec
-is the base detector, named asfd_search-seed<k> (the seed of that trial).
+The finish exports the best derived detectors; the bootstrap analysis is not run (a handful of
+seeds is no population to bootstrap).
 
-Also runnable alone: `python -m nas.asfd_search --budget quick --seed 0 --out DIR [--data
+    facenas search --space asfd [--budget smoke|quick|paper] [--gflops G] [--seeds N]
+
+The resolved config holds the driver's keys plus ASFD's own (seeds, base, member, supernet,
+darts, synthetic). The weights' recipe is the preset's `recipe` scaled by
+detectors.config.apply_budget, then the budget's `recipe` (as SCRFD's presets). Exports carry
+the preset's recipe with the budget's `recipe` merged in (paper: the preset's own; smoke /
+quick keep their smaller learning rates, which a from-scratch MobileNet with the DRMC loss
+needs without the paper's 500-iteration warm-up).
+
+Also runnable alone: `python -m nas.spaces.asfd --budget quick --seed 0 --out DIR [--data
 ROOT] [--resume]`, or `--derive CHECKPOINT` to print the spec a search checkpoint derives
 (one line and exit 2 on a user error).
 """
@@ -23,70 +30,49 @@ from __future__ import annotations
 import argparse
 import re
 import sys
-import time
 from pathlib import Path
-from typing import Any
-
-import yaml
+from typing import TYPE_CHECKING, Any, Callable
 
 from detectors.config import merge
 from detectors.errors import UserError
+from detectors.spec import DetectorSpec
+from experiments import MODELS_DIR, SEARCH_DIR
+from nas.options import SearchOptions
+from nas.phases import Phase, PresetRules, SpaceEntry
+from nas.results import RunStore
 
-__all__ = ["PRESET", "resolve", "apply_latency", "latency_member", "member_latencies",
-           "base_spec", "seed_specs", "seed_of", "run_seed",
-           "search_trial", "default_data", "DERIVED"]
+if TYPE_CHECKING:
+    from detectors.latency import LatencyTable
+    from nas.trial import TrialRequest
 
-PRESET = Path(__file__).resolve().parents[1] / "experiments" / "search" / "asfd.yaml"
+__all__ = ["PRESET", "ENTRY", "DERIVED", "resolve", "derive", "check", "phases",
+           "add_arguments", "apply_latency", "latency_member", "member_latencies", "base_spec",
+           "seed_specs", "seed_of", "run_seed", "search_trial", "derived_trial"]
+
 DERIVED = "derived_spec.yaml"
-_KEYS = ("space", "seeds", "base", "supernet", "darts", "recipe", "synthetic", "budgets")
-
-
-def _preset(budget: str, path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    data = yaml.safe_load(path.read_text())
-    unknown = set(data) - set(_KEYS)
-    if unknown:
-        raise UserError(f"{path}: unknown keys {', '.join(sorted(unknown))}")
-    budgets = data.pop("budgets")
-    if budget not in budgets:
-        raise UserError(f"unknown budget {budget!r}; valid: {', '.join(budgets)}")
-    chosen = dict(budgets[budget] or {})
-    unknown = set(chosen) - set(_KEYS)
-    if unknown:
-        raise UserError(f"{path}: budget {budget}: unknown keys {', '.join(sorted(unknown))}")
-    return data, chosen
-
-
-def _nearest(gflops: float, members) -> int:
-    """The member D (of `members`) whose Table 5 GFLOPs are nearest `gflops`."""
-    from search_spaces.asfd_family import TABLE5
-
-    return min(members, key=lambda k: (abs(TABLE5[k][1] - gflops), k))
-
-
-def _members() -> tuple[int, ...]:
-    from search_spaces.asfd_family import TABLE1
-
-    return tuple(TABLE1)
+_SECTION_KEYS = frozenset({"seeds", "base", "supernet", "darts", "recipe", "synthetic"})
+PRESET = PresetRules(
+    path=lambda gflops: SEARCH_DIR / "asfd.yaml",  # one preset; --gflops picks the base member
+    keys=_SECTION_KEYS | {"space", "budgets"},
+    budget_keys=_SECTION_KEYS)
 
 
 def _member_base(d: int) -> dict[str, Any]:
     """Table 1's member D<d> as a search base (backbone, AutoFEM / head width, head depth)."""
-    from search_spaces.asfd_family import TABLE1, head_depth
+    from search_spaces.asfd.family import TABLE1, head_depth
 
     theta, net = TABLE1[d]
     return {"backbone": net, "channels": 64 * theta, "head_convs": head_depth(theta)}
 
 
-def member_latencies(table) -> dict[int, float]:
+def member_latencies(table: "LatencyTable") -> dict[int, float]:
     """Predicted ms of each family member D0-D6 (experiments/models/asfd_d<k>.yaml, the
     shipped derived AutoFEM around each base) on `table`; one line naming the members and a
     row the table lacks, and the profile command that adds them."""
     from detectors.latency import latency, missing_layers
-    from detectors.spec import DetectorSpec
-    from search_spaces.asfd_family import TABLE1, TABLE5
+    from search_spaces.asfd.family import TABLE1, TABLE5
 
-    models = PRESET.parents[1] / "models"
-    specs = {d: DetectorSpec.from_yaml(models / f"asfd_d{d}.yaml") for d in TABLE1}
+    specs = {d: DetectorSpec.from_yaml(MODELS_DIR / f"asfd_d{d}.yaml") for d in TABLE1}
     lacking = {d: missing_layers(s, table) for d, s in specs.items()}
     lacking = {d: m for d, m in lacking.items() if m}
     if lacking:
@@ -106,6 +92,7 @@ def latency_member(entry: dict[str, Any], gflops: float | None) -> tuple[int, di
     one whose GFLOPs are nearest it. The family is seven members far apart, so the band's
     lower edge (--latency-tolerance) does not apply. UserError when none meets the budget."""
     from nas.latency_budget import table_of
+    from search_spaces.asfd.family import nearest_member
 
     table = table_of(entry["table"])
     ms = member_latencies(table)
@@ -115,32 +102,44 @@ def latency_member(entry: dict[str, Any], gflops: float | None) -> tuple[int, di
             f"no ASFD member meets --latency-ms {entry['ms']:g}: D0-D6 are predicted "
             f"{min(ms.values()):.3g}-{max(ms.values()):.3g} ms on the latency table "
             f"({table.describe})")
-    return (_nearest(gflops, fit) if gflops is not None else max(fit, key=ms.get)), ms
+    return (nearest_member(gflops, fit) if gflops is not None else max(fit, key=ms.get)), ms
 
 
-def resolve(budget: str, seeds: int | None = None, gflops: float = 70.0, seed: int = 0,
-            data: str = "", max_failures: int = 1, path: Path = PRESET) -> dict[str, Any]:
-    """The driver's search config for `budget` (module docstring)."""
-    preset, chosen = _preset(budget, path)
-    overrides = chosen.pop("recipe", {}) or {}
-    cfg = merge(preset, chosen)
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    group.add_argument("--seeds", type=int, default=None,
+                       help="asfd: independent searches, one trial each (default: the budget's)")
+
+
+def resolve(preset: dict[str, Any], budget: dict[str, Any], opts: SearchOptions) -> dict[str, Any]:
+    """The resolved search config: the preset with the budget merged in (its `recipe` applied
+    after the budget scaling, as `recipe_overrides`), the base member picked by --gflops."""
+    from search_spaces.asfd.family import nearest_member
+
+    overrides = budget.pop("recipe", {}) or {}
+    cfg = merge({k: v for k, v in preset.items() if k != "budgets"}, budget)
+    seeds = (opts.space_options or {}).get("seeds")
     if seeds is not None:
         cfg["seeds"] = seeds
     if not isinstance(cfg["seeds"], int) or cfg["seeds"] < 1:
         raise UserError(f"--seeds must be an integer >= 1, got {cfg['seeds']!r}")
     # `member`: the D<k> a budget picked the base from (None when the preset fixes the base)
-    cfg["member"] = None if "base" in cfg else _nearest(gflops, _members())
+    cfg["member"] = None if "base" in cfg else nearest_member(opts.gflops)
     if cfg["member"] is not None:
         cfg["base"] = _member_base(cfg["member"])
-    cfg.update(space="asfd", budget=budget, seed=seed, data=data, top_k=cfg["seeds"],
-               max_failures=max_failures, recipe_overrides=overrides, max_iterations=None,
-               retrain_recipe=merge(preset["recipe"], overrides), gflops=gflops)
+    cfg.update(space="asfd", budget=opts.budget, seed=int(opts.seed), data=None,
+               top_k=cfg["seeds"], max_failures=int(opts.max_failures),
+               recipe_overrides=overrides, max_iterations=None,
+               retrain_recipe=merge(preset["recipe"], overrides), gflops=float(opts.gflops))
     return cfg
 
 
-def base_spec(cfg: dict[str, Any], name: str = "asfd_search"):
-    """The detector around the supernet (search_spaces.asfd_family.search_base)."""
-    from search_spaces.asfd_family import search_base
+def derive(search: dict[str, Any], opts: SearchOptions) -> None:
+    """Nothing follows from other keys: the member is picked by check (apply_latency)."""
+
+
+def base_spec(cfg: dict[str, Any], name: str = "asfd_search") -> DetectorSpec:
+    """The detector around the supernet (search_spaces.asfd.family.search_base)."""
+    from search_spaces.asfd.family import search_base
 
     base = dict(cfg.get("base") or {})
     unknown = set(base) - {"backbone", "channels", "head_convs"}
@@ -150,12 +149,12 @@ def base_spec(cfg: dict[str, Any], name: str = "asfd_search"):
                        int(base.get("head_convs", 1)), name=name)
 
 
-def seed_specs(cfg: dict[str, Any]) -> list:
+def seed_specs(cfg: dict[str, Any]) -> list[DetectorSpec]:
     """The search phase's plan: the base detector once per seed (seed, seed + 1, ...)."""
     return [base_spec(cfg, name=f"asfd_search-seed{cfg['seed'] + k}") for k in range(cfg["seeds"])]
 
 
-def seed_of(spec) -> int:
+def seed_of(spec: DetectorSpec) -> int:
     m = re.fullmatch(r"asfd_search-seed(\d+)", spec.name)
     if not m:
         raise UserError(f"spec {spec.name!r} is not a planned ASFD search (asfd_search-seed<k>)")
@@ -182,7 +181,7 @@ def check(cfg: dict[str, Any]) -> None:
     """Everything a search would build, built once now (UserError before anything runs);
     with a latency budget, the base member is picked first (apply_latency)."""
     from nas.strategies.darts import DartsSettings
-    from search_spaces.asfd import SupernetConfig
+    from search_spaces.asfd.supernet import SupernetConfig
 
     apply_latency(cfg)
     base_spec(cfg)
@@ -190,20 +189,14 @@ def check(cfg: dict[str, Any]) -> None:
     DartsSettings(**cfg.get("darts") or {})
 
 
-def default_data(cfg: dict[str, Any], progress: bool = True) -> Path:
-    from detectors.data.synthetic import default_root
-
-    return Path(default_root(progress=progress, **dict(cfg.get("synthetic") or {})))
-
-
 def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str | Path, *,
-             base=None, resume: bool = False, num_threads: int | None = None,
-             progress: bool = False):
+             base: DetectorSpec | None = None, resume: bool = False,
+             num_threads: int | None = None, progress: bool = False) -> DetectorSpec:
     """One bilevel search with `seed` (recipe, Gumbel sampling, data split); returns the
     derived spec (also written to out_dir/derived_spec.yaml)."""
     from nas.strategies.darts import DartsSettings, run_search
     from nas.trial import trial_config
-    from search_spaces.asfd import SupernetConfig
+    from search_spaces.asfd.supernet import SupernetConfig
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,22 +209,56 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
                       num_threads=num_threads, progress=progress, derived=out / DERIVED)
 
 
-def search_trial(request, report=None) -> dict[str, Any]:
+def search_trial(request: "TrialRequest", report: Callable | None = None) -> dict[str, Any]:
     """The driver's trial of the search phase: one seed's search, resumed if interrupted
     (`report`, the driver's rung callback under ASHA, is not used: a search has no rungs)."""
-    from detectors.device import set_threads
-    from detectors.spec import DetectorSpec
     from detectors.train import CHECKPOINT
+    from nas.trial import run_job
 
-    start = time.perf_counter()
-    set_threads(request.num_threads)
-    base = DetectorSpec.from_yaml(request.spec_yaml)
-    out = Path(request.out_dir)
-    spec = run_seed(request.search, seed_of(base), request.data_root, out, base=base,
-                    resume=(out / "search" / CHECKPOINT).is_file(),
-                    num_threads=request.num_threads)
-    return {"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
-            "derived_spec_id": spec.id}
+    def search() -> dict[str, Any]:
+        base = DetectorSpec.from_yaml(request.spec_yaml)
+        out = Path(request.out_dir)
+        spec = run_seed(request.search, seed_of(base), request.data_root, out, base=base,
+                        resume=(out / "search" / CHECKPOINT).is_file(),
+                        num_threads=request.num_threads)
+        return {"derived_spec_id": spec.id}
+
+    return run_job(request, search)
+
+
+def derived_trial(request: "TrialRequest", report: Callable | None = None) -> dict[str, Any]:
+    """run_trial (train + test; rung reports under ASHA) of a derived detector, plus its
+    search seed."""
+    from nas.trial import run_trial
+
+    metrics = run_trial(request, report=report)
+    name = DetectorSpec.from_yaml(request.spec_yaml).name
+    m = re.search(r"seed(\d+)", name)
+    metrics["search_seed"] = int(m.group(1)) if m else -1
+    return metrics
+
+
+def _plan_search(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
+    return seed_specs(search)
+
+
+def _plan_derived(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
+    specs = []
+    for base in store.read_plan(1) or []:
+        path = store.trial_dir(1, base.id) / DERIVED
+        if not path.is_file():
+            raise UserError(f"search trial {base.name} finished without {path}")
+        specs.append(DetectorSpec.from_yaml(path))
+    return specs
+
+
+def phases(search: dict[str, Any]) -> list[Phase]:
+    return [Phase(step=1, label="search", plan=_plan_search, trial_fn=search_trial, rows=False),
+            Phase(step=2, label="derived", plan=_plan_derived, trial_fn=derived_trial)]
+
+
+ENTRY = SpaceEntry(preset=PRESET, resolve=resolve, derive=derive, check=check, phases=phases,
+                   add_arguments=add_arguments, bootstrap=False)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -248,13 +275,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         if args.derive:
-            from search_spaces.asfd import derive_from_checkpoint
+            from search_spaces.asfd.supernet import derive_from_checkpoint
 
             print(derive_from_checkpoint(args.derive).to_yaml())
             return 0
         if not args.out:
             raise UserError("--out is required (or --derive CHECKPOINT)")
-        cfg = resolve(args.budget, gflops=args.gflops, seed=args.seed)
+        from nas.presets import budget_section, default_data, load_preset
+
+        opts = SearchOptions(space="asfd", gflops=args.gflops, budget=args.budget, seed=args.seed)
+        preset = load_preset(PRESET.path(args.gflops), PRESET)
+        cfg = resolve(preset, budget_section(preset, args.budget), opts)
         check(cfg)
         data = Path(args.data) if args.data else default_data(cfg)
         spec = run_seed(cfg, args.seed, data, args.out, resume=args.resume,

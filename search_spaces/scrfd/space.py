@@ -30,6 +30,7 @@ import numpy as np
 
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
+from search_spaces.scrfd.widths import head_gn_groups, stem_width
 
 __all__ = ["BLOCKS", "RATIO_QUANTITIES", "ScrfdSpace", "SpaceBounds", "Step1Fixed"]
 
@@ -103,7 +104,7 @@ class ScrfdSpace:
         self.latency = latency
         self._latency_fn = None
         if latency is not None:
-            from search_spaces.scrfd_latency import ScrfdLatency
+            from search_spaces.scrfd.latency import ScrfdLatency
 
             self._latency_fn = ScrfdLatency(self, latency[0])
         elif not self.flops_band:
@@ -186,20 +187,18 @@ class ScrfdSpace:
         widths, depths = batch.w[i].tolist(), batch.d[i].tolist()
         stages = tuple(dataclasses.replace(s, block=self.block, width=int(w), depth=int(d))
                        for s, w, d in zip(t.backbone.stages, widths, depths))
-        backbone = dataclasses.replace(t.backbone, stem_width=_stem_width(t.backbone.stem, widths[0]),
+        backbone = dataclasses.replace(t.backbone, stem_width=stem_width(t.backbone.stem, widths[0]),
                                        stages=stages)
         h = int(batch.h[i])
         neck = dataclasses.replace(t.neck, channels=int(batch.n[i]))
         head = dataclasses.replace(t.head, channels=h, num_convs=int(batch.m[i]),
-                                   gn_groups=self._gn_groups(int(batch.n[i]), h))
+                                   gn_groups=self.head_groups(int(batch.n[i]), h))
         name = f"scrfd-{self.gflops:g}g-sample"
         return dataclasses.replace(t, name=name, backbone=backbone, neck=neck, head=head)
 
-    def _gn_groups(self, n: int, h: int) -> int:
-        """The regime's GroupNorm groups reduced to a divisor of h (and of n when the tower's
-        first depthwise conv normalises the n neck channels)."""
-        groups = math.gcd(h, self.gn_groups)
-        return math.gcd(groups, n) if self.template.head.depthwise else groups
+    def head_groups(self, n: int, h: int) -> int:
+        """The head's GroupNorm groups for neck width n and head width h (widths.head_gn_groups)."""
+        return head_gn_groups(self.gn_groups, n, h, self.template.head.depthwise)
 
     def batch_of(self, specs: Sequence[DetectorSpec]) -> _Batch:
         """The arrays of existing specs (for checking the closed form against cost())."""
@@ -334,13 +333,6 @@ def _backbone_ratios(macs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # Closed-form MACs of the family (mirrors detectors.cost for these specs; asserted in tests).
 # ---------------------------------------------------------------------------------------------
-def _stem_width(stem: str, w1: int) -> int:
-    """The stem is merged into w1 (SCRFD): the ResNet deep stem outputs w1 channels; the
-    MobileNet stem, whose depthwise unit runs at stride 2, half of w1 (at least 8), as the
-    MobileNetV1 plan (stem 8 -> first stage 16 at x0.25)."""
-    return int(w1) if stem == "deep" else max(8, int(w1) // 16 * 8)
-
-
 def _family_macs(block: str, template: DetectorSpec, b: _Batch) -> dict[str, np.ndarray]:
     """MACs at 640x640 per component of every candidate (int64 arrays (B,)).
 
@@ -350,7 +342,7 @@ def _family_macs(block: str, template: DetectorSpec, b: _Batch) -> dict[str, np.
     """
     stem_kind = template.backbone.stem
     areas = [160 * 160, 80 * 80, 40 * 40, 20 * 20]
-    c = b.w[:, 0] if stem_kind == "deep" else np.maximum(8, b.w[:, 0] // 16 * 8)  # _stem_width
+    c = b.w[:, 0] if stem_kind == "deep" else np.maximum(8, b.w[:, 0] // 16 * 8)  # widths.stem_width
     r = 320 * 320
     if stem_kind == "deep":
         half = c // 2

@@ -31,7 +31,7 @@ from detectors.blocks.conv import ConvNormAct
 from detectors.catalog import block_entry, head_entry, stem_entry
 from detectors.errors import UserError
 from detectors.model import FaceDetector, init_weights
-from search_spaces.bfbox import BFBoxPath, BFBoxSpace
+from search_spaces.bfbox.space import BFBoxPath, BFBoxSpace
 
 __all__ = ["BFBoxSupernet", "build_supernet"]
 

@@ -6,7 +6,7 @@
     spec = derive(model, base_spec)                 # neck: autofem with the strongest choices
 
 The base spec gives the backbone, head, anchors and the neck's channels and levels (its neck
-type is replaced). The supernet neck is AutoFEM-FPN (search_spaces/asfd_cells.SearchFPN) then
+type is replaced). The supernet neck is AutoFEM-FPN (search_spaces/asfd/cells.py SearchFPN) then
 one AutoFEM-CPM search cell per level (SearchCell), and like the derived neck it returns the
 laterals as the dual shot's first feature set. Both modules are searched jointly here (the
 paper searched them one after the other and cascaded the results).
@@ -32,7 +32,7 @@ from detectors.errors import UserError
 from detectors.model import FaceDetector, build_parts, init_weights
 from detectors.necks import NeckOutput
 from detectors.spec import DetectorSpec, NeckSpec
-from search_spaces.asfd_cells import MODES, SearchCell, SearchFPN
+from search_spaces.asfd.cells import MODES, SearchCell, SearchFPN
 
 __all__ = ["SPACE", "SupernetConfig", "AutoFEMSupernet", "build_supernet", "derive",
            "derive_options", "architecture", "derive_from_checkpoint", "arch_parameters",

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from detectors.spec import DetectorSpec
+from search_spaces.scrfd.widths import stem_width
 
 __all__ = ["ScrfdLatency"]
 
@@ -23,14 +24,14 @@ class ScrfdLatency:
     def __init__(self, space: Any, table: Any) -> None:
         from detectors.backbones import stage_strides
         from detectors.catalog import stem_entry
-        from detectors.cost import _backbone
+        from detectors.cost import backbone_sizes
         from detectors.macs import Counter
 
         self.space, self.table = space, table
         t = space.template
         h, w = table.input_hw
         self.stem_hw = stem_entry(t.backbone.stem).cost(Counter(), 8, h, w)
-        self.stage_hw = _backbone(t, h, w, [Counter() for _ in range(len(t.backbone.stages) + 1)])
+        self.stage_hw = backbone_sizes(t, h, w, [Counter() for _ in range(len(t.backbone.stages) + 1)])
         self.strides = stage_strides(t.backbone)
         self.expand = 4 if space.block == "bottleneck" else 1
         self._memo: dict[tuple, float] = {}
@@ -49,12 +50,10 @@ class ScrfdLatency:
 
     def _stem(self, w1: int) -> float:
         from detectors.catalog import stem_entry
-        from search_spaces.scrfd import _stem_width
-
         stem = self.space.template.backbone.stem
         h, w = self.table.input_hw
         return self._memoised(("stem", w1), lambda c: stem_entry(stem).cost(
-            c, _stem_width(stem, w1), h, w))
+            c, stem_width(stem, w1), h, w))
 
     def _layer(self, i: int, cin: int, width: int, first: bool) -> float:
         from detectors.catalog import block_entry
@@ -95,7 +94,7 @@ class ScrfdLatency:
             return self._memo[("head", n, h, m)]
         t = self.space.template
         head = dataclasses.replace(t.head, channels=h, num_convs=m,
-                                   gn_groups=self.space._gn_groups(n, h))
+                                   gn_groups=self.space.head_groups(n, h))
         sizes = [self.stage_hw[lv - 2] for lv in t.neck.in_levels]
         return self._memoised(("head", n, h, m), lambda c: head_entry(head.type).cost(
             c, head, n, sizes, t.anchors.num_anchors), "head")
@@ -108,11 +107,9 @@ class ScrfdLatency:
         return values[inverse.reshape(-1)]
 
     def __call__(self, batch: Any) -> np.ndarray:
-        from search_spaces.scrfd import _stem_width
-
         stem = self.space.template.backbone.stem
         total = self._lookup(batch.w[:, :1], self._stem)
-        cin = np.array([_stem_width(stem, int(w)) for w in batch.w[:, 0]])
+        cin = np.array([stem_width(stem, int(w)) for w in batch.w[:, 0]])
         for i in range(batch.w.shape[1]):
             w, d = batch.w[:, i], batch.d[:, i]
             first = self._lookup(np.stack([cin, w], 1), lambda a, b, i=i: self._layer(i, a, b, True))

@@ -1,0 +1,189 @@
+"""SCRFD's glue: its presets (experiments/search/scrfd_<regime>g.yaml), the two steps as
+driver phases, each planned spec trained and tested by nas.trial.run_trial.
+
+    step 1  backbones sampled under the FLOPs band, the neck and head fixed (`step1:`)
+    step 2  whole detectors, sampled inside step 1's bootstrap ranges
+
+A preset holds one regime's target, bounds, block type, the neck/head fixed in step 1, the
+search recipe (with per-budget scaling; budgets.yaml's smoke / quick / paper shared by every
+regime) and the retraining recipe used by export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from detectors.config import CONFIG_BUDGET_KEYS, Schedule, merge
+from detectors.errors import UserError
+from detectors.spec import DetectorSpec
+from experiments import SEARCH_DIR
+from nas.options import SearchOptions
+from nas.phases import Phase, PresetRules, SpaceEntry
+from nas.presets import recipe_mapping
+from nas.results import RunStore
+from nas.strategies.two_step import sample_seed, step2_ranges as bootstrap_step2_ranges
+
+if TYPE_CHECKING:
+    from search_spaces.scrfd.space import ScrfdSpace
+
+__all__ = ["PRESET", "REGIMES", "ENTRY", "preset_path", "resolve", "derive", "check", "phases",
+           "build_space", "step2_ranges", "steps", "trial_schedule", "trial_iterations"]
+
+REGIMES = (0.5, 2.5, 10.0, 34.0)  # GFLOPs of the presets that exist
+
+
+def preset_path(gflops: float) -> Path:
+    """The preset of the regime nearest to `gflops` (its target is then replaced)."""
+    nearest = min(REGIMES, key=lambda g: abs(g - gflops))
+    return SEARCH_DIR / f"scrfd_{nearest:g}g.yaml"
+
+
+PRESET = PresetRules(
+    path=preset_path,
+    keys=frozenset({"space", "gflops", "tolerance", "block", "template", "gn_groups", "bounds",
+                    "step1", "step2", "top_k", "recipe", "retrain_recipe", "budgets"}),
+    # a retraining config's budget keys (recipe, synthetic) plus the search's own
+    budget_keys=frozenset({"num_samples", "max_iterations", *CONFIG_BUDGET_KEYS}),
+    shared_budgets=True)
+
+
+def add_arguments(group: argparse._ArgumentGroup) -> None:
+    """SCRFD's options are the common ones (--num-samples, --steps)."""
+
+
+def _template_dict(value: Any) -> dict[str, Any]:
+    if isinstance(value, str):
+        return DetectorSpec.from_yaml(Path(value)).to_dict()
+    return DetectorSpec.from_dict(value).to_dict()
+
+
+def resolve(preset: dict[str, Any], budget: dict[str, Any], opts: SearchOptions) -> dict[str, Any]:
+    """The resolved search config from the regime's preset and the options."""
+    samples = int(opts.num_samples if opts.num_samples is not None else budget.get("num_samples", 8))
+    if samples < 1:
+        raise UserError(f"--num-samples must be at least 1, got {samples}")
+    if opts.steps not in ("1", "2", "both"):
+        raise UserError(f"--steps must be 1, 2 or both, got {opts.steps!r}")
+    return {
+        "space": "scrfd", "preset": None, "gflops": float(opts.gflops),
+        "tolerance": float(preset.get("tolerance", 0.02)), "block": preset["block"],
+        "gn_groups": int(preset.get("gn_groups", 16)), "bounds": dict(preset.get("bounds", {})),
+        "step1": dict(preset["step1"]), "step2": dict(preset.get("step2", {})),
+        "template": _template_dict(preset["template"]),
+        "budget": opts.budget, "num_samples": samples, "seed": int(opts.seed), "steps": opts.steps,
+        "data": None, "max_failures": int(opts.max_failures), "top_k": int(preset.get("top_k", 5)),
+        "max_iterations": budget.get("max_iterations"),
+        "recipe": recipe_mapping(preset.get("recipe")),
+        "recipe_overrides": dict(budget.get("recipe", {}) or {}),
+        "retrain_recipe": recipe_mapping(preset.get("retrain_recipe", preset.get("recipe"))),
+        "synthetic": dict(budget.get("synthetic") or {}),
+    }
+
+
+def derive(search: dict[str, Any], opts: SearchOptions) -> None:
+    """The rungs (nas.fidelity) of the final schedule, and a note when its warm-up spans them."""
+    from nas.fidelity import fidelity_from, warmup_note
+
+    total = trial_iterations(search)
+    fidelity = fidelity_from(opts.scheduler, opts.grace, opts.reduction_factor, total,
+                             opts.rung_metric)
+    note = warmup_note(fidelity, total, trial_schedule(search).warmup_iters)
+    if note:
+        print(note, file=sys.stderr)
+    search["fidelity"] = fidelity.to_dict()
+
+
+def steps(search: dict[str, Any]) -> tuple[int, ...]:
+    return {"1": (1,), "2": (2,), "both": (1, 2)}[search["steps"]]
+
+
+def check(search: dict[str, Any]) -> None:
+    """An infeasible budget is an error before anything is written."""
+    space = build_space(search)
+    for step in steps(search):
+        space.check_feasible(step)
+
+
+def phases(search: dict[str, Any]) -> list[Phase]:
+    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else _plan_step2)
+            for s in steps(search)]
+
+
+def build_space(search: dict[str, Any]) -> "ScrfdSpace":
+    """The sampler (search_spaces.scrfd.space.ScrfdSpace) described by a resolved config."""
+    from search_spaces.scrfd.space import ScrfdSpace, SpaceBounds, Step1Fixed
+
+    try:
+        bounds = SpaceBounds(**search["bounds"])
+        step1 = Step1Fixed(**search["step1"])
+    except TypeError as err:
+        raise UserError(f"{search['preset']}: bad bounds/step1 ({err})") from None
+    latency = None
+    if search.get("latency"):
+        from nas.latency_budget import band, table_of
+
+        latency = (table_of(search["latency"]["table"]), *band(search["latency"]))
+    return ScrfdSpace(DetectorSpec.from_dict(search["template"]), gflops=search["gflops"],
+                      block=search["block"], step1=step1, tolerance=search["tolerance"],
+                      gn_groups=search["gn_groups"], bounds=bounds, latency=latency,
+                      flops_band=search.get("gflops_band", True))
+
+
+def trial_schedule(search: dict[str, Any]) -> Schedule:
+    """The LR schedule one trial of this search trains with (budget and overrides applied)."""
+    from detectors.config import TrainConfig, apply_budget, recipe_from_dict
+
+    base = TrainConfig(DetectorSpec.from_dict(search["template"]), recipe_from_dict(search["recipe"]))
+    scaled = apply_budget(base, search["budget"]).recipe.to_dict()
+    return recipe_from_dict(merge(scaled, search["recipe_overrides"])).schedule
+
+
+def trial_iterations(search: dict[str, Any]) -> int | None:
+    """Training iterations of one trial of this search (None when its schedule counts epochs:
+    the number then depends on the dataset, read only by the trial)."""
+    schedule = trial_schedule(search)
+    if schedule.unit != "iterations":
+        return None
+    cap = search.get("max_iterations")
+    return min(schedule.total, int(cap)) if cap else schedule.total
+
+
+def step2_ranges(store: RunStore, search: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
+    """Step 1's bootstrap ranges of the backbone ratios, widened to the preset's
+    `step2.min_range_width` (None if step 1 was not run)."""
+    from search_spaces.scrfd.space import RATIO_QUANTITIES
+
+    return bootstrap_step2_ranges(store, search["seed"],
+                                  float(search["step2"].get("min_range_width", 0.0)),
+                                  RATIO_QUANTITIES)
+
+
+def _sample(store: RunStore, search: dict[str, Any], step: int,
+            ranges: dict[str, tuple[float, float]] | None) -> list[DetectorSpec]:
+    space = build_space(search)
+    t0 = time.perf_counter()
+    specs = space.sample(search["num_samples"], seed=sample_seed(search["seed"], step),
+                         step=step, ranges=ranges, exclude=store.read_plan(1) or [])
+    print(f"step {step}: planned {len(specs)} specs in {time.perf_counter() - t0:.2f}s"
+          + (f" within step-1 ranges {_fmt_ranges(ranges)}" if ranges else ""), file=sys.stderr)
+    return specs
+
+
+def _plan_step1(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
+    return _sample(store, search, 1, None)
+
+
+def _plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
+    return _sample(store, search, 2, step2_ranges(store, search))
+
+
+def _fmt_ranges(ranges: dict[str, tuple[float, float]]) -> str:
+    return ", ".join(f"{q[6:]} {lo:.2f}-{hi:.2f}" for q, (lo, hi) in ranges.items())
+
+
+ENTRY = SpaceEntry(preset=PRESET, resolve=resolve, derive=derive, check=check, phases=phases,
+                   add_arguments=add_arguments, schedulers=("fifo", "asha"))
