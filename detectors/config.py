@@ -44,7 +44,8 @@ if TYPE_CHECKING:  # imported lazily so recipes work without building anything
 
 __all__ = [
     "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Recipe",
-    "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "BASELINE_CROPS", "SR_CROPS",
+    "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
+    "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
     "SYNTHETIC_KEYS",
 ]
@@ -351,18 +352,23 @@ def apply_budget(config: TrainConfig, budget: str) -> TrainConfig:
     iterations) and keep lr, momentum, augmentation, losses, assigner and seed. Then the
     config's own `budgets[budget].recipe`, if any, is merged over the result.
     """
+    own = (config.budgets.get(budget) or {}).get("recipe")
+    return replace(config, recipe=budget_recipe(config.recipe, budget, own))
+
+
+def budget_recipe(recipe: Recipe, budget: str, own: Mapping[str, Any] | None = None) -> Recipe:
+    """`recipe` scaled to `budget` as apply_budget says, then `own` (a partial recipe, e.g. a
+    config's or a search budget's section) merged over it."""
     if budget not in _BUDGET_OVERRIDES:
         raise UserError(f"unknown budget {budget!r} (valid: {', '.join(BUDGETS)})")
-    recipe = config.recipe
     changes: dict[str, Any] = {}
     for key, value in _BUDGET_OVERRIDES[budget].items():
         current = getattr(recipe, key)
         changes[key] = replace(current, **value) if isinstance(value, dict) else value
     recipe = replace(recipe, **changes)
-    own = (config.budgets.get(budget) or {}).get("recipe")
     if own:
         recipe = recipe_from_dict(merge(recipe.to_dict(), own), f"budgets.{budget}.recipe")
-    return replace(config, recipe=recipe)
+    return recipe
 
 
 def budget_synthetic(config: TrainConfig, budget: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
+    from detectors.config import Recipe
     from detectors.spec import DetectorSpec
     from nas.options import SearchOptions
     from nas.results import RunStore
@@ -93,7 +94,10 @@ class SpaceEntry:
     schedulers: the --scheduler values it honours (asha only where trials train sampled
       models to a schedule that rungs can cut: SCRFD);
     bootstrap: whether its finish runs the bootstrap analysis (a population of sampled specs:
-      SCRFD, BFBox; not ASFD's handful of seeds).
+      SCRFD, BFBox; not ASFD's handful of seeds);
+    trial_recipe(search) -> the Recipe its trials train with (budget layers applied): a
+      `--set recipe.KEY` that a budget layer would replace is carried over it, and the result
+      is checked whole.
     """
 
     preset: PresetRules
@@ -101,6 +105,7 @@ class SpaceEntry:
     derive: Callable[[dict[str, Any], "SearchOptions"], None]
     check: Callable[[dict[str, Any]], None]
     phases: Callable[[dict[str, Any]], list[Phase]]
+    trial_recipe: Callable[[dict[str, Any]], "Recipe"]
     add_arguments: Callable[[argparse._ArgumentGroup], None] | None = None
     schedulers: tuple[str, ...] = ("fifo",)
     bootstrap: bool = True

@@ -22,6 +22,7 @@ from detectors.errors import UserError
 from detectors.overrides import parse_overrides, set_dotted
 from nas.options import DEFAULT_GFLOPS, SearchOptions
 from nas.presets import budget_section, check_preset_kinds, default_data, load_preset
+from nas.phases import SpaceEntry
 from nas.space_table import check_scheduler, space_entry
 
 __all__ = ["resolve_config", "resolve_search", "target_gflops", "RECIPE_KEYS"]
@@ -52,18 +53,52 @@ def _preset(opts: SearchOptions) -> tuple[Path, dict[str, Any]]:
     return path, preset
 
 
-def _apply_overrides(search: dict[str, Any], items: list[str]) -> None:
-    touched = set()
-    for key, value in parse_overrides(items):
+def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
+    """(dotted key, value) of every leaf of a mapping value, or [(prefix, value)]."""
+    if isinstance(value, dict) and value:
+        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{prefix}.{k}")]
+    return [(prefix, value)]
+
+
+def _dotted(mapping: Any, key: str) -> Any:
+    for part in key.split("."):
+        if not isinstance(mapping, dict) or part not in mapping:
+            return None
+        mapping = mapping[part]
+    return mapping
+
+
+def _apply_overrides(search: dict[str, Any], items: list[str], entry: SpaceEntry) -> None:
+    """Each `--set` on the resolved config. A `recipe.KEY` that a budget layer replaces
+    (quick's schedule length, the budget's own recipe section) is carried into
+    `recipe_overrides` too, so trials train what was set; then every recipe touched, and the
+    recipe trials train, parse whole."""
+    pairs = parse_overrides(items)
+    for key, value in pairs:
         set_dotted(search, key, value, open_keys=RECIPE_KEYS)
-        if key.split(".")[0] in RECIPE_KEYS:
-            touched.add(key)
-    for key in sorted(touched):
+    touched = sorted({key for key, _ in pairs if key.split(".")[0] in RECIPE_KEYS})
+    for key in touched:
         root = key.split(".")[0]
+        if root == "recipe_overrides":
+            continue  # a partial layer over the scaled recipe: checked in the trial recipe below
         try:
             recipe_from_dict(search[root], root)
         except UserError as err:
             raise UserError(f"--set {key}: {err}") from None
+    if not touched:
+        return
+    try:
+        trained = entry.trial_recipe(search).to_dict()
+        for key, value in pairs:
+            if key.split(".")[0] != "recipe":
+                continue
+            for leaf, want in _leaves(value, key):
+                sub = leaf.partition(".")[2]
+                if _dotted(trained, sub) != want:  # a budget layer replaces it
+                    set_dotted(search, "recipe_overrides." + sub, want, open_keys=RECIPE_KEYS)
+        entry.trial_recipe(search)
+    except UserError as err:
+        raise UserError(f"--set {', '.join(touched)}: {err}") from None
 
 
 def resolve_config(opts: SearchOptions) -> dict[str, Any]:
@@ -84,7 +119,7 @@ def resolve_config(opts: SearchOptions) -> dict[str, Any]:
         search["gflops_band"] = bool(opts.gflops_band)
     if opts.top_k is not None:
         search["top_k"] = int(opts.top_k)
-    _apply_overrides(search, list(opts.overrides))
+    _apply_overrides(search, list(opts.overrides), entry)
     with _naming_overrides(opts):
         _check_driver_keys(search)
         entry.derive(search, opts)

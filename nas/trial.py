@@ -12,15 +12,18 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import yaml
 
 # re-exported: the one deep merge of budget sections lives with the retraining configs
 from detectors.config import merge
 
+if TYPE_CHECKING:
+    from detectors.config import Recipe
+
 __all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config",
-           "run_job"]
+           "run_job", "budget_scaled_recipe"]
 
 
 class TrialDiverged(RuntimeError):
@@ -89,6 +92,15 @@ def trial_config(spec_yaml: str, recipe: dict[str, Any], budget: str,
         atomic_write_text(path, yaml.safe_dump(scaled, sort_keys=False))
         config = load_config(path)
     return config
+
+
+def budget_scaled_recipe(search: dict[str, Any]) -> "Recipe":
+    """The recipe `trial_config` gives a trial of `search`: its `recipe` scaled to its budget,
+    then its `recipe_overrides` (the budget's own recipe section) merged over it."""
+    from detectors.config import budget_recipe, recipe_from_dict
+
+    scaled = budget_recipe(recipe_from_dict(search["recipe"]), search["budget"])
+    return recipe_from_dict(merge(scaled.to_dict(), search["recipe_overrides"]), "recipe_overrides")
 
 
 def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, Any]:

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from _cli import facenas, fakes_pythonpath, one_line_error
+from detectors.errors import UserError
 from experiments import MODELS_DIR, SEARCH_DIR
 from nas.cli import main
 from nas.options import SearchOptions
@@ -132,3 +133,27 @@ def test_preset_and_set_are_recorded_and_the_run_resumes(tmp_path):
     assert again.returncode == 0, again.stderr[-3000:]
     refused = facenas("search", "--resume", str(out), "--set", "tolerance=0.5", env=env)
     assert refused.returncode == 2 and "--resume" in refused.stderr
+
+
+def test_set_recipe_key_is_what_trials_train_whatever_the_budget():
+    # quick and smoke replace the schedule length twice (the budget scaling, then budgets.yaml's
+    # recipe section); a --set on the recipe still decides what a trial trains
+    from nas.spaces import bfbox, scrfd
+
+    for budget in ("smoke", "quick"):
+        base = resolve_config(SearchOptions(budget=budget))
+        search = resolve_config(SearchOptions(budget=budget, overrides=[
+            "recipe.schedule.total=600", "recipe.schedule.momentum=0.8"]))
+        assert scrfd.trial_iterations(base) != 600
+        assert scrfd.trial_iterations(search) == 600
+        assert search["recipe_overrides"]["schedule"]["total"] == 600
+        # a key no budget layer replaces stays in the recipe alone, and trains
+        assert "momentum" not in search["recipe_overrides"]["schedule"]
+        assert scrfd.trial_recipe(search).schedule.momentum == 0.8
+    # BFBox trains its recipe as resolved: nothing to carry over
+    search = resolve_config(SearchOptions(space="bfbox", budget="smoke",
+                                          overrides=["recipe.schedule.total=7"]))
+    assert search["recipe_overrides"] == {} and bfbox.trial_recipe(search).schedule.total == 7
+    # the carried value is checked with the layer it joins: quick's milestones exceed 100
+    with pytest.raises(UserError, match=r"^--set recipe.schedule.total: .*milestones"):
+        resolve_config(SearchOptions(budget="quick", overrides=["recipe.schedule.total=100"]))

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 
 from _cli import fakes_pythonpath
+from detectors.config import recipe_from_dict
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from nas import space_table
@@ -67,7 +68,9 @@ def _entry(tmp_path: Path) -> SpaceEntry:
 
     rules = PresetRules(path=lambda gflops: preset, keys=frozenset({"space", "budgets"}),
                         budget_keys=frozenset())
-    return SpaceEntry(rules, resolve, lambda search, opts: None, check, phases)
+    # trains nothing: no recipe of its own (asked for only when --set touches a recipe)
+    return SpaceEntry(rules, resolve, lambda search, opts: None, check, phases,
+                      trial_recipe=lambda search: recipe_from_dict({}))
 
 
 def _finish(store, search):

@@ -5,6 +5,7 @@
     derive         keys that follow from others, once `--set` is applied
     check          an infeasible request is a UserError before anything is written
     phases         the driver's phases: plans and trial functions
+    trial_recipe   the recipe its trials train with (budget layers applied)
     add_arguments  its own `facenas search` options
     ENTRY          the SpaceEntry nas/space_table.py lists
 

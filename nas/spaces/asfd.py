@@ -40,12 +40,13 @@ from experiments import MODELS_DIR, SEARCH_DIR
 from nas.options import SearchOptions
 from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.results import RunStore
+from nas.trial import budget_scaled_recipe
 
 if TYPE_CHECKING:
     from detectors.latency import LatencyTable
     from nas.trial import TrialRequest
 
-__all__ = ["PRESET", "ENTRY", "DERIVED", "resolve", "derive", "check", "phases",
+__all__ = ["PRESET", "ENTRY", "DERIVED", "resolve", "derive", "check", "phases", "trial_recipe",
            "add_arguments", "apply_latency", "latency_member", "member_latencies", "base_spec",
            "seed_specs", "seed_of", "run_seed", "search_trial", "derived_trial"]
 
@@ -257,8 +258,12 @@ def phases(search: dict[str, Any]) -> list[Phase]:
             Phase(step=2, label="derived", plan=_plan_derived, trial_fn=derived_trial)]
 
 
+# a trial trains the search recipe scaled to the budget, then the budget's own recipe section
+trial_recipe = budget_scaled_recipe
+
 ENTRY = SpaceEntry(preset=PRESET, resolve=resolve, derive=derive, check=check, phases=phases,
-                   add_arguments=add_arguments, bootstrap=False)
+                   trial_recipe=trial_recipe, add_arguments=add_arguments,
+                   bootstrap=False)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -36,11 +36,12 @@ from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.results import RunStore
 
 if TYPE_CHECKING:
+    from detectors.config import Recipe
     from nas.strategies.evolution import Evolution, RandomSearch
     from nas.trial import TrialRequest
     from search_spaces.bfbox.space import BFBoxSpace
 
-__all__ = ["PRESET", "ENTRY", "SUPERNET_STEP", "resolve", "derive", "check", "phases",
+__all__ = ["PRESET", "ENTRY", "SUPERNET_STEP", "resolve", "derive", "check", "phases", "trial_recipe",
            "add_arguments", "space_of", "planner", "run_supernet", "plan_candidates",
            "evaluate_candidate", "scored_rows", "supernet_checkpoint", "supernet_trial",
            "candidate_trial"]
@@ -95,6 +96,13 @@ def resolve(preset: dict[str, Any], budget: dict[str, Any], opts: SearchOptions)
         "retrain_recipe": recipe_from_dict(cfg["retrain_recipe"]).to_dict(),
         "max_failures": int(opts.max_failures), "recipe_overrides": {}, "max_iterations": None,
     }
+
+
+def trial_recipe(search: dict[str, Any]) -> "Recipe":
+    """The supernet trains with `recipe` as resolved (the budget is merged in by resolve)."""
+    from detectors.config import recipe_from_dict
+
+    return recipe_from_dict(search["recipe"])
 
 
 def derive(search: dict[str, Any], opts: SearchOptions) -> None:
@@ -269,4 +277,4 @@ def phases(search: dict[str, Any]) -> list[Phase]:
 
 
 ENTRY = SpaceEntry(preset=PRESET, resolve=resolve, derive=derive, check=check, phases=phases,
-                   add_arguments=add_arguments)
+                   trial_recipe=trial_recipe, add_arguments=add_arguments)

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from detectors.config import CONFIG_BUDGET_KEYS, Schedule, merge
+from detectors.config import CONFIG_BUDGET_KEYS, Schedule
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from experiments import SEARCH_DIR
@@ -25,12 +25,13 @@ from nas.options import SearchOptions
 from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.presets import recipe_mapping
 from nas.results import RunStore
+from nas.trial import budget_scaled_recipe
 from nas.strategies.two_step import sample_seed, step2_ranges as bootstrap_step2_ranges
 
 if TYPE_CHECKING:
     from search_spaces.scrfd.space import ScrfdSpace
 
-__all__ = ["PRESET", "REGIMES", "ENTRY", "preset_path", "resolve", "derive", "check", "phases",
+__all__ = ["PRESET", "REGIMES", "ENTRY", "preset_path", "resolve", "derive", "check", "phases", "trial_recipe",
            "build_space", "step2_ranges", "steps", "trial_schedule", "trial_iterations"]
 
 REGIMES = (0.5, 2.5, 10.0, 34.0)  # GFLOPs of the presets that exist
@@ -135,11 +136,7 @@ def build_space(search: dict[str, Any]) -> "ScrfdSpace":
 
 def trial_schedule(search: dict[str, Any]) -> Schedule:
     """The LR schedule one trial of this search trains with (budget and overrides applied)."""
-    from detectors.config import TrainConfig, apply_budget, recipe_from_dict
-
-    base = TrainConfig(DetectorSpec.from_dict(search["template"]), recipe_from_dict(search["recipe"]))
-    scaled = apply_budget(base, search["budget"]).recipe.to_dict()
-    return recipe_from_dict(merge(scaled, search["recipe_overrides"])).schedule
+    return budget_scaled_recipe(search).schedule
 
 
 def trial_iterations(search: dict[str, Any]) -> int | None:
@@ -185,5 +182,9 @@ def _fmt_ranges(ranges: dict[str, tuple[float, float]]) -> str:
     return ", ".join(f"{q[6:]} {lo:.2f}-{hi:.2f}" for q, (lo, hi) in ranges.items())
 
 
+# a trial trains the search recipe scaled to the budget, then the budget's own recipe section
+trial_recipe = budget_scaled_recipe
+
 ENTRY = SpaceEntry(preset=PRESET, resolve=resolve, derive=derive, check=check, phases=phases,
-                   add_arguments=add_arguments, schedulers=("fifo", "asha"))
+                   trial_recipe=trial_recipe, add_arguments=add_arguments,
+                   schedulers=("fifo", "asha"))
