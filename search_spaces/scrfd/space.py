@@ -123,14 +123,34 @@ class ScrfdSpace:
 
         ranges: quantity -> (low, high) for any of RATIO_QUANTITIES (step 2). Specs equal to
         one in `exclude` are skipped. Same arguments, same specs (numpy Generator seeded by
-        `seed`); the order is the order of acceptance.
+        `seed`); the order is the order of acceptance. UserError after `max_batches` batches
+        without `num` specs.
+        """
+        specs, drawn = self.fill(num, seed, step, ranges, exclude)
+        if len(specs) < num:
+            where = f" and ranges {dict(ranges)}" if ranges else ""
+            raise UserError(
+                f"found only {len(specs)} of {num} {self.block} specs within {self.band_text()}"
+                f"{where} after {drawn:,} draws; widen the ranges or the budget (a latency table "
+                "that lacks rows prices nothing: extend it with `facenas latency profile`)")
+        return specs
+
+    def fill(self, num: int, seed: int, step: int = 1,
+             ranges: Mapping[str, tuple[float, float]] | None = None,
+             exclude: Sequence[DetectorSpec] = (), max_batches: int | None = None
+             ) -> tuple[list[DetectorSpec], int]:
+        """Up to `num` distinct specs as `sample` draws them, and how many candidates were
+        drawn; stops after `max_batches` batches (default the space's) instead of raising.
+
+        The draws depend only on `seed` and `step`, so a call with more batches, or wider
+        ranges, accepts every spec a smaller one did, in the same order.
         """
         self.check_feasible(step)
         rng = np.random.default_rng(seed)
         taken = {_key(self.batch_of(list(exclude)), i) for i in range(len(exclude))}
         chosen: dict[bytes, tuple[_Batch, int]] = {}
         drawn = 0
-        for _ in range(self.max_batches):
+        for _ in range(self.max_batches if max_batches is None else int(max_batches)):
             batch = self._draw(rng, step)
             drawn += len(batch.m)
             for i in np.flatnonzero(self.accept(batch, ranges)):
@@ -138,16 +158,17 @@ class ScrfdSpace:
                 if key not in taken:
                     chosen.setdefault(key, (batch, i))
                 if len(chosen) == num:
-                    return [self.to_spec(b, j) for b, j in chosen.values()]
-        where = f" and ranges {dict(ranges)}" if ranges else ""
-        budget = f"{self.gflops:g} GFLOPs +-{self.tolerance:.0%}" if self.flops_band else ""
+                    return [self.to_spec(b, j) for b, j in chosen.values()], drawn
+        return [self.to_spec(b, j) for b, j in chosen.values()], drawn
+
+    def band_text(self) -> str:
+        """The budget band(s) in words, e.g. '2.5 GFLOPs +-2% and 54-60 ms predicted on the
+        latency table'."""
+        budget = f"{self.gflops:g} GFLOPs +-{100 * self.tolerance:.3g}%" if self.flops_band else ""
         if self.latency is not None:
             budget += (" and " if budget else "") + (
                 f"{self.latency[1]:.3g}-{self.latency[2]:.3g} ms predicted on the latency table")
-        raise UserError(
-            f"found only {len(chosen)} of {num} {self.block} specs within {budget}{where} after "
-            f"{drawn:,} draws; widen the ranges or the budget (a latency table that lacks rows "
-            "prices nothing: extend it with `facenas latency profile`)")
+        return budget
 
     def accept(self, batch: _Batch, ranges: Mapping[str, tuple[float, float]] | None = None
                ) -> np.ndarray:
