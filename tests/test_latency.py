@@ -354,6 +354,44 @@ def test_bad_latency_inputs_are_one_line_exit_2(tmp_path, capsys):
     assert "facenas latency profile" in one_line_error(capsys)
 
 
+def test_a_latency_band_no_step2_spec_of_the_gflops_band_meets_is_refused_before_step_1(
+        tmp_path, capsys):
+    """Three times the latency of a 2.5 GF spec: inside the space's span (its corners pass),
+    but no spec within 2.5 GF +-2% runs that slowly, so step 2 could never be filled."""
+    from nas.latency_specs import space_specs
+
+    space = _scrfd_space()
+    table_path = tmp_path / "t.json"
+    specs = space_specs("scrfd", [2.5], 50, seed=0)
+    t = _write_macs_table(table_path, specs + space.corner_specs(1) + space.corner_specs(2))
+    ref = sorted(latency(s, t).total_ms for s in specs)[len(specs) // 2]
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "run"
+    args = ["search", "--space", "scrfd", "--gflops", "2.5", "--budget", "smoke", "--data",
+            str(data), "--out", str(out), "--latency-ms", f"{3 * ref:.6g}", "--latency-table",
+            str(table_path)]
+    assert main(args) == 2
+    line = one_line_error(capsys)
+    assert "step 2 could not be filled" in line and "2.5 GFLOPs +-2% and" in line, line
+    assert "ms predicted on the latency table admits only 0 of the 4" in line, line
+    assert not out.exists()
+    # the same table and a band around those specs' latency: checked, and a run may start
+    search = _resolved_latency_search(data, ref, table_path)
+    from nas.spaces.scrfd import check
+
+    check(search)
+
+
+def _resolved_latency_search(data: Path, ms: float, table: Path) -> dict:
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_search
+
+    return resolve_search(SearchOptions(space="scrfd", budget="smoke", data=str(data),
+                                        latency_ms=ms, latency_table=str(table),
+                                        latency_tolerance=0.2))
+
+
 def test_latency_search_rows_and_exports_carry_their_latency(tmp_path, monkeypatch):
     import pandas as pd
     import search_fakes

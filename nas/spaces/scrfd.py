@@ -2,7 +2,12 @@
 driver phases, each planned spec trained and tested by nas.trial.run_trial.
 
     step 1  backbones sampled under the FLOPs band, the neck and head fixed (`step1:`)
-    step 2  whole detectors, sampled inside step 1's bootstrap ranges
+    step 2  whole detectors, sampled inside step 1's bootstrap ranges; when those ranges and
+            the budget band admit too few specs, the ranges are widened step by step toward
+            the whole space (`plan_step2`, recorded in plan/step2_widening.csv)
+
+`check` refuses, before anything is written, a band under which step 2 could not be filled
+even over the whole space, so the last widening step always fills.
 
 A preset holds one regime's target, bounds, block type, the neck/head fixed in step 1, the
 search recipe (with per-budget scaling; budgets.yaml's smoke / quick / paper shared by every
@@ -32,7 +37,25 @@ if TYPE_CHECKING:
     from search_spaces.scrfd.space import ScrfdSpace
 
 __all__ = ["PRESET", "REGIMES", "ENTRY", "preset_path", "resolve", "derive", "check", "phases", "trial_recipe",
-           "build_space", "step2_ranges", "steps", "trial_schedule", "trial_iterations"]
+           "build_space", "step2_ranges", "steps", "trial_schedule", "trial_iterations",
+           "check_step2_fills", "plan_step2", "widen", "step2_sampled_ranges", "WIDENING_FILE",
+           "CHECK_BATCHES", "WIDEN_STEPS", "STEP_BATCHES"]
+
+# Draw budgets, in batches of the sampler's batch_size (131,072 candidates by default; a batch
+# costs ~25 ms under the FLOPs band alone on one core).
+# CHECK_BATCHES (8.4M draws, ~2 s; it stops as soon as it has enough): the FLOPs band alone
+# accepts ~5e-4 (2.5 GF) to ~9e-3 (34 GF) of whole-space step-2 draws, so these draws hold some
+# 4,000+ specs where the paper budget needs 640; a band that yields fewer in 8.4M draws would
+# leave the search's own sampling starved too. And the last widening step redraws exactly these
+# candidates (same seed), so what the check found, step 2 finds.
+CHECK_BATCHES = 64
+# WIDEN_STEPS: each widening step moves every range's ends 1/8 of the way to the whole extent
+# of a backbone ratio, [0, 1]; step 8 is the whole space (no range constraint).
+WIDEN_STEPS = 8
+# STEP_BATCHES (4.2M draws, ~1 s): per widening step before the last; the draws are the same
+# candidates at every step (same seed), only the ranges accepting them grow.
+STEP_BATCHES = 32
+WIDENING_FILE = "step2_widening.csv"  # in RUN_DIR/plan/, beside step2_ranges.csv
 
 REGIMES = (0.5, 2.5, 10.0, 34.0)  # GFLOPs of the presets that exist
 
@@ -103,14 +126,38 @@ def steps(search: dict[str, Any]) -> tuple[int, ...]:
 
 
 def check(search: dict[str, Any]) -> None:
-    """An infeasible budget is an error before anything is written."""
+    """An infeasible budget is an error before anything is written: a band no spec of a step
+    can meet, or one under which step 2 could not be filled even over the whole space."""
     space = build_space(search)
     for step in steps(search):
         space.check_feasible(step)
+    if 2 in steps(search):
+        check_step2_fills(space, search)
+
+
+def _step2_need(search: dict[str, Any]) -> int:
+    """Distinct whole-space specs that guarantee step 2's plan: its num_samples, plus as many
+    again when step 1 runs (step 2 skips specs step 1 planned, at most num_samples of them)."""
+    n = int(search["num_samples"])
+    return 2 * n if 1 in steps(search) else n
+
+
+def check_step2_fills(space: "ScrfdSpace", search: dict[str, Any]) -> None:
+    """UserError (one line) when the budget band alone (no step-1 ranges, the whole step-2
+    space) admits fewer specs than step 2 needs in CHECK_BATCHES batches of draws."""
+    need = _step2_need(search)
+    specs, drawn = space.fill(need, sample_seed(search["seed"], 2), step=2,
+                              max_batches=CHECK_BATCHES)
+    if len(specs) < need:
+        raise UserError(
+            f"step 2 could not be filled: the budget band {space.band_text()} admits only "
+            f"{len(specs)} of the {need} distinct {space.block} specs it needs in {drawn:,} draws "
+            "of the whole step-2 space; widen the band (--gflops, --latency-ms, "
+            "--latency-tolerance, --set tolerance=...) or lower --num-samples")
 
 
 def phases(search: dict[str, Any]) -> list[Phase]:
-    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else _plan_step2)
+    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else plan_step2)
             for s in steps(search)]
 
 
@@ -174,8 +221,81 @@ def _plan_step1(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
     return _sample(store, search, 1, None)
 
 
-def _plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
-    return _sample(store, search, 2, step2_ranges(store, search))
+def widen(ranges: dict[str, tuple[float, float]], fraction: float
+          ) -> dict[str, tuple[float, float]]:
+    """Each range's ends moved `fraction` of the way to [0, 1], a backbone ratio's extent."""
+    f = float(fraction)
+    return {q: (low * (1 - f), high + f * (1 - high)) for q, (low, high) in ranges.items()}
+
+
+def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
+    """Step 2's specs inside step 1's ranges, widened toward the whole space while they and the
+    band admit fewer than num_samples specs (the whole space fills: `check`).
+
+    Deterministic for a run (seeded by the search seed), so a resume that finds no
+    plan/step2.yaml draws the same plan again. A widening is written to
+    plan/step2_widening.csv before the plan, one row per step tried.
+    """
+    ranges = step2_ranges(store, search)
+    if ranges is None:  # step 1 not run: the whole space
+        return _sample(store, search, 2, None)
+    space = build_space(search)
+    num, seed = int(search["num_samples"]), sample_seed(search["seed"], 2)
+    exclude = store.read_plan(1) or []
+    t0 = time.perf_counter()
+    tried: list[dict[str, Any]] = []
+    for k in range(WIDEN_STEPS + 1):
+        fraction = k / WIDEN_STEPS
+        wide = widen(ranges, fraction)
+        last = k == WIDEN_STEPS  # [0, 1] everywhere: no constraint, the space's own budget
+        specs, drawn = space.fill(num, seed, step=2, ranges=None if last else wide,
+                                  exclude=exclude, max_batches=None if last else STEP_BATCHES)
+        tried.append({"widening": k, "fraction": fraction, "draws": drawn, "found": len(specs),
+                      "wanted": num, **{f"{q}_{end}": v for q, (lo, hi) in wide.items()
+                                        for end, v in (("low", lo), ("high", hi))}})
+        if len(specs) == num:
+            break
+        if last:  # only a run whose config `check` did not pass (e.g. written before it)
+            raise UserError(
+                f"step 2: the budget band {space.band_text()} admits only {len(specs)} of {num} "
+                f"specs even over the whole space, after {drawn:,} draws")
+        print(f"step 2: the ranges {_fmt_ranges(wide)} ({fraction:.1%} widened) and the budget "
+              f"band admit only {len(specs)} of {num} specs in {drawn:,} draws; widening them "
+              f"{1 / WIDEN_STEPS:.1%} more toward the whole space", file=sys.stderr)
+    widening = store.run_dir / "plan" / WIDENING_FILE
+    took = f"{time.perf_counter() - t0:.2f}s"
+    if k:
+        _write_widening(widening, tried)
+        print(f"step 2: planned {len(specs)} specs in {took} after widening step 1's ranges "
+              f"{fraction:.1%} of the way toward the whole space, to {_fmt_ranges(wide)} "
+              f"(plan/{WIDENING_FILE})", file=sys.stderr)
+    else:  # none needed: no record (nor one left by an earlier draw of this plan)
+        widening.unlink(missing_ok=True)
+        print(f"step 2: planned {len(specs)} specs in {took} within step-1 ranges "
+              f"{_fmt_ranges(wide)}", file=sys.stderr)
+    return specs
+
+
+def _write_widening(path: Path, tried: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    from nas.results import atomic_write_text
+
+    # full precision: the ranges read back must hold every spec they accepted
+    atomic_write_text(path, pd.DataFrame(tried).to_csv(index=False))
+
+
+def step2_sampled_ranges(store: RunStore, search: dict[str, Any]
+                         ) -> dict[str, tuple[float, float]] | None:
+    """The ranges step 2 was drawn in: the last widening's, else step 1's (None without)."""
+    path = store.run_dir / "plan" / WIDENING_FILE
+    if not path.is_file():
+        return step2_ranges(store, search)
+    import pandas as pd
+
+    last = pd.read_csv(path).iloc[-1]
+    quantities = [c[:-4] for c in last.index if c.endswith("_low")]
+    return {q: (float(last[f"{q}_low"]), float(last[f"{q}_high"])) for q in quantities}
 
 
 def _fmt_ranges(ranges: dict[str, tuple[float, float]]) -> str:
