@@ -144,6 +144,41 @@ def _comparison(pop: Population, other: Population) -> list[str]:
     return out + [""]
 
 
+WIDENING = Path("plan") / "step2_widening.csv"  # written by the SCRFD search's step-2 planning
+
+
+def _step2_ranges_section(run_dir: Path) -> list[str]:
+    """How step 2's ranges came about: step 1's as they were, or widened toward the whole
+    space because they admitted too few specs under the budget band (nothing for a run
+    without step-1 ranges)."""
+    path = run_dir / WIDENING
+    if not path.is_file():
+        if not (run_dir / "plan" / "step2.yaml").is_file() or \
+                not (run_dir / "plan" / "step2_ranges.csv").is_file():
+            return []
+        return ["## Step 2's ranges", "", "Step 2 was drawn within step 1's ranges "
+                "(`plan/step2_ranges.csv`), not widened.", ""]
+    try:
+        tried = pd.read_csv(path)
+        last = tried.iloc[-1]
+        quantities = [c[:-4] for c in tried.columns if c.endswith("_low")]
+    except Exception as err:  # a garbled record is said, not fatal to the analysis
+        return ["## Step 2's ranges", "", f"`{WIDENING}` is unreadable ({type(err).__name__}).", ""]
+    first = tried.iloc[0]
+    out = ["## Step 2's ranges, widened", "",
+           f"Step 1's ranges (`plan/step2_ranges.csv`) and the budget band admitted only "
+           f"{int(first['found'])} of the {int(first['wanted'])} specs step 2 plans, so the ranges "
+           f"were widened in {len(tried) - 1} step{'s' if len(tried) > 2 else ''}, each range's "
+           f"ends moved toward the whole extent [0, 1]: **{float(last['fraction']):.1%} of the "
+           f"way**, where {int(last['found'])} specs were found. Step 2 was drawn within:", ""]
+    out += [f"- {q}: {float(last[q + '_low']):.3f}–{float(last[q + '_high']):.3f} (step 1: "
+            f"{float(first[q + '_low']):.3f}–{float(first[q + '_high']):.3f})" for q in quantities]
+    out += ["", "| widening | fraction | draws | found | wanted |", "|---|---|---|---|---|"]
+    out += [f"| {int(r['widening'])} | {float(r['fraction']):.3f} | {int(r['draws']):,} "
+            f"| {int(r['found'])} | {int(r['wanted'])} |" for _, r in tried.iterrows()]
+    return out + [""]
+
+
 def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_images,
             metric: str, n_boot: int, seed: int, edf_pops: dict[str, pd.Series],
             other: Population | None, include_stopped: bool = False) -> str:
@@ -176,6 +211,7 @@ def _report(run_dir: Path, table: pd.DataFrame, pops: list[Population], extra_im
                 if q in _varying(pop.rows, list(pop.ranges.index))]
         out += [""] + _markdown_table(pop.ranges) + [""]
         out += [f"![{c}]({f})" for c, f in pop.images] + [""]
+    out += _step2_ranges_section(run_dir)
     if other is not None:
         out += _comparison(pops[0], other)
     out += ["## Populations and the best specs", ""]

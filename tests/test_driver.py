@@ -131,12 +131,69 @@ def test_two_step_search_records_failed_trials_and_completes(tmp_path, data_dir,
     assert config["versions"]["torch"] and config["git_revision"] and config["seed"] == 3
     assert (out / "analysis" / "ranges_step1.csv").is_file()
     assert (out / "plan" / "step2_ranges.csv").is_file()  # the constraint step 2 was drawn with
-    assert (out / "analysis" / "report.md").is_file()
+    # step 1's ranges admitted enough specs: no widening recorded, and the report says so
+    assert not (out / "plan" / "step2_widening.csv").exists()
+    assert "drawn within step 1's ranges (`plan/step2_ranges.csv`), not widened" in \
+        (out / "analysis" / "report.md").read_text()
     exported = sorted((out / "export").glob("*.yaml"))
     best = table[table["status"] == "ok"].sort_values("ap_hard", ascending=False)
     assert [p.name for p in exported][:1] == [f"1_{best.iloc[0]['spec_id']}.yaml"]
     for path in exported:
         assert load_config(path).spec.id == path.stem.split("_", 1)[1]
+
+
+def test_step2_widens_ranges_that_admit_no_spec_records_and_reports_it(tmp_path, data_dir,
+                                                                         monkeypatch, capsys):
+    """Step 1's ranges put 40-50% of the backbone's compute in the stem, which no 2.5 GF spec
+    does (at most ~30%): step 2 widens them toward the whole space until it fills."""
+    import search_fakes
+    from nas.driver import SearchOptions, run_search
+    from nas.spaces.scrfd import WIDEN_STEPS, plan_step2, step2_sampled_ranges, step2_ranges
+
+    monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
+    out = tmp_path / "run"
+    # the ranges file is kept with the plan and read instead of bootstrapping step 1 again
+    bootstrap = {"ratio_stem": (0.4, 0.5), "ratio_c2": (0.1, 0.3), "ratio_c3": (0.1, 0.3),
+                 "ratio_c4": (0.1, 0.3), "ratio_c5": (0.1, 0.3)}
+    (out / "plan").mkdir(parents=True)
+    pd.DataFrame([{"quantity": q, "low": lo, "best": (lo + hi) / 2, "high": hi, "n_models": 3}
+                  for q, (lo, hi) in bootstrap.items()]).to_csv(out / "plan" / "step2_ranges.csv",
+                                                                 index=False)
+    opts = SearchOptions(budget="smoke", num_samples=3, data=str(data_dir), out=str(out), seed=5)
+    run_dir, finished = run_search(opts, trial_fn=search_fakes.fake_trial)
+    assert finished
+    err = capsys.readouterr().err
+    assert "(0.0% widened) and the budget band admit only 0 of 3 specs" in err
+    assert "after widening step 1's ranges" in err
+
+    store = RunStore(run_dir)
+    search = store.read_config()["search"]
+    kept = step2_ranges(store, search)  # step 1's ranges kept as step 1 gave them
+    assert {q: pytest.approx(r) for q, r in kept.items()} == bootstrap
+    tried = pd.read_csv(out / "plan" / "step2_widening.csv")
+    # widening 0 is step 1's ranges; one row per step, each 1/8 further; only the last filled
+    assert list(tried["widening"]) == list(range(len(tried))) and len(tried) >= 2
+    assert tried["fraction"].tolist() == pytest.approx([k / WIDEN_STEPS for k in range(len(tried))])
+    assert tried.loc[0, "found"] == 0 and (tried["found"].iloc[:-1] < 3).all()
+    assert tried["found"].iloc[-1] == 3
+    final = step2_sampled_ranges(store, search)
+    f = tried["fraction"].iloc[-1]
+    for q, (lo, hi) in bootstrap.items():
+        assert final[q] == pytest.approx((lo * (1 - f), hi + f * (1 - hi)))
+        assert final[q][0] < lo and final[q][1] > hi  # widened, from both ends
+    table = pd.read_parquet(out / "trials.parquet")
+    step2 = table[table["step"] == 2]
+    assert len(step2) == 3 and (step2["status"] == "ok").all()
+    for q, (lo, hi) in final.items():
+        assert step2[q].between(lo, hi).all(), q
+    assert not step2["ratio_stem"].between(*bootstrap["ratio_stem"]).any()
+    # a resume that finds no plan/step2.yaml draws the same widened plan
+    assert [s.id for s in plan_step2(store, search)] == [s.id for s in store.read_plan(2)]
+    # the report says how far, and the final ranges
+    report = (out / "analysis" / "report.md").read_text()
+    assert "## Step 2's ranges, widened" in report and f"**{f:.1%} of the way**" in report
+    assert f"- ratio_stem: {final['ratio_stem'][0]:.3f}–{final['ratio_stem'][1]:.3f} " \
+           "(step 1: 0.400–0.500)" in report
 
 
 # -- SIGKILL the driver, then --resume ------------------------------------------------------
