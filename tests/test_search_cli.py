@@ -19,7 +19,7 @@ from _cli import facenas
     (["--gflops", "100000"], ["100000 GFLOPs", "spans"]),
     # inside the space's extent, but a band so narrow that step 2 could never be filled
     (["--num-samples", "2", "--set", "tolerance=0.0000001"],
-     ["step 2 could not be filled", "2.5 GFLOPs +-1e-05%", "only 0 of the 4", "8,388,608 draws",
+     ["step 2 could not be filled", "2.5 GFLOPs +-1e-05%", "only 0 of the 4", "4,194,304 draws",
       "--set tolerance"]),
     (["--budget", "nonsense"], ["unknown budget", "smoke"]),
     (["--space", "nonsense"], ["unknown search space", "scrfd"]),

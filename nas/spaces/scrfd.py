@@ -42,13 +42,15 @@ __all__ = ["PRESET", "REGIMES", "ENTRY", "preset_path", "resolve", "derive", "ch
            "CHECK_BATCHES", "WIDEN_STEPS", "STEP_BATCHES"]
 
 # Draw budgets, in batches of the sampler's batch_size (131,072 candidates by default; a batch
-# costs ~25 ms under the FLOPs band alone on one core).
-# CHECK_BATCHES (8.4M draws, ~2 s; it stops as soon as it has enough): the FLOPs band alone
-# accepts ~5e-4 (2.5 GF) to ~9e-3 (34 GF) of whole-space step-2 draws, so these draws hold some
-# 4,000+ specs where the paper budget needs 640; a band that yields fewer in 8.4M draws would
-# leave the search's own sampling starved too. And the last widening step redraws exactly these
-# candidates (same seed), so what the check found, step 2 finds.
-CHECK_BATCHES = 64
+# costs ~25 ms under a FLOPs band, which prunes the draw tables and leaves few candidates to
+# price, but seconds under a latency band alone, which prices every candidate).
+# CHECK_BATCHES (4.2M draws): the check refuses a band that admits no spec in them; the FLOPs
+# band alone accepts ~5e-4 (2.5 GF) to ~9e-3 (34 GF) of whole-space step-2 draws (some 2,000+
+# specs in these draws where the paper budget needs 640). A band that admits some, but fewer
+# than step 2 needs, is drawn on up to the sampler's own budget (max_batches, 400 batches):
+# what step 2 would draw anyway. The last widening step redraws exactly the check's candidates
+# (same seed, same space), so what the check found, step 2 finds.
+CHECK_BATCHES = 32
 # WIDEN_STEPS: each widening step moves every range's ends 1/8 of the way to the whole extent
 # of a backbone ratio, [0, 1]; step 8 is the whole space (no range constraint).
 WIDEN_STEPS = 8
@@ -144,10 +146,11 @@ def _step2_need(search: dict[str, Any]) -> int:
 
 def check_step2_fills(space: "ScrfdSpace", search: dict[str, Any]) -> None:
     """UserError (one line) when the budget band alone (no step-1 ranges, the whole step-2
-    space) admits fewer specs than step 2 needs in CHECK_BATCHES batches of draws."""
+    space) admits no spec in CHECK_BATCHES batches of draws, or fewer than step 2 needs in the
+    sampler's whole budget."""
     need = _step2_need(search)
     specs, drawn = space.fill(need, sample_seed(search["seed"], 2), step=2,
-                              max_batches=CHECK_BATCHES)
+                              give_up_empty=CHECK_BATCHES)
     if len(specs) < need:
         raise UserError(
             f"step 2 could not be filled: the budget band {space.band_text()} admits only "

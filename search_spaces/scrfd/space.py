@@ -137,10 +137,11 @@ class ScrfdSpace:
 
     def fill(self, num: int, seed: int, step: int = 1,
              ranges: Mapping[str, tuple[float, float]] | None = None,
-             exclude: Sequence[DetectorSpec] = (), max_batches: int | None = None
-             ) -> tuple[list[DetectorSpec], int]:
+             exclude: Sequence[DetectorSpec] = (), max_batches: int | None = None,
+             give_up_empty: int | None = None) -> tuple[list[DetectorSpec], int]:
         """Up to `num` distinct specs as `sample` draws them, and how many candidates were
-        drawn; stops after `max_batches` batches (default the space's) instead of raising.
+        drawn; stops after `max_batches` batches (default the space's) instead of raising,
+        or after `give_up_empty` batches when none of them held an acceptable spec.
 
         The draws depend only on `seed` and `step`, so a call with more batches, or wider
         ranges, accepts every spec a smaller one did, in the same order.
@@ -150,7 +151,9 @@ class ScrfdSpace:
         taken = {_key(self.batch_of(list(exclude)), i) for i in range(len(exclude))}
         chosen: dict[bytes, tuple[_Batch, int]] = {}
         drawn = 0
-        for _ in range(self.max_batches if max_batches is None else int(max_batches)):
+        for k in range(self.max_batches if max_batches is None else int(max_batches)):
+            if give_up_empty is not None and k >= give_up_empty and not chosen:
+                break
             batch = self._draw(rng, step)
             drawn += len(batch.m)
             for i in np.flatnonzero(self.accept(batch, ranges)):
