@@ -128,6 +128,35 @@ def test_impossible_ranges_stop_after_bounded_draws(space25):
         small.sample(3, seed=0, step=2, ranges={"ratio_stem": (0.95, 1.0)})
 
 
+def test_fill_gives_up_only_on_empty_batches_and_wider_ranges_keep_every_spec(space25):
+    small = ScrfdSpace(space25.template, gflops=2.5, block="basic", step1=space25.step1,
+                       batch_size=1 << 14, max_batches=40)
+    # nothing acceptable: stops after give_up_empty batches, without raising
+    specs, drawn = small.fill(3, seed=0, step=2, ranges={"ratio_stem": (0.95, 1.0)},
+                              give_up_empty=3)
+    assert specs == [] and drawn == 3 * (1 << 14)
+    # some acceptable in the first batches: draws on past give_up_empty until num are found
+    specs, drawn = small.fill(40, seed=0, step=2, give_up_empty=1)
+    assert len(specs) == 40 and drawn > 1 << 14
+    # the same draws (same seed) under wider ranges accept every spec the narrow ones did, so
+    # a widening step never loses what the step before found
+    narrow = {"ratio_c5": (0.2, 0.3)}
+    some, _ = small.fill(1000, seed=1, step=2, ranges=narrow, max_batches=4)
+    more, _ = small.fill(1000, seed=1, step=2, ranges={"ratio_c5": (0.1, 0.4)}, max_batches=4)
+    assert 0 < len(some) < len(more) and {s.id for s in some} <= {s.id for s in more}
+
+
+def test_widen_moves_each_end_a_fraction_of_the_way_to_0_and_1():
+    from nas.spaces.scrfd import widen
+
+    ranges = {"ratio_stem": (0.4, 0.5), "ratio_c5": (0.0, 0.2)}
+    assert widen(ranges, 0.0) == ranges
+    half = widen(ranges, 0.5)
+    assert half["ratio_stem"] == pytest.approx((0.2, 0.75))
+    assert half["ratio_c5"] == pytest.approx((0.0, 0.6))
+    assert widen(ranges, 1.0) == {"ratio_stem": (0.0, 1.0), "ratio_c5": (0.0, 1.0)}
+
+
 def test_unknown_range_quantity_is_user_error(space25):
     with pytest.raises(UserError, match="ratio_neck"):
         space25.sample(1, seed=0, step=2, ranges={"ratio_neck": (0.0, 1.0)})
