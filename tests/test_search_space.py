@@ -147,7 +147,7 @@ def test_fill_gives_up_only_on_empty_batches_and_wider_ranges_keep_every_spec(sp
 
 
 def test_widen_moves_each_end_a_fraction_of_the_way_to_0_and_1():
-    from nas.spaces.scrfd import widen
+    from nas.strategies.two_step import widen
 
     ranges = {"ratio_stem": (0.4, 0.5), "ratio_c5": (0.0, 0.2)}
     assert widen(ranges, 0.0) == ranges

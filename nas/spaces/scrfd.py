@@ -31,7 +31,7 @@ from nas.phases import Phase, PresetRules, SpaceEntry
 from nas.presets import recipe_mapping
 from nas.results import RunStore
 from nas.trial import budget_scaled_recipe
-from nas.strategies.two_step import sample_seed, step2_ranges as bootstrap_step2_ranges
+from nas.strategies.two_step import sample_seed, step2_ranges as bootstrap_step2_ranges, widen
 
 if TYPE_CHECKING:
     from search_spaces.scrfd.space import ScrfdSpace
@@ -222,13 +222,6 @@ def _sample(store: RunStore, search: dict[str, Any], step: int,
 
 def _plan_step1(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
     return _sample(store, search, 1, None)
-
-
-def widen(ranges: dict[str, tuple[float, float]], fraction: float
-          ) -> dict[str, tuple[float, float]]:
-    """Each range's ends moved `fraction` of the way to [0, 1], a backbone ratio's extent."""
-    f = float(fraction)
-    return {q: (low * (1 - f), high + f * (1 - high)) for q, (low, high) in ranges.items()}
 
 
 def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:

@@ -3,7 +3,8 @@
 Step 1 samples backbones under the FLOPs band with the neck and head fixed; after its trials,
 the empirical bootstrap of the best models' backbone ratios (analysis.bootstrap) gives the
 ranges step 2 samples whole detectors inside (`step2_ranges`). Each step draws with its own
-seed (`sample_seed`). The space's glue (preset, phases) is nas/spaces/scrfd.py.
+seed (`sample_seed`). Ranges that admit too few specs under the budget band are widened toward
+the whole extent of a ratio (`widen`), step by step, by the glue's step-2 planning. The space's glue (preset, phases) is nas/spaces/scrfd.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Sequence
 from detectors.errors import UserError
 from nas.results import COLUMNS, RunStore
 
-__all__ = ["step2_ranges", "sample_seed"]
+__all__ = ["step2_ranges", "sample_seed", "widen"]
 
 
 def sample_seed(search_seed: int, step: int) -> int:
@@ -54,3 +55,11 @@ def step2_ranges(store: RunStore, seed: int, min_width: float, quantities: Seque
             pad = max(0.0, (min_width - (high - low)) / 2)
             out[q] = (max(0.0, low - pad), min(1.0, high + pad))
     return out
+
+
+def widen(ranges: dict[str, tuple[float, float]], fraction: float
+          ) -> dict[str, tuple[float, float]]:
+    """Each range's ends moved `fraction` of the way to [0, 1], a backbone ratio's whole
+    extent: 0 keeps step 1's ranges, 1 constrains nothing."""
+    f = float(fraction)
+    return {q: (low * (1 - f), high + f * (1 - high)) for q, (low, high) in ranges.items()}
