@@ -155,7 +155,7 @@ def check_step2_fills(space: "ScrfdSpace", search: dict[str, Any]) -> None:
         raise UserError(
             f"step 2 could not be filled: the budget band {space.band_text()} admits only "
             f"{len(specs)} of the {need} distinct {space.block} specs it needs in {drawn:,} draws "
-            "of the whole step-2 space; widen the band (--gflops, --latency-ms, "
+            "of the whole step-2 space; move or widen the band (--gflops, --latency-ms, "
             "--latency-tolerance, --set tolerance=...) or lower --num-samples")
 
 
