@@ -144,6 +144,15 @@ def test_fill_gives_up_only_on_empty_batches_and_wider_ranges_keep_every_spec(sp
     some, _ = small.fill(1000, seed=1, step=2, ranges=narrow, max_batches=4)
     more, _ = small.fill(1000, seed=1, step=2, ranges={"ratio_c5": (0.1, 0.4)}, max_batches=4)
     assert 0 < len(some) < len(more) and {s.id for s in some} <= {s.id for s in more}
+    # choosing from the band-accepted pool of those draws is fill() without drawing again
+    pool = small.band_pool(seed=1, step=2, batches=4)
+    exclude = more[:3]
+    for ranges, num in (({"ratio_c5": (0.2, 0.3)}, 1000), ({"ratio_c5": (0.1, 0.4)}, 5),
+                        ({"ratio_stem": (0.95, 1.0)}, 3), (None, 7)):
+        want, drawn = small.fill(num, seed=1, step=2, ranges=ranges, exclude=exclude,
+                                 max_batches=4)
+        got, got_drawn = small.pick(pool, num, ranges, exclude)
+        assert [s.id for s in got] == [s.id for s in want] and got_drawn == drawn, ranges
 
 
 def test_widen_moves_each_end_a_fraction_of_the_way_to_0_and_1():

@@ -54,8 +54,9 @@ CHECK_BATCHES = 32
 # WIDEN_STEPS: each widening step moves every range's ends 1/8 of the way to the whole extent
 # of a backbone ratio, [0, 1]; step 8 is the whole space (no range constraint).
 WIDEN_STEPS = 8
-# STEP_BATCHES (4.2M draws, ~1 s): per widening step before the last; the draws are the same
-# candidates at every step (same seed), only the ranges accepting them grow.
+# STEP_BATCHES (4.2M draws, ~1 s under a FLOPs band): per widening step before the last; the
+# draws are the same candidates at every step (same seed), only the ranges accepting them grow,
+# so steps 1..7 choose from step 0's band-accepted candidates, drawn and priced once more.
 STEP_BATCHES = 32
 WIDENING_FILE = "step2_widening.csv"  # in RUN_DIR/plan/, beside step2_ranges.csv
 
@@ -240,12 +241,17 @@ def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
     exclude = store.read_plan(1) or []
     t0 = time.perf_counter()
     tried: list[dict[str, Any]] = []
+    pool = None
     for k in range(WIDEN_STEPS + 1):
         fraction = k / WIDEN_STEPS
         wide = widen(ranges, fraction)
         last = k == WIDEN_STEPS  # [0, 1] everywhere: no constraint, the space's own budget
-        specs, drawn = space.fill(num, seed, step=2, ranges=None if last else wide,
-                                  exclude=exclude, max_batches=None if last else STEP_BATCHES)
+        if k == 0 or last:
+            specs, drawn = space.fill(num, seed, step=2, ranges=None if last else wide,
+                                      exclude=exclude, max_batches=None if last else STEP_BATCHES)
+        else:  # the same draws as step 0's, priced once (a latency band prices every draw)
+            pool = pool or space.band_pool(seed, 2, STEP_BATCHES)
+            specs, drawn = space.pick(pool, num, wide, exclude)
         tried.append({"widening": k, "fraction": fraction, "draws": drawn, "found": len(specs),
                       "wanted": num, **{f"{q}_{end}": v for q, (lo, hi) in wide.items()
                                         for end, v in (("low", lo), ("high", hi))}})

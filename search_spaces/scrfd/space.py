@@ -32,7 +32,7 @@ from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from search_spaces.scrfd.widths import head_gn_groups, stem_width
 
-__all__ = ["BLOCKS", "RATIO_QUANTITIES", "ScrfdSpace", "SpaceBounds", "Step1Fixed"]
+__all__ = ["BLOCKS", "RATIO_QUANTITIES", "BandPool", "ScrfdSpace", "SpaceBounds", "Step1Fixed"]
 
 BLOCKS = ("basic", "bottleneck", "depthwise")
 # Backbone ratios that step 1's ranges constrain in step 2 (results-table column names).
@@ -75,6 +75,16 @@ class _Batch:
 
     def take(self, idx: np.ndarray) -> "_Batch":
         return _Batch(self.w[idx], self.d[idx], self.n[idx], self.h[idx], self.m[idx])
+
+
+@dataclass(frozen=True)
+class BandPool:
+    """Candidates of a fixed run of draws that meet the budget band (ScrfdSpace.band_pool)."""
+
+    batch: _Batch
+    ratios: dict[str, np.ndarray]  # backbone ratios per candidate (RATIO_QUANTITIES)
+    drawn_at: np.ndarray  # draws made up to and including each candidate's batch
+    drawn: int  # draws in all
 
 
 class ScrfdSpace:
@@ -163,6 +173,44 @@ class ScrfdSpace:
                 if len(chosen) == num:
                     return [self.to_spec(b, j) for b, j in chosen.values()], drawn
         return [self.to_spec(b, j) for b, j in chosen.values()], drawn
+
+    def band_pool(self, seed: int, step: int, batches: int) -> "BandPool":
+        """The candidates of `batches` batches drawn as `fill` draws them (same seed, same
+        draws) that meet the budget band, in draw order: `pick` then chooses under any ranges
+        without drawing or pricing again (widening tries several ranges on the same draws)."""
+        self.check_feasible(step)
+        rng = np.random.default_rng(seed)
+        parts, at, drawn = [], [], 0
+        for _ in range(int(batches)):
+            batch = self._draw(rng, step)
+            drawn += len(batch.m)
+            idx = np.flatnonzero(self.accept(batch))  # ranges only narrow this (accept)
+            parts.append(batch.take(idx))
+            at.append(np.full(len(idx), drawn, dtype=np.int64))
+        fields = ("w", "d", "n", "h", "m")
+        kept = _Batch(*(np.concatenate([getattr(b, f) for b in parts]) for f in fields))
+        return BandPool(kept, _backbone_ratios(self.macs(kept)), np.concatenate(at), drawn)
+
+    def pick(self, pool: "BandPool", num: int,
+             ranges: Mapping[str, tuple[float, float]] | None = None,
+             exclude: Sequence[DetectorSpec] = ()) -> tuple[list[DetectorSpec], int]:
+        """What `fill` with the pool's seed, step and batches returns for these ranges: up to
+        `num` distinct specs in draw order, and the draws made until the last was found."""
+        ok = np.ones(len(pool.batch.m), dtype=bool)
+        for name, (low, high) in (ranges or {}).items():
+            if name not in pool.ratios:
+                raise UserError(f"range for {name!r} cannot constrain the sampler; "
+                                f"valid: {', '.join(RATIO_QUANTITIES)}")
+            ok &= (pool.ratios[name] >= low) & (pool.ratios[name] <= high)
+        taken = {_key(self.batch_of(list(exclude)), i) for i in range(len(exclude))}
+        chosen: dict[bytes, int] = {}
+        for i in np.flatnonzero(ok):
+            key = _key(pool.batch, i)
+            if key not in taken:
+                chosen.setdefault(key, i)
+            if len(chosen) == num:
+                return [self.to_spec(pool.batch, j) for j in chosen.values()], int(pool.drawn_at[i])
+        return [self.to_spec(pool.batch, j) for j in chosen.values()], pool.drawn
 
     def band_text(self) -> str:
         """The budget band(s) in words, e.g. '2.5 GFLOPs +-2% and 54-60 ms predicted on the
