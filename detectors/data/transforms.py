@@ -132,7 +132,8 @@ class RandomSquareCropResize(RandomSquareCrop):
     """RandomSquareCrop then Resize(size) in one resampling, without building the (up to 2x
     short edge) crop: the part of the square inside the image is resampled straight into a
     mean-filled size x size output. Output pixel X shows source x = left + X * side / size,
-    the mapping applied to boxes and keypoints, as the two separate steps do."""
+    the mapping applied to boxes and keypoints, as the two separate steps do. Which output
+    pixels show the image, and the source box PIL resamples, are exact (paste_span)."""
 
     def __init__(self, size: int, crop_choices: Sequence[float] = SR_CROPS, max_tries: int = 50) -> None:
         super().__init__(crop_choices, max_tries)
