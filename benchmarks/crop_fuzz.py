@@ -56,6 +56,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.samples < 1:
         print("--samples must be at least 1", file=sys.stderr)
         return 2
+    bad = [s for s in args.sizes if s < 32 or s % 32]
+    if bad:
+        print(f"--sizes must be multiples of 32 (>= 32), not {bad}", file=sys.stderr)
+        return 2
     each = max(1, args.samples // (len(args.sizes) * len(args.seeds)))
     total = 0
     for size in args.sizes:

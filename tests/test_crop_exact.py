@@ -90,6 +90,11 @@ def test_previously_valid_geometry_unchanged_except_where_the_float_was_a_pixel_
     assert same.sum() > 0.999 * len(side)
     assert np.array_equal(old[0][same], new[0][same])
     np.testing.assert_allclose(new[2][same], old[2][same], rtol=0, atol=1e-9)
+    # the far end (inside the image): the last output pixel shows it; the old float floor of
+    # side * (size / side) fell short for some sides, leaving the last column in fill colour
+    assert np.all(new[1] == size)
+    short = old[1] != size
+    assert np.all(old[1][short] == size - 1) and 0 < short.mean() < 0.05
 
 
 @pytest.mark.parametrize("size", SIZES)
