@@ -30,15 +30,15 @@ def anchor_points(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
     return out
 
 
-def _base_wh(anchor_spec: AnchorSpec, level: int) -> torch.Tensor:
-    """(A, 2) anchor (width, height) at one level, in anchor order."""
+def _base_wh(anchor_spec: AnchorSpec, level: int, device: torch.device | str | None = None) -> torch.Tensor:
+    """(A, 2) anchor (width, height) at one level, in anchor order, on `device`."""
     base = anchor_spec.base_sizes[level]
     whs = []
     for r in anchor_spec.ratios:
         hr = math.sqrt(r)
         for sc in anchor_spec.scales:
             whs.append((base * sc / hr, base * sc * hr))
-    return torch.tensor(whs, dtype=torch.float32)
+    return torch.tensor(whs, dtype=torch.float32, device=device)
 
 
 def anchor_boxes(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
@@ -47,7 +47,7 @@ def anchor_boxes(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
     for ratio 1. Rows match `anchor_points` (the ATSS assigner's anchors)."""
     out = []
     for lvl, pts in enumerate(anchor_points(anchor_spec, sizes, device)):
-        wh = _base_wh(anchor_spec, lvl).to(pts.device).repeat(pts.shape[0] // anchor_spec.num_anchors, 1)
+        wh = _base_wh(anchor_spec, lvl, pts.device).repeat(pts.shape[0] // anchor_spec.num_anchors, 1)
         out.append(torch.cat([pts - wh / 2, pts + wh / 2], dim=1))
     return out
 

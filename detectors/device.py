@@ -1,6 +1,10 @@
 """Where and how to train: device choice, numeric mode, CPU threads.
 
-On CUDA: mixed precision (bf16 autocast when the GPU supports it, else fp16 with a GradScaler).
+On CUDA: mixed precision by compute capability: bf16 autocast where bf16 is native (>= 8.0:
+A100, H100, RTX 30xx and later), else fp16 autocast with a GradScaler (V100 7.0, T4 7.5: there
+bf16 is emulated, and `torch.cuda.is_bf16_supported()` counts emulation, so it is not asked).
+`--fp32` (fp32=True) forces fp32 NCHW on any device. The choice is `choose_mode`, a pure function
+of (device, capability, request), so every branch is tested without a GPU.
 On CPU: channels_last + bf16 autocast when the CPU computes bf16 natively (AVX512-BF16 / AMX,
 probed through oneDNN); otherwise fp32 channels_last. On the measured CPU (AVX2 only, 1
 thread, unloaded) fp32 channels_last was 1.00-1.24x the speed of NCHW in all 19 cases tried
@@ -17,7 +21,10 @@ import torch
 
 from detectors.errors import UserError
 
-__all__ = ["TrainingMode", "select_device", "training_mode", "set_threads", "cpu_supports_bf16"]
+__all__ = ["TrainingMode", "select_device", "choose_mode", "training_mode", "set_threads", "cpu_supports_bf16",
+           "NATIVE_BF16_CAPABILITY"]
+
+NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: the first CUDA compute capability with bf16 tensor cores
 
 
 @dataclass(frozen=True)
@@ -65,17 +72,34 @@ def cpu_supports_bf16() -> bool:
         return False
 
 
-def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
-    """The fastest sound numeric mode for `device` (`fp32=True` forces plain fp32 NCHW)."""
+def choose_mode(device: torch.device, capability: tuple[int, int] | None = None, *, fp32: bool = False,
+                cpu_bf16: bool = False) -> TrainingMode:
+    """The numeric mode for `device`, from facts passed in (no probing, so it is testable anywhere).
+
+    capability: the CUDA card's (major, minor) (needed for CUDA); cpu_bf16: the CPU computes
+    bf16 natively. fp32 forces plain fp32 NCHW. CUDA: bf16 autocast at capability >= 8.0,
+    otherwise fp16 autocast with a GradScaler (fp16's range needs the loss scaled)."""
     if fp32:
         return TrainingMode(device, False, None, False)
     if device.type == "cuda":
-        if torch.cuda.is_bf16_supported():
+        if capability is None:
+            raise ValueError("choose_mode needs the CUDA device's compute capability")
+        if tuple(capability) >= NATIVE_BF16_CAPABILITY:
             return TrainingMode(device, True, torch.bfloat16, False)
         return TrainingMode(device, True, torch.float16, True)
-    if device.type == "cpu" and cpu_supports_bf16():
+    if device.type == "cpu" and cpu_bf16:
         return TrainingMode(device, True, torch.bfloat16, False)
     return TrainingMode(device, device.type == "cpu", None, False)
+
+
+def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
+    """The fastest sound numeric mode for `device` (`fp32=True` forces plain fp32 NCHW): the
+    card's compute capability or the CPU's bf16 support, read here, decided by choose_mode."""
+    capability = None
+    if device.type == "cuda" and not fp32:
+        capability = tuple(torch.cuda.get_device_capability(device))
+    cpu_bf16 = device.type == "cpu" and not fp32 and cpu_supports_bf16()
+    return choose_mode(device, capability, fp32=fp32, cpu_bf16=cpu_bf16)
 
 
 def set_threads(n: int | None = None) -> int:

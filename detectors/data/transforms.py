@@ -132,7 +132,8 @@ class RandomSquareCropResize(RandomSquareCrop):
     """RandomSquareCrop then Resize(size) in one resampling, without building the (up to 2x
     short edge) crop: the part of the square inside the image is resampled straight into a
     mean-filled size x size output. Output pixel X shows source x = left + X * side / size,
-    the mapping applied to boxes and keypoints, as the two separate steps do."""
+    the mapping applied to boxes and keypoints, as the two separate steps do. Which output
+    pixels show the image, and the source box PIL resamples, are exact (paste_span)."""
 
     def __init__(self, size: int, crop_choices: Sequence[float] = SR_CROPS, max_tries: int = 50) -> None:
         super().__init__(crop_choices, max_tries)
@@ -143,17 +144,36 @@ class RandomSquareCropResize(RandomSquareCrop):
         return self.crop_resize(sample, left, top, side, keep, self.size)
 
     @staticmethod
+    def paste_span(start: Any, side: Any, extent: Any, size: Any) -> tuple[Any, Any, Any, Any]:
+        """One axis of crop_resize, exact: (p0, p1, src0, src1) for a crop [start, start + side)
+        of an axis [0, extent) resampled to `size` output pixels.
+
+        Output pixel P covers source [start + P*side/size, start + (P+1)*side/size); the output
+        pixels [p0, p1) are the whole ones whose source lies inside [0, extent) (the others keep
+        the fill colour), and [src0, src1) is their source span, what PIL resamples. Integer
+        arithmetic: p0 = ceil(a*size/side), p1 = floor(b*size/side), and src = (start*size +
+        p*side) / size, one correctly rounded division of an integer, so src0 >= 0 and src1 <=
+        extent hold exactly (float `start + p0/f` came out as -1e-14, which PIL refuses, and
+        float ceil/floor were one pixel off where a*size/side is a whole number). Integers or
+        int64 arrays (vectorised in tests)."""
+        a = np.maximum(start, 0) - start  # source from the crop's start to the image's
+        b = np.minimum(start + side, extent) - start
+        p0 = -((-a * size) // side)  # ceil division
+        p1 = (b * size) // side
+        return p0, p1, (start * size + p0 * side) / size, (start * size + p1 * side) / size
+
+    @staticmethod
     def crop_resize(sample: Sample, left: int, top: int, side: int, keep: np.ndarray, size: int) -> Sample:
         img = _image(sample)
         h, w = img.shape[:2]
         f = size / side
         out = np.empty((size, size, 3), np.uint8)
         out[:] = _mean_colour(img)
-        # whole output pixels whose source lies inside the image
-        x0, y0 = int(np.ceil((max(left, 0) - left) * f)), int(np.ceil((max(top, 0) - top) * f))
-        x1, y1 = int(np.floor((min(left + side, w) - left) * f)), int(np.floor((min(top + side, h) - top) * f))
+        sx = RandomSquareCropResize.paste_span(int(left), int(side), int(w), int(size))
+        sy = RandomSquareCropResize.paste_span(int(top), int(side), int(h), int(size))
+        x0, x1, y0, y1 = int(sx[0]), int(sx[1]), int(sy[0]), int(sy[1])
         if x1 > x0 and y1 > y0:
-            box = (left + x0 / f, top + y0 / f, left + x1 / f, top + y1 / f)
+            box = (float(sx[2]), float(sy[2]), float(sx[3]), float(sy[3]))
             part = Image.fromarray(img).resize((x1 - x0, y1 - y0), Image.BILINEAR, box=box, reducing_gap=3.0)
             out[y0:y1, x0:x1] = np.asarray(part)
         kept = _keep(sample, keep)

@@ -43,7 +43,7 @@ SIGMA = 1.0 / math.sqrt(2.0 * math.pi)
 
 def scale_bin(size: torch.Tensor | float) -> torch.Tensor:
     """Eq. 1: face size x (px at long side 2048) -> continuous bin 10 (log2 x - 5)."""
-    x = torch.as_tensor(size, dtype=torch.float32)
+    x = torch.as_tensor(size, dtype=torch.float32, device=size.device if isinstance(size, torch.Tensor) else None)
     return 10.0 * (torch.log2(x.clamp_min(1e-6)) - 5.0)
 
 
@@ -57,13 +57,13 @@ def gaussian_targets(sizes: torch.Tensor, num_bins: int = NUM_BINS) -> torch.Ten
 
     Each face's bin b* = round(Eq. 1), clipped to 0..num_bins-1, gets 1; bins b* +- 1, +- 2
     get exp(-(b - b*)^2 / (2 sigma^2)) (sigma = 1/sqrt(2 pi): the density, peak 1). Max over
-    faces; no faces -> all zeros.
+    faces; no faces -> all zeros. On the device of `sizes`.
     """
-    target = torch.zeros(num_bins)
+    target = torch.zeros(num_bins, device=sizes.device)
     if sizes.numel() == 0:
         return target
     centre = scale_bin(sizes).round().clamp(0, num_bins - 1)  # (K,)
-    bins = torch.arange(num_bins, dtype=torch.float32)
+    bins = torch.arange(num_bins, dtype=torch.float32, device=sizes.device)
     dist = bins[None, :] - centre[:, None]  # (K, B)
     value = torch.exp(-dist.square() / (2 * SIGMA**2))
     value = torch.where(dist.abs() <= NEIGHBOURS, value, torch.zeros_like(value))
@@ -125,8 +125,8 @@ def forecast_loss(logits: torch.Tensor, boxes: list[torch.Tensor], ignore: list[
         keep = b[~ign.to(torch.bool)] if b.numel() else b
         wh = (keep[:, 2:] - keep[:, :2]).clamp_min(0)
         sizes = wh.prod(dim=1).sqrt() * (REFERENCE_SIDE / long_side)
-        targets.append(gaussian_targets(sizes[sizes > 0].float().cpu()))
-    target = torch.stack(targets).to(logits.device)
+        targets.append(gaussian_targets(sizes[sizes > 0].float().to(logits.device)))
+    target = torch.stack(targets)
     return F.binary_cross_entropy_with_logits(logits.float(), target)
 
 

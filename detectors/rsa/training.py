@@ -63,12 +63,14 @@ def _rescale_one(img: torch.Tensor, boxes, ignore, kps, kvalid, gen: torch.Gener
     cand = torch.nonzero((sizes > 1) & ~ignore).squeeze(1)
     if cand.numel() == 0:
         return img, boxes, ignore, kps, kvalid
-    j = cand[torch.randint(cand.numel(), (1,), generator=gen)].item()
-    target = 64.0 * 2.0 ** float(torch.rand((), generator=gen))
+    # host draws (they become Python numbers), on the generator's device: CPU for None
+    host = gen.device if gen is not None else torch.device("cpu")
+    j = int(cand[int(torch.randint(cand.numel(), (1,), generator=gen, device=host))])
+    target = 64.0 * 2.0 ** float(torch.rand((), generator=gen, device=host))
     f = target / float(sizes[j])
     new = max(1, round(s * f))
     cx, cy = ((boxes[j, :2] + boxes[j, 2:]) / 2 * f).tolist()
-    u = torch.rand(2, generator=gen).tolist()
+    u = torch.rand(2, generator=gen, device=host).tolist()
     x0 = int(min(max(cx - u[0] * s, 0), max(new - s, 0)))
     y0 = int(min(max(cy - u[1] * s, 0), max(new - s, 0)))
     out = _crop_resized(img, f, x0, y0)

@@ -70,8 +70,14 @@ def gumbel_hard(logits: torch.Tensor, tau: float, scale: float,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """Hard Gumbel-softmax sample of one index. Returns (weights, index): weights equal the
     one-hot vector of `index` in the forward pass and carry `scale` x the gradient of
-    softmax((logits + g) / tau) backward (Eq. 4-5; g ~ Gumbel(0, 1))."""
-    u = torch.rand(logits.shape, generator=generator, device=logits.device).clamp_(1e-10, 1.0)
+    softmax((logits + g) / tau) backward (Eq. 4-5; g ~ Gumbel(0, 1)).
+
+    The uniforms are drawn on the generator's device (the search's is a CPU generator) and
+    moved to the logits': a CUDA tensor cannot be filled from a CPU generator, and drawing on
+    the CPU keeps one stream for every device, so a checkpoint's generator state resumes the
+    same path draws on CPU or CUDA (a CUDA generator's stream differs from the CPU's)."""
+    where = generator.device if generator is not None else logits.device
+    u = torch.rand(logits.shape, generator=generator, device=where).to(logits.device).clamp_(1e-10, 1.0)
     soft = torch.softmax((logits - torch.log(-torch.log(u))) / tau, 0)
     index = int(soft.detach().argmax())
     hard = F.one_hot(torch.tensor(index, device=logits.device), len(logits)).to(soft.dtype)
@@ -115,7 +121,7 @@ class SearchFPN(nn.Module):
         for i in range(n):
             have = [True, i < n - 1, i > 0]
             terms = [self._op(i, "same", c[i]), td[i], bu[i]]
-            beta = torch.softmax(self.arch_beta[i][torch.tensor(have)], 0)
+            beta = torch.softmax(self.arch_beta[i][torch.tensor(have, device=c[i].device)], 0)
             kept = [t for t, h in zip(terms, have) if h]
             outs.append(self.fuse_convs[i](sum(b * t for b, t in zip(beta, kept))))
         return c, outs
@@ -176,7 +182,7 @@ class SearchCell(nn.Module):
 
     def _output(self, feats: list[torch.Tensor], nodes: list[int]) -> torch.Tensor:
         c = self.channels
-        idx = torch.cat([torch.arange((j - 1) * c, j * c) for j in nodes]).to(feats[0].device)
+        idx = torch.cat([torch.arange((j - 1) * c, j * c, device=feats[0].device) for j in nodes])
         conv = self.out_conv.conv
         y = F.conv2d(torch.cat(feats, 1), conv.weight[:, idx], conv.bias)
         return self.out_conv.act(self.out_conv.norm(y))

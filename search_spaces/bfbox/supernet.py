@@ -99,7 +99,7 @@ class _SuperFPN(nn.Module):
     def _logit(self, k: int, j: int, genes) -> torch.Tensor:
         stage = self.levels[j] - _LEVELS[0]
         layers = self._layers_of_stage[stage]
-        cond = self.attn_cond[k, j, layers, torch.as_tensor(genes[layers])].sum()
+        cond = self.attn_cond[k, j, layers, torch.as_tensor(genes[layers], device=self.attn_cond.device)].sum()
         return self.attn_theta[k, j] + cond
 
     def forward(self, feats: list[torch.Tensor], path: BFBoxPath) -> list[torch.Tensor]:
