@@ -77,6 +77,18 @@ class _Batch:
         return _Batch(self.w[idx], self.d[idx], self.n[idx], self.h[idx], self.m[idx])
 
 
+def _in_ranges(ratios: dict[str, np.ndarray], ranges: Mapping[str, tuple[float, float]]
+               ) -> np.ndarray:
+    """Mask of candidates whose backbone ratios lie inside every [low, high] of `ranges`."""
+    ok = np.ones(len(next(iter(ratios.values()))), dtype=bool)
+    for name, (low, high) in ranges.items():
+        if name not in ratios:
+            raise UserError(f"range for {name!r} cannot constrain the sampler; "
+                            f"valid: {', '.join(RATIO_QUANTITIES)}")
+        ok &= (ratios[name] >= low) & (ratios[name] <= high)
+    return ok
+
+
 @dataclass(frozen=True)
 class BandPool:
     """Candidates of a fixed run of draws that meet the budget band (ScrfdSpace.band_pool)."""
@@ -196,12 +208,7 @@ class ScrfdSpace:
              exclude: Sequence[DetectorSpec] = ()) -> tuple[list[DetectorSpec], int]:
         """What `fill` with the pool's seed, step and batches returns for these ranges: up to
         `num` distinct specs in draw order, and the draws made until the last was found."""
-        ok = np.ones(len(pool.batch.m), dtype=bool)
-        for name, (low, high) in (ranges or {}).items():
-            if name not in pool.ratios:
-                raise UserError(f"range for {name!r} cannot constrain the sampler; "
-                                f"valid: {', '.join(RATIO_QUANTITIES)}")
-            ok &= (pool.ratios[name] >= low) & (pool.ratios[name] <= high)
+        ok = _in_ranges(pool.ratios, ranges or {})
         taken = {_key(self.batch_of(list(exclude)), i) for i in range(len(exclude))}
         chosen: dict[bytes, int] = {}
         for i in np.flatnonzero(ok):
@@ -229,12 +236,7 @@ class ScrfdSpace:
         ok = (np.abs(gf - self.gflops) <= self.tolerance * self.gflops if self.flops_band
               else np.ones(len(gf), dtype=bool))
         if ranges:
-            ratios = _backbone_ratios(macs)
-            for name, (low, high) in ranges.items():
-                if name not in ratios:
-                    raise UserError(f"range for {name!r} cannot constrain the sampler; "
-                                    f"valid: {', '.join(RATIO_QUANTITIES)}")
-                ok &= (ratios[name] >= low) & (ratios[name] <= high)
+            ok &= _in_ranges(_backbone_ratios(macs), ranges)
         if self.latency is not None and ok.any():
             idx = np.flatnonzero(ok)
             ms = self._latency_fn(batch.take(idx))  # NaN (table lacks a layer) fails both
