@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # imported lazily so recipes work without building anything
     from detectors.spec import DetectorSpec
 
 __all__ = [
-    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Recipe",
+    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Pretrained", "Recipe",
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
     "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
@@ -156,6 +156,14 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class Pretrained:
+    """ImageNet-pretrained weights loaded before training (not on resume): `backbone` is the
+    path of a torchvision-format state dict (detectors/pretrained.py; docs/export.md)."""
+
+    backbone: str | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything about training except the architecture."""
 
@@ -169,6 +177,7 @@ class Recipe:
     assigner: AssignerConfig = field(default_factory=AssignerConfig)
     test: TestConfig = field(default_factory=TestConfig)
     rsa: RSARecipe = field(default_factory=RSARecipe)  # omitted from to_dict at its default
+    pretrained: Pretrained = field(default_factory=Pretrained)  # likewise
 
     def __post_init__(self) -> None:
         if self.train_size < 32 or self.train_size % 32:
@@ -176,10 +185,13 @@ class Recipe:
         if self.batch_size < 1 or self.workers < 0:
             raise UserError("recipe.batch_size must be >= 1 and recipe.workers >= 0")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, full: bool = False) -> dict:
+        """Plain data; sections added later are left out at their default (so recipes and
+        checkpoints written before them stay equal) unless `full` (--set needs every key)."""
         d = _plain(dataclasses.asdict(self))
-        if self.rsa == RSARecipe():  # recipes (and checkpoints) written before it stay equal
-            d.pop("rsa")
+        for name, default in (("rsa", RSARecipe()), ("pretrained", Pretrained())):
+            if not full and getattr(self, name) == default:
+                d.pop(name)
         return d
 
 
@@ -193,8 +205,8 @@ class TrainConfig:
     recipe: Recipe = field(default_factory=Recipe)
     budgets: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        d = {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict()}
+    def to_dict(self, full: bool = False) -> dict:
+        d = {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict(full)}
         if self.budgets:  # configs without one (and their checkpoints) stay as they were
             d["budgets"] = _plain(dict(self.budgets))
         return d

@@ -48,6 +48,7 @@ from detectors.device import TrainingMode, select_device, set_threads, training_
 from detectors.errors import UserError
 from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
+from detectors.pretrained import maybe_load_pretrained
 
 __all__ = ["train", "total_iterations", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
            "METRICS", "CONFIG"]
@@ -342,6 +343,7 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
     batches = SeededBatches(data_root, recipe)
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
     model = hooks.build_model(config).to(mode.device)
+    maybe_load_pretrained(model, config, resuming=state is not None)  # recipe.pretrained
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
