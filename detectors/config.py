@@ -94,10 +94,16 @@ class Augmentation:
     flip: bool = True
     photometric: bool = True
     min_face: float = 0.0  # faces smaller than this (px, after resize) become ignore regions
+    # PyramidBox's data-anchor sampling instead of the crop, with this probability per sample
+    # (detectors.data.transforms.DataAnchorSampling; BFBox, DSFD / ASFD)
+    data_anchor_sampling: float = 0.0  # omitted from Recipe.to_dict at 0
 
     def __post_init__(self) -> None:
         if any(c <= 0 for c in self.crop_choices):
             raise UserError("augmentation.crop_choices must be positive scales (or empty: no crop)")
+        if not 0 <= self.data_anchor_sampling <= 1:
+            raise UserError(f"augmentation.data_anchor_sampling is a probability in [0, 1], "
+                            f"not {self.data_anchor_sampling}")
 
 
 @dataclass(frozen=True)
@@ -192,6 +198,8 @@ class Recipe:
         for name, default in (("rsa", RSARecipe()), ("pretrained", Pretrained())):
             if not full and getattr(self, name) == default:
                 d.pop(name)
+        if not full and self.augmentation.data_anchor_sampling == 0:
+            d["augmentation"].pop("data_anchor_sampling")
         return d
 
 
