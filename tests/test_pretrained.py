@@ -92,39 +92,56 @@ def test_torchvision_resnet18_loads_and_reproduces_its_stages(tmp_path, block, o
         assert torch.equal(model.backbone.stages[1][0].shortcut[1].conv.weight, tv.layer2[0].downsample[0].weight)
 
 
-def test_torchvision_resnet50_bottlenecks_reproduce_layer4(tmp_path, one_torch_thread):
-    tv = torchvision.models.resnet50(weights=None).eval()
+def test_torchvision_bottleneck_resnet_reproduces_layer4(tmp_path, one_torch_thread):
+    # torchvision's ResNet class with its Bottleneck (resnet50's layout and key names), at
+    # depths 1, 1, 2, 1 to keep the test small
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    tv = ResNet(Bottleneck, [1, 1, 2, 1]).eval()
     _randomise_bn(tv)
-    spec = _tv_resnet_spec("tv_bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), extra=False)
+    spec = _tv_resnet_spec("tv_bottleneck", (1, 1, 2, 1), (64, 128, 256, 512), extra=False)
     model = build(spec).eval()
-    lines = load_pretrained_backbone(model, spec, _save(tv, tmp_path / "r50.pth"))
+    lines = load_pretrained_backbone(model, spec, _save(tv, tmp_path / "bottleneck.pth"))
     assert "0 missing" in lines[1] and "0 unexpected" in lines[2]
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model.backbone(x)[3], _tv_resnet_forward(tv, x)[4], atol=1e-4)
 
 
+def _vgg16_file(path: Path) -> tuple[nn.Module, Path]:
+    """torchvision's vgg16 state dict: its `features` (torchvision's own make_layers, config D)
+    and its six classifier keys, whose 120 M parameters are shrunk to one value each (they are
+    dropped by name, never read), so the file is 59 MB, not 553."""
+    from torchvision.models.vgg import cfgs, make_layers
+
+    features = make_layers(cfgs["D"]).eval()
+    state = {f"features.{k}": v for k, v in features.state_dict().items()}
+    state |= {f"classifier.{i}.{p}": torch.zeros(1) for i in (0, 3, 6) for p in ("weight", "bias")}
+    torch.save(state, path)
+    return features, path
+
+
 def test_torchvision_vgg16_loads_into_fanet_and_reproduces_conv5_3(tmp_path, one_torch_thread):
-    tv = torchvision.models.vgg16(weights=None).eval()
-    path = _save(tv, tmp_path / "vgg16.pth")
+    features, path = _vgg16_file(tmp_path / "vgg16.pth")
     spec = DetectorSpec.from_yaml(REPO / "experiments/models/fanet.yaml")
     model = build(spec).eval()
     lines = load_pretrained_backbone(model, spec, path)
     assert lines[0].endswith("26 tensors loaded, 6 unused, classifier")  # 13 convs; 3 linear layers
     # fc6/fc7 (stage 4) and the two SSD extra layers are not in torchvision's VGG16
     assert lines[1].startswith("pretrained backbone: 12 missing") and "stages.3." in lines[1]
+    assert lines[2].startswith("pretrained backbone: 0 unexpected")
     assert len(VGG16_TABLE) == 13
     x = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         feats = model.backbone(x)
         # torchvision features[:30] ends at conv5_3 + ReLU (stride 16), our stage 3's output
-        assert torch.allclose(feats[2], tv.features[:30](x), atol=1e-5)
-        assert torch.allclose(feats[0], tv.features[:16](x), atol=1e-5)  # conv3_3 + ReLU
+        assert torch.allclose(feats[2], features[:30](x), atol=1e-5)
+        assert torch.allclose(feats[0], features[:16](x), atol=1e-5)  # conv3_3 + ReLU
 
 
 def test_shape_mismatch_names_the_key(tmp_path):
     tv = torchvision.models.resnet18(weights=None)
-    spec = _tv_resnet_spec("tv_bottleneck", (3, 4, 6, 3), (64, 128, 256, 512), extra=False)
+    spec = _tv_resnet_spec("tv_bottleneck", (2, 2, 2, 2), (64, 128, 256, 512), extra=False)
     with pytest.raises(UserError, match=r"layer1\.0\.conv1\.weight has shape \(64, 64, 3, 3\).*"
                                         r"stages\.0\.0\.conv1\.weight has \(64, 64, 1, 1\)"):
         load_pretrained_backbone(build(spec), spec, _save(tv, tmp_path / "r18.pth"))
@@ -140,13 +157,20 @@ def test_another_network_or_stem_is_refused(tmp_path):
         load_pretrained_backbone(build(d0), d0, mbv2)
 
 
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from detectors.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=2, num_val=1,
+                    image_size=128, seed=0, progress=False)
+
+
 @pytest.mark.parametrize("content, words", [
     ("garbage", ["not a PyTorch state dict"]),
     ({"epoch": 3}, ["is not a state dict"]),
     (None, ["does not exist"]),
 ])
-def test_bad_files_one_line_exit_2_from_facenas_train(tmp_path, capsys, content, words):
-    from detectors.data.synthetic import generate
+def test_bad_files_one_line_exit_2_from_facenas_train(tmp_path, capsys, tiny_data, content, words):
     from nas.cli import main
 
     path = tmp_path / "weights.pth"
@@ -154,12 +178,11 @@ def test_bad_files_one_line_exit_2_from_facenas_train(tmp_path, capsys, content,
         path.write_text(content)
     elif content is not None:
         torch.save(content, path)
-    data = generate(tmp_path / "data", num_train=2, num_val=1, image_size=128, seed=0, progress=False)
     spec = _tv_resnet_spec("tv_basic", (1, 1), (64, 128), extra=False)
     config = TrainConfig(spec=spec, recipe=recipe_from_dict({"train_size": 64, "batch_size": 1, "workers": 0}))
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(config.to_yaml())
-    code = main(["train", str(cfg), "--data", str(data), "--out", str(tmp_path / "run"), "--quiet",
+    code = main(["train", str(cfg), "--data", str(tiny_data), "--out", str(tmp_path / "run"), "--quiet",
                  "--budget", "paper", "--set", f"recipe.pretrained.backbone={path}"])
     assert code == 2
     line = one_line_error(capsys)
