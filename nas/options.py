@@ -27,6 +27,7 @@ class SearchOptions:
     seed: int = 0
     steps: str = "both"
     max_failures: int = 1
+    keep_checkpoints: int | None = 1  # Tune checkpoints kept per trial (None: all)
     resume: str | None = None
     top_k: int | None = None
     verbose: bool = False

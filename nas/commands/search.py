@@ -5,7 +5,8 @@ computation-redistribution search by default.
                    [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
-                   [--reduction-factor RF] [--preset FILE] [--set KEY=VALUE ...]
+                   [--reduction-factor RF] [--keep-checkpoints N|all] [--preset FILE]
+                   [--set KEY=VALUE ...]
     facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
 """
 
@@ -14,6 +15,19 @@ from __future__ import annotations
 import argparse
 
 __all__ = ["add_arguments", "run"]
+
+
+def _keep_checkpoints(value: str) -> int | None:
+    """--keep-checkpoints: a count >= 1, or 'all' (None: Tune keeps every one)."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count >= 1 or 'all'")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,6 +80,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduction-factor", type=float, default=None,
                         help="ASHA's reduction factor rf >= 2: rungs grace x rf^k, keeping the "
                              "top 1/rf at each (default 3)")
+    parser.add_argument("--keep-checkpoints", type=_keep_checkpoints, default=1,
+                        metavar="N|all",
+                        help="Tune checkpoints kept per trial in RUN_DIR/ray (default 1: the "
+                             "latest, all a resume needs); also applies to --resume")
     parser.add_argument("--rung-metric", default=None, choices=("ap", "loss"),
                         help="what ASHA compares at a rung: the hard AP (default) or the "
                              "training loss (better early: AP is ~0 before a short schedule "
@@ -84,7 +102,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
-           "resume", "verbose", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
+           "resume", "verbose", "keep_checkpoints", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
            "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
            "preset", "overrides"}
 
@@ -104,6 +122,7 @@ def run(args: argparse.Namespace) -> int:
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
         resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,
         grace=args.grace, reduction_factor=args.reduction_factor, rung_metric=args.rung_metric,
+        keep_checkpoints=args.keep_checkpoints,
         space_options={k: v for k, v in vars(args).items() if k not in _COMMON and k not in ("func", "command")
                        and not k.startswith("_")})
     _, finished = run_search(opts)
