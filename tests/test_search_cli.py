@@ -17,9 +17,11 @@ from _cli import facenas
 @pytest.mark.parametrize("args, words", [
     (["--gflops", "0.001"], ["0.001 GFLOPs", "spans"]),
     (["--gflops", "100000"], ["100000 GFLOPs", "spans"]),
+    # a band conv MACs could meet, but not mmcv's count (the default convention)
+    (["--gflops", "0.23"], ["0.23 GFLOPs +-3% counted as mmcv", "spans 0.238"]),
     # inside the space's extent, but a band so narrow that step 2 could never be filled
     (["--num-samples", "2", "--set", "tolerance=0.0000001"],
-     ["step 2 could not be filled", "2.5 GFLOPs +-1e-05%", "only 0 of the 4", "4,194,304 draws",
+     ["step 2 could not be filled", "2.5 GFLOPs (mmcv) +-1e-05%", "only 0 of the 4", "4,194,304 draws",
       "--set tolerance"]),
     (["--budget", "nonsense"], ["unknown budget", "smoke"]),
     (["--space", "nonsense"], ["unknown search space", "scrfd"]),

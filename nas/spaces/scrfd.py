@@ -71,7 +71,7 @@ def preset_path(gflops: float) -> Path:
 
 PRESET = PresetRules(
     path=preset_path,
-    keys=frozenset({"space", "gflops", "tolerance", "block", "template", "gn_groups", "bounds",
+    keys=frozenset({"space", "gflops", "flops", "tolerance", "block", "template", "gn_groups", "bounds",
                     "step1", "step2", "top_k", "recipe", "retrain_recipe", "budgets"}),
     # a retraining config's budget keys (recipe, synthetic) plus the search's own
     budget_keys=frozenset({"num_samples", "max_iterations", *CONFIG_BUDGET_KEYS}),
@@ -97,6 +97,8 @@ def resolve(preset: dict[str, Any], budget: dict[str, Any], opts: SearchOptions)
         raise UserError(f"--steps must be 1, 2 or both, got {opts.steps!r}")
     return {
         "space": "scrfd", "preset": None, "gflops": float(opts.gflops),
+        # what --gflops counts: mmcv's flops, as the SCRFD tables (default), or conv MACs
+        "flops": str(preset.get("flops", "mmcv")),
         "tolerance": float(preset.get("tolerance", 0.02)), "block": preset["block"],
         "gn_groups": int(preset.get("gn_groups", 16)), "bounds": dict(preset.get("bounds", {})),
         "step1": dict(preset["step1"]), "step2": dict(preset.get("step2", {})),
@@ -182,7 +184,9 @@ def build_space(search: dict[str, Any]) -> "ScrfdSpace":
     return ScrfdSpace(DetectorSpec.from_dict(search["template"]), gflops=search["gflops"],
                       block=search["block"], step1=step1, tolerance=search["tolerance"],
                       gn_groups=search["gn_groups"], bounds=bounds, latency=latency,
-                      flops_band=search.get("gflops_band", True))
+                      flops_band=search.get("gflops_band", True),
+                      # a run configured before the key existed banded conv MACs
+                      flops=search.get("flops", "macs"))
 
 
 def trial_schedule(search: dict[str, Any]) -> Schedule:
