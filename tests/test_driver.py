@@ -54,11 +54,14 @@ def test_results_columns_follow_the_contract_and_cost(tmp_path):
            **cost_columns(spec), **failed_metrics("ValueError: boom", 1.5)}
     store.add_row(row)
     table = pd.read_parquet(tmp_path / "trials.parquet")
-    assert list(table.columns) == COLUMNS
+    # gflops_mmcv (what an mmcv band counts) follows the contract's columns
+    assert list(table.columns) == COLUMNS + ["gflops_mmcv"]
     csv = pd.read_csv(tmp_path / "trials.csv")
-    assert list(csv.columns) == COLUMNS and csv.loc[0, "error"] == "ValueError: boom"
+    assert list(csv.columns) == COLUMNS + ["gflops_mmcv"] and csv.loc[0, "error"] == "ValueError: boom"
     r = table.iloc[0]
     assert math.isclose(r["gflops"], vga_gflops(spec), rel_tol=1e-12)
+    assert math.isclose(r["gflops_mmcv"], cost(spec, (640, 640)).mmcv_flops * 0.75 / 1e9,
+                        rel_tol=1e-12)
     comps = sum(r[f"gflops_{c}"] for c in ("stem", "c2", "c3", "c4", "c5", "neck", "head"))
     assert math.isclose(comps, r["gflops"], rel_tol=1e-12)
     backbone = sum(r[f"ratio_{c}"] for c in ("stem", "c2", "c3", "c4", "c5"))

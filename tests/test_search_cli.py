@@ -65,7 +65,7 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(out / "trials.parquet")
     # the contract's columns, then where each trial ran
-    assert list(table.columns) == COLUMNS + ["node_id", "host"]
+    assert list(table.columns) == COLUMNS + ["gflops_mmcv", "node_id", "host"]
     assert table["node_id"].str.len().gt(0).all()
     assert len(table) == 2 and table["spec_id"].nunique() == 2
     assert sorted(table["step"]) == [1, 2]

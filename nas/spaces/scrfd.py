@@ -205,13 +205,15 @@ def trial_iterations(search: dict[str, Any]) -> int | None:
 
 
 def step2_ranges(store: RunStore, search: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
-    """Step 1's bootstrap ranges of the backbone ratios, widened to the preset's
-    `step2.min_range_width` (None if step 1 was not run)."""
+    """Step 1's bootstrap ranges of the backbone ratios; those that fewer than
+    `step2.min_support` step-1 specs support widened to `step2.min_range_width` (None if step 1
+    was not run)."""
+    from nas.strategies.two_step import MIN_SUPPORT
     from search_spaces.scrfd.space import RATIO_QUANTITIES
 
-    return bootstrap_step2_ranges(store, search["seed"],
-                                  float(search["step2"].get("min_range_width", 0.0)),
-                                  RATIO_QUANTITIES)
+    step2 = search["step2"]
+    return bootstrap_step2_ranges(store, search["seed"], float(step2.get("min_range_width", 0.0)),
+                                  RATIO_QUANTITIES, int(step2.get("min_support", MIN_SUPPORT)))
 
 
 def _sample(store: RunStore, search: dict[str, Any], step: int,
@@ -240,6 +242,7 @@ def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
     ranges = step2_ranges(store, search)
     if ranges is None:  # step 1 not run: the whole space
         return _sample(store, search, 2, None)
+    _say_narrow(store)
     space = build_space(search)
     num, seed = int(search["num_samples"]), sample_seed(search["seed"], 2)
     exclude = store.read_plan(1) or []
@@ -280,6 +283,22 @@ def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
         print(f"step 2: planned {len(specs)} specs in {took} within step-1 ranges "
               f"{_fmt_ranges(wide)}", file=sys.stderr)
     return specs
+
+
+def _say_narrow(store: RunStore) -> None:
+    """One line naming the step-1 ranges widened for lack of support (plan/step2_narrow.csv)."""
+    from nas.strategies.two_step import NARROW_FILE
+
+    path = store.run_dir / "plan" / NARROW_FILE
+    if path.is_file():
+        import pandas as pd
+
+        rows = pd.read_csv(path)
+        said = ", ".join(f"{r.quantity[6:]} {r.low:.3f}-{r.high:.3f} -> {r.low_used:.3f}-"
+                         f"{r.high_used:.3f} ({int(r.support)} specs)" for r in rows.itertuples())
+        print(f"step 2: step 1's population is too small to support {len(rows)} range(s), "
+              f"fewer than {int(rows['min_support'].iloc[0])} step-1 specs inside each: widened "
+              f"to step2.min_range_width: {said} (plan/{NARROW_FILE})", file=sys.stderr)
 
 
 def _write_widening(path: Path, tried: list[dict[str, Any]]) -> None:
