@@ -37,7 +37,8 @@ class SearchOptions:
     reduction_factor: float | None = None
     rung_metric: str | None = None  # nas.fidelity.RUNG_METRICS: ap (default) or loss
     # nas.latency_budget: a predicted-latency band on a measured table; `gflops_band` False
-    # when --gflops was not given with it (gflops then only picks the SCRFD regime)
+    # when --gflops was not given with it (gflops then only picks the SCRFD regime), or with
+    # --no-flops-band (bfbox: unconstrained candidates)
     latency_ms: float | None = None
     latency_table: str | None = None
     latency_tolerance: float | None = None

@@ -117,6 +117,8 @@ def resolve_config(opts: SearchOptions) -> dict[str, Any]:
     if latency is not None:
         search["latency"] = latency
         search["gflops_band"] = bool(opts.gflops_band)
+    elif not opts.gflops_band:  # --no-flops-band: the space samples unconstrained
+        search["gflops_band"] = False
     if opts.top_k is not None:
         search["top_k"] = int(opts.top_k)
     _apply_overrides(search, list(opts.overrides), entry)

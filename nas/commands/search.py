@@ -47,6 +47,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the runtime the table must have been profiled for")
     parser.add_argument("--latency-device", default=None, choices=("cpu", "cuda"),
                         help="the device the table must have been profiled for")
+    parser.add_argument("--no-flops-band", action="store_true",
+                        help="sample without a FLOPs band (bfbox: the paper's unconstrained "
+                             "candidates, e.g. with --strategy random); --gflops then only names "
+                             "the run")
     parser.add_argument("--budget", default="quick",
                         help="smoke | quick | paper: trial count and training scale (default quick)")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -104,7 +108,7 @@ _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
            "resume", "verbose", "keep_checkpoints", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
            "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
-           "preset", "overrides"}
+           "preset", "overrides", "no_flops_band"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -113,7 +117,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = SearchOptions(
         space=args.space, gflops=args.gflops, preset=args.preset, overrides=list(args.overrides),
-        gflops_band=args.gflops is not None or args.latency_ms is None,
+        gflops_band=not args.no_flops_band and (args.gflops is not None or args.latency_ms is None),
         latency_ms=args.latency_ms, latency_table=args.latency_table,
         latency_tolerance=args.latency_tolerance, latency_runtime=args.latency_runtime,
         latency_device=args.latency_device, budget=args.budget, num_samples=args.num_samples,
