@@ -24,7 +24,7 @@ ranking_truth.csv is rewritten from every result.json (columns spec_id, seed, ap
 ap_medium, ap_hard, train_s; train_s sums the logged iteration times: no start-up,
 checkpoints or test). `--stop-after` starts no new run after that many minutes.
 
-`--proxies` scores the specs of ranking_truth_specs.yaml with every zero-cost proxy of
+`--proxies` scores the truth's specs (same settings, same sample) with every zero-cost proxy of
 nas.proxies on batch 0 of the truth recipe's training stream (model initialised from seed 0)
 into proxies.csv (spec_id, proxy, value, cost_s). Other proxies (short recipes, ASHA rungs)
 may append rows of their own names there: the report reads any.
@@ -144,17 +144,6 @@ def record_setup(results: Path, setting: dict[str, Any], search: dict[str, Any],
     _atomic_yaml(recipe_path, recipe)
     _atomic_yaml(results / SPECS_YAML, [{"spec_id": s.id, "spec": s.to_dict()} for s in specs])
     _atomic_yaml(results / VERSIONS_YAML, versions)
-
-
-def read_specs(results: Path) -> list:
-    import yaml
-
-    from detectors.spec import DetectorSpec
-
-    path = results / SPECS_YAML
-    if not path.is_file():
-        raise SystemExit(f"{path} not found: run the truth (or --probe) once to sample the specs")
-    return [DetectorSpec.from_dict(item["spec"]) for item in yaml.safe_load(path.read_text())]
 
 
 def _iteration_seconds(metrics_jsonl: Path, batch_size: int) -> list[float]:
@@ -296,14 +285,11 @@ def run_proxies(args: argparse.Namespace) -> int:
     from nas.results import atomic_write_text
 
     torch.set_num_threads(args.threads)
+    setting = settings(args)
+    search, specs = sample(setting)  # the truth's specs (the recorded settings must match)
     results = Path(args.results)
-    specs = read_specs(results)
-    import yaml
-
-    recorded = yaml.safe_load((results / RECIPE_YAML).read_text())
-    from detectors.config import recipe_from_dict
-
-    recipe = recipe_from_dict(recorded["recipe"])
+    record_setup(results, setting, search, specs, _versions())
+    recipe = truth_recipe(search)
     names = args.proxy_names or list(PROXIES)
     batch = proxy_batch(args.data, recipe)
     rows = score_specs(names, specs, batch, recipe, seed=0)

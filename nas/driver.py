@@ -534,6 +534,9 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         if opts.preset or opts.overrides:
             raise UserError("--preset and --set do not apply with --resume: a resumed run "
                             "keeps the config it recorded")
+        if opts.prescreen or opts.prescreen_keep is not None:
+            raise UserError("--prescreen and --prescreen-keep do not apply with --resume: a "
+                            "resumed run keeps the plan and config it recorded")
         store = RunStore(opts.resume)
         search = store.read_config()["search"]
     else:

@@ -25,6 +25,7 @@ from nas.cli import main
      ["--prescreen does not apply to --space bfbox", "not trained"]),
     (["--space", "asfd", "--prescreen", "synflow"],
      ["--prescreen does not apply to --space asfd", "derive"]),
+    (["--resume", "no-such-run", "--prescreen", "naswot"], ["do not apply with --resume"]),
 ])
 def test_bad_prescreen_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, args,
                                                                      words):
