@@ -328,6 +328,9 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP) -> d
     """Every figure of the note from ranking_truth.csv and proxies.csv (module docstring)."""
     import pandas as pd
 
+    if not (results / TRUTH_CSV).is_file():
+        raise SystemExit(f"{results / TRUTH_CSV} not found: the truth has not been trained yet "
+                         "(run this script without --report)")
     truth = pd.read_csv(results / TRUTH_CSV, dtype={"spec_id": str})
     by_seed = truth.pivot(index="spec_id", columns="seed", values=metric)
     seeds = list(by_seed.columns)
