@@ -129,6 +129,9 @@ def resolve_config(opts: SearchOptions) -> dict[str, Any]:
     if prescreen is not None:  # absent without --prescreen: earlier configs unchanged
         search["prescreen"] = prescreen
         check_prescreen(opts.space, search)
+        from nas.proxies import check_batch
+
+        check_batch(prescreen["proxy"], entry.trial_recipe(search).batch_size)
     if opts.overrides:
         search["overrides"] = list(opts.overrides)
     return search

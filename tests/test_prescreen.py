@@ -17,7 +17,7 @@ from nas.cli import main
 
 @pytest.mark.parametrize("args, words", [
     (["--prescreen", "zen"], ["--prescreen zen", "unknown zero-cost proxy",
-                              "valid: naswot, synflow, grad_norm"]),
+                              "valid: naswot, synflow, grad_norm, zico"]),
     (["--prescreen", "naswot", "--prescreen-keep", "0"], ["--prescreen-keep 0", "(0, 1]"]),
     (["--prescreen", "naswot", "--prescreen-keep", "1.5"], ["--prescreen-keep 1.5", "(0, 1]"]),
     (["--prescreen-keep", "0.5"], ["--prescreen-keep 0.5", "only with --prescreen"]),
@@ -25,6 +25,7 @@ from nas.cli import main
      ["--prescreen does not apply to --space bfbox", "not trained"]),
     (["--space", "asfd", "--prescreen", "synflow"],
      ["--prescreen does not apply to --space asfd", "derive"]),
+    (["--prescreen", "zico"], ["proxy zico needs a batch of at least 4", "batch_size is 2"]),
     (["--resume", "no-such-run", "--prescreen", "naswot"], ["do not apply with --resume"]),
 ])
 def test_bad_prescreen_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, args,

@@ -16,6 +16,7 @@ from nas.proxies import PROXIES, check_proxy, proxy_batch, score_spec, score_spe
 from nas.proxies.grad_norm import grad_norm
 from nas.proxies.naswot import activation_kernel, naswot
 from nas.proxies.synflow import synflow
+from nas.proxies.zico import zico
 
 
 def _linear(weight) -> nn.Linear:
@@ -81,8 +82,23 @@ def test_grad_norm_equals_autograd_and_the_closed_form():
     assert all(p.grad is None for p in layer.parameters())
 
 
+def test_zico_by_hand():
+    # loss_b = a . x_b + b . z: dL/da = x_b varies over the batches, dL/db = z does not (its
+    # layer adds nothing). x = (1, 2), (3, 2), (5, -2):
+    #   a1: |g| mean 3, std sqrt((4 + 0 + 4) / 3) -> 3 / sqrt(8/3)
+    #   a2: |g| mean 2, g mean 2/3, std sqrt(4 - 4/9) = 4 sqrt(2) / 3 -> 3 / (2 sqrt(2))
+    net = nn.ModuleDict({"a": nn.Linear(2, 1, bias=False), "b": nn.Linear(2, 1, bias=False)})
+    xs = [torch.tensor([1.0, 2.0]), torch.tensor([3.0, 2.0]), torch.tensor([5.0, -2.0])]
+    z = torch.tensor([1.0, -1.0])
+    losses = [lambda m, x=x: m["a"](x).sum() + m["b"](z).sum() for x in xs]
+    want = math.log(3 / math.sqrt(8 / 3) + 3 / (2 * math.sqrt(2)))
+    assert zico(net, losses) == pytest.approx(want, rel=1e-12)
+    assert zico(net, losses[:2]) == pytest.approx(math.log(2.0))  # a1: mean 2 / std 1; a2 constant
+    assert all(p.grad is None for p in net.parameters())
+
+
 def test_unknown_proxy_is_a_user_error_listing_the_valid_ones():
-    with pytest.raises(UserError, match="unknown zero-cost proxy; valid: naswot, synflow, grad_norm"):
+    with pytest.raises(UserError, match="unknown zero-cost proxy; valid: naswot, synflow, grad_norm, zico"):
         check_proxy("zen")
 
 
@@ -117,7 +133,11 @@ def tiny_root(tmp_path_factory) -> Path:
 
 def test_every_proxy_scores_scrfd_bfbox_and_asfd_deterministically(detector_specs, tiny_root,
                                                                    one_torch_thread):
+    import dataclasses
+
     specs, recipe = detector_specs
+    # zico: two halves of 2 (MIN_BATCH); 64 px keeps the 12 builds and scores cheap
+    recipe = dataclasses.replace(recipe, batch_size=4, train_size=64)
     batch = proxy_batch(tiny_root, recipe)
     assert torch.equal(batch["image"], proxy_batch(tiny_root, recipe)["image"])
     rows = score_specs(list(PROXIES), specs, batch, recipe, seed=0)

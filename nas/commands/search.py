@@ -6,7 +6,7 @@ computation-redistribution search by default.
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
                    [--reduction-factor RF] [--preset FILE] [--set KEY=VALUE ...]
-                   [--prescreen naswot|synflow|grad_norm [--prescreen-keep F]]
+                   [--prescreen naswot|synflow|grad_norm|zico [--prescreen-keep F]]
     facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
 """
 
@@ -80,7 +80,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "keys, YAML values), e.g. --set recipe.schedule.total=600")
     parser.add_argument("--prescreen", default=None, metavar="PROXY",
                         help="score 1/F times as many sampled specs with a zero-cost proxy "
-                             "(naswot, synflow, grad_norm) and train only the best F of them "
+                             "(naswot, synflow, grad_norm, zico) and train only the best F of them "
                              "(docs/proxies.md)")
     parser.add_argument("--prescreen-keep", type=float, default=None, metavar="F",
                         help="with --prescreen: the fraction F in (0, 1] of the sampled specs "

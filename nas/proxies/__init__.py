@@ -4,6 +4,8 @@ and one batch (no training). One module per proxy, each a function of a plain nn
     naswot.py     log-determinant of the ReLU activation-pattern kernel (Mellor et al. 2021)
     synflow.py    synaptic flow of the |weights| on an all-ones input (Tanaka et al. 2020)
     grad_norm.py  norm of the training loss's gradient on one batch (Abdelfattah et al. 2021)
+    zico.py       inverse coefficient of variation of the gradients over two half-batches
+                  (Li et al. 2023)
 
 This module is the table (name -> how to score a built detector) and the glue every caller
 shares (`facenas search --prescreen`, benchmarks/ranking_truth.py):
@@ -29,12 +31,13 @@ from detectors.errors import UserError
 from nas.proxies.grad_norm import grad_norm
 from nas.proxies.naswot import naswot
 from nas.proxies.synflow import synflow
+from nas.proxies.zico import zico
 
 if TYPE_CHECKING:
     from detectors.config import Recipe
     from detectors.spec import DetectorSpec
 
-__all__ = ["PROXIES", "check_proxy", "model_images", "proxy_batch", "score_model", "score_spec",
+__all__ = ["PROXIES", "MIN_BATCH", "check_batch", "check_proxy", "model_images", "proxy_batch", "score_model", "score_spec",
            "score_specs"]
 
 
@@ -62,12 +65,41 @@ def _grad_norm(model: nn.Module, batch: dict, recipe: "Recipe") -> float:
     return grad_norm(model.train(), lambda m: batch_loss(m, loss_batch, recipe)[0]["total"])
 
 
+def _halves(batch: dict) -> list[dict]:
+    """The batch split into two (the first holds the odd image): ZiCo's two batches."""
+    n = len(batch["image"])
+    check_batch("zico", n)
+    cut = (n + 1) // 2
+    return [{k: v[part] for k, v in batch.items()} for part in (slice(0, cut), slice(cut, n))]
+
+
+def _zico(model: nn.Module, batch: dict, recipe: "Recipe") -> float:
+    from detectors.train import batch_loss
+
+    halves = _halves({**batch, "image": model_images(batch)})
+    return zico(model.train(), [lambda m, b=b: batch_loss(m, b, recipe)[0]["total"] for b in halves])
+
+
 # name -> score(model, batch, recipe); higher = predicted better
 PROXIES: dict[str, Callable[[nn.Module, dict, "Recipe"], float]] = {
     "naswot": _naswot,
     "synflow": _synflow,
     "grad_norm": _grad_norm,
+    "zico": _zico,
 }
+
+
+# the smallest batch a proxy is defined on: ZiCo's halves must hold 2 images each, as BN in
+# training mode needs more than one value per channel (a 1x1 map of one image has one)
+MIN_BATCH = {"zico": 4}
+
+
+def check_batch(name: str, batch_size: int) -> None:
+    """UserError (one line) when the batch is too small for the proxy (MIN_BATCH)."""
+    need = MIN_BATCH.get(name, 1)
+    if batch_size < need:
+        raise UserError(f"proxy {name} needs a batch of at least {need} images, the recipe's "
+                        f"batch_size is {batch_size} (--set recipe.batch_size=... or another proxy)")
 
 
 def check_proxy(name: str, where: str = "--prescreen") -> None:
