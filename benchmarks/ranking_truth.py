@@ -321,6 +321,8 @@ def bootstrap_tau(x, y, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float
     rng = np.random.default_rng(seed)
     taus = np.array([_tau(x[i], y[i]) for i in rng.integers(0, len(x), (n, len(x)))])
     taus = taus[np.isfinite(taus)]
+    if not len(taus):  # e.g. every value tied: no ranking to resample
+        return float("nan"), float("nan")
     return float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))
 
 
@@ -395,6 +397,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--metric", default="ap_hard", choices=("ap_easy", "ap_medium", "ap_hard"))
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
     args = p.parse_args(argv)
+    from detectors.errors import UserError
+
+    try:
+        return _dispatch(args)
+    except UserError as err:
+        print(f"ranking_truth: error: {err}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     if args.report:
         print_report(report(Path(args.results), args.metric, args.bootstrap))
         return 0

@@ -25,7 +25,7 @@ from nas.cli import main
      ["--prescreen does not apply to --space bfbox", "not trained"]),
     (["--space", "asfd", "--prescreen", "synflow"],
      ["--prescreen does not apply to --space asfd", "derive"]),
-    (["--prescreen", "zico"], ["proxy zico needs a batch of at least 4", "batch_size is 2"]),
+    (["--prescreen", "zico"], ["proxy zico needs a batch of at least 4 images, got 2"]),
     (["--resume", "no-such-run", "--prescreen", "naswot"], ["do not apply with --resume"]),
 ])
 def test_bad_prescreen_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, args,

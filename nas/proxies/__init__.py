@@ -98,8 +98,8 @@ def check_batch(name: str, batch_size: int) -> None:
     """UserError (one line) when the batch is too small for the proxy (MIN_BATCH)."""
     need = MIN_BATCH.get(name, 1)
     if batch_size < need:
-        raise UserError(f"proxy {name} needs a batch of at least {need} images, the recipe's "
-                        f"batch_size is {batch_size} (--set recipe.batch_size=... or another proxy)")
+        raise UserError(f"proxy {name} needs a batch of at least {need} images, got {batch_size} "
+                        "(raise recipe.batch_size, or choose another proxy)")
 
 
 def check_proxy(name: str, where: str = "--prescreen") -> None:
@@ -144,6 +144,7 @@ def score_specs(names: list[str], specs: list["DetectorSpec"], batch: dict, reci
     """One row per (spec, proxy): spec_id, proxy, value, cost_s."""
     for name in names:
         check_proxy(name)
+        check_batch(name, len(batch["image"]))
     rows = []
     for spec in specs:
         for name in names:
