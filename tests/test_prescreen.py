@@ -45,6 +45,7 @@ def tiny_data(tmp_path_factory) -> Path:
                     image_size=128, seed=0, progress=False)
 
 
+@pytest.mark.slow
 def test_prescreened_smoke_search_through_the_cli(tmp_path, tiny_data):
     from nas.proxies import proxy_batch, score_spec
     from nas.results import RunStore

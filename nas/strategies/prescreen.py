@@ -6,10 +6,11 @@ phase through `plan()`. A phase that samples the specs it trains names the searc
 its sample count (`Phase.prescreen`, SCRFD: `num_samples`, so both of its steps); `plan()`
 calls the phase's own sampler with that count raised to ceil(n / F), scores every sampled
 spec on one real batch (batch 0 of the trial recipe's training stream on the search's data,
-the same batch for every spec) with the model initialised from the search seed, and returns
-the n best (ties: the smaller spec id). Phases without the key (BFBox's candidates, which
-inherit supernet weights; ASFD's searches and their derived detectors) are planned as before,
-and `--prescreen` with a space none of whose phases has one is refused (nas.space_table).
+the same batch for every spec; one torch thread) with the model initialised from the search
+seed, and returns the n best (ties: the smaller spec id). Phases without the key (BFBox's
+candidates, which inherit supernet weights; ASFD's searches and their derived detectors) are
+planned as before, and `--prescreen` with a space none of whose phases has one is refused
+(nas.space_table).
 
 Recorded in RUN_DIR/plan/prescreen.csv, written before the plan file: one row per sampled spec
 and step (step, spec_id, proxy, score, cost_s, rank, kept); the kept specs' rows in the
@@ -116,11 +117,20 @@ def _scores(store: "RunStore", search: dict[str, Any], step: int, specs: list["D
         if set(mine["spec_id"]) == {s.id for s in specs}:
             by_id = mine.set_index("spec_id")
             return [(float(by_id.at[s.id, "score"]), float(by_id.at[s.id, "cost_s"])) for s in specs]
+    import torch
+
     recipe = dataclasses.replace(trial_recipe(search), seed=int(search["seed"]))
     batch = proxy_batch(search["data"], recipe)
     t0, out = time.perf_counter(), []
-    for spec in specs:
-        out.append(score_spec(pre["proxy"], spec, batch, recipe, seed=int(search["seed"])))
+    # one torch thread: small models, one after another; the driver's default (every CPU)
+    # ran 10x slower on a busy 2-core box, where Ray's workers share the cores
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for spec in specs:
+            out.append(score_spec(pre["proxy"], spec, batch, recipe, seed=int(search["seed"])))
+    finally:
+        torch.set_num_threads(threads)
     print(f"step {step}: scored {len(specs)} specs with {pre['proxy']} in "
           f"{time.perf_counter() - t0:.1f}s", file=sys.stderr)
     return out
