@@ -50,7 +50,7 @@ from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
 from detectors.pretrained import maybe_load_pretrained
 
-__all__ = ["train", "total_iterations", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
+__all__ = ["train", "total_iterations", "batch_loss", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
            "METRICS", "CONFIG"]
 
 
@@ -291,6 +291,14 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     lines = [l for l in path.read_text().splitlines() if l.strip()]
     kept = [l for l in lines if json.loads(l)["iteration"] <= iteration]
     _write_text(path, "".join(l + "\n" for l in kept))
+
+
+def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dict, int]:
+    """The recipe's training loss of `model` on one batch, in fp32 on the model's device: (loss
+    parts with graph, incl. 'total'; positives). What one iteration of the loop computes,
+    without a step (zero-cost proxies score it at initialisation)."""
+    device = next(model.parameters()).device
+    return _step(model, batch, recipe, training_mode(device, fp32=True), {})
 
 
 def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):

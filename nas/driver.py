@@ -111,19 +111,23 @@ def _write_new_run(store: RunStore, search: dict[str, Any]) -> None:
 
 # -- planning -------------------------------------------------------------------------------
 def _plan(store: RunStore, search: dict[str, Any], phase: Phase) -> list[DetectorSpec]:
+    from nas.strategies.prescreen import plan
+
     specs = store.read_plan(phase.step)
-    if specs is None:
-        specs = phase.plan(store, search)
+    if specs is None:  # the phase's sampling, prescreened when asked (--prescreen)
+        specs = plan(store, search, phase, space_entry(search["space"]).trial_recipe)
         store.write_plan(phase.step, specs)
     return specs
 
 
 # -- rows ---------------------------------------------------------------------------------------
 def _row(spec: DetectorSpec, step: int, trial_id: str, search: dict[str, Any],
-         metrics: dict[str, Any]) -> dict[str, Any]:
+         metrics: dict[str, Any], store: RunStore | None = None) -> dict[str, Any]:
     """One results-table row; scalar metrics beyond the contract's become extra columns (and
-    a latency budget adds the predicted latency, `latency_ms`)."""
+    a latency budget adds the predicted latency, `latency_ms`; a prescreened spec its proxy
+    score, `prescreen_<proxy>`)."""
     from nas.latency_budget import latency_columns
+    from nas.strategies.prescreen import row_columns
 
     row = {"spec_id": spec.id, "step": step, "trial_id": trial_id, "seed": search["seed"],
            "spec_yaml": spec.to_yaml()}
@@ -131,6 +135,8 @@ def _row(spec: DetectorSpec, step: int, trial_id: str, search: dict[str, Any],
     row.update(latency_columns(search, spec))
     row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
     row["error"] = row["error"] if isinstance(row["error"], str) else ""
+    if store is not None:
+        row.update(row_columns(store, step, spec.id))
     row.update({k: v for k, v in metrics.items() if k not in row and k != "trial_id"
                 and isinstance(v, (int, float, str, bool))})
     return row
@@ -145,7 +151,8 @@ def _harvest(store: RunStore, phase: Phase, specs: list[DetectorSpec], search: d
         if spec.id not in done:
             result = store.read_result(phase.step, spec.id)
             if result is not None:
-                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), search, result))
+                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), search, result,
+                                   store))
 
 
 def _unfinished(store: RunStore, phase: Phase, specs: list[DetectorSpec]) -> list[DetectorSpec]:
@@ -321,7 +328,7 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
             metrics = _finished_metrics(store, phase, spec.id, dict(trial.last_result or {}),
                                         stopped)
             if phase.rows:
-                store.add_row(_row(spec, phase.step, trial.trial_id, search, metrics))
+                store.add_row(_row(spec, phase.step, trial.trial_id, search, metrics, store))
             progress.finished(metrics.get("ap_hard"), running=_running(trials, trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -329,7 +336,7 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
             reason = _error_reason(store, phase.step, spec_id, trial)
             if phase.rows:
                 store.add_row(_row(specs[spec_id], phase.step, trial.trial_id, search,
-                                   failed_metrics(reason)))
+                                   failed_metrics(reason), store))
             else:
                 print(f"{phase.label}: trial {spec_id} failed: {reason}", file=sys.stderr)
             progress.finished(None, failed=True, running=_running(trials, trial))
@@ -556,6 +563,9 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         if opts.preset or opts.overrides:
             raise UserError("--preset and --set do not apply with --resume: a resumed run "
                             "keeps the config it recorded")
+        if opts.prescreen or opts.prescreen_keep is not None:
+            raise UserError("--prescreen and --prescreen-keep do not apply with --resume: a "
+                            "resumed run keeps the plan and config it recorded")
         store = RunStore(opts.resume)
         search = store.read_config()["search"]
         from nas.asha_state import check_saved_states

@@ -47,3 +47,5 @@ class SearchOptions:
     gflops_band: bool = True
     preset: str | None = None  # a user's preset file instead of the built-in one
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, on the resolved config
+    prescreen: str | None = None  # nas.strategies.prescreen: a zero-cost proxy (nas.proxies)
+    prescreen_keep: float | None = None  # the fraction of the sampled specs trained

@@ -6,7 +6,8 @@ computation-redistribution search by default.
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
                    [--reduction-factor RF] [--keep-checkpoints N|all] [--preset FILE]
-                   [--set KEY=VALUE ...]
+                   [--set KEY=VALUE ...] [--no-flops-band]
+                   [--prescreen naswot|synflow|grad_norm|zico [--prescreen-keep F]]
     facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
 """
 
@@ -99,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE",
                         help="override a key of the resolved search config (repeatable; dotted "
                              "keys, YAML values), e.g. --set recipe.schedule.total=600")
+    parser.add_argument("--prescreen", default=None, metavar="PROXY",
+                        help="score 1/F times as many sampled specs with a zero-cost proxy "
+                             "(naswot, synflow, grad_norm, zico) and train only the best F of them "
+                             "(docs/proxies.md)")
+    parser.add_argument("--prescreen-keep", type=float, default=None, metavar="F",
+                        help="with --prescreen: the fraction F in (0, 1] of the sampled specs "
+                             "trained (default 0.25)")
     from nas.space_table import add_space_arguments
 
     add_space_arguments(parser)  # each space's own options, in its own group
@@ -108,7 +116,7 @@ _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
            "resume", "verbose", "keep_checkpoints", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
            "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
-           "preset", "overrides", "no_flops_band"}
+           "preset", "overrides", "no_flops_band", "prescreen", "prescreen_keep"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -127,6 +135,7 @@ def run(args: argparse.Namespace) -> int:
         resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,
         grace=args.grace, reduction_factor=args.reduction_factor, rung_metric=args.rung_metric,
         keep_checkpoints=args.keep_checkpoints,
+        prescreen=args.prescreen, prescreen_keep=args.prescreen_keep,
         space_options={k: v for k, v in vars(args).items() if k not in _COMMON and k not in ("func", "command")
                        and not k.startswith("_")})
     _, finished = run_search(opts)

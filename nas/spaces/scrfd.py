@@ -143,7 +143,9 @@ def check(search: dict[str, Any]) -> None:
 def _step2_need(search: dict[str, Any]) -> int:
     """Distinct whole-space specs that guarantee step 2's plan: its num_samples, plus as many
     again when step 1 runs (step 2 skips specs step 1 planned, at most num_samples of them)."""
-    n = int(search["num_samples"])
+    from nas.strategies.prescreen import sampled_count
+
+    n = sampled_count(search, int(search["num_samples"]))  # --prescreen samples more
     return 2 * n if 1 in steps(search) else n
 
 
@@ -163,7 +165,8 @@ def check_step2_fills(space: "ScrfdSpace", search: dict[str, Any]) -> None:
 
 
 def phases(search: dict[str, Any]) -> list[Phase]:
-    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else plan_step2)
+    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else plan_step2,
+                  prescreen="num_samples")  # both steps sample the specs they train
             for s in steps(search)]
 
 
