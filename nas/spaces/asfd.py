@@ -254,8 +254,7 @@ def _plan_derived(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]
 
 
 def phases(search: dict[str, Any]) -> list[Phase]:
-    return [Phase(step=1, label="search", plan=_plan_search, trial_fn=search_trial, rows=False,
-                  whole_node=True),  # one model per seed: one node's CPUs and a GPU each
+    return [Phase(step=1, label="search", plan=_plan_search, trial_fn=search_trial, rows=False),
             Phase(step=2, label="derived", plan=_plan_derived, trial_fn=derived_trial)]
 
 
