@@ -14,6 +14,14 @@ nas/space_table.py (its phases, their plans and trial functions); a search run:
    rows, e.g. a supernet's training, are recorded by their result.json only);
 4. finishes (nas.finish: analysis, export of the top-k configs, the summary table).
 
+Resources (nas.resources): each trial asks for what one node can hold, never the cluster's
+sum; single-model phases (whole_node) ask for the largest node's CPUs and one GPU; one GPU per
+trial by default when there are GPUs. Before anything is written, every phase's request is
+checked against the alive nodes and CUDA is probed on every GPU node (one line, exit 2). In a
+trial: no GPU given -> CUDA hidden; a GPU given where CUDA cannot start -> the trial fails
+naming the node (never trains on the CPU); CUDA out of memory -> one retry with doubled
+recipe.grad_accumulation (same batch), a second one -> a failed row.
+
 Resume: the plan is fixed on disk, so `--resume RUN_DIR` runs exactly plan minus finished ids.
 Each trial also writes its own RUN_DIR/trials/<id>/result.json when it finishes; resume folds
 those in first, so a trial that finished just before the driver was killed is not retrained.
