@@ -225,8 +225,9 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         import ray
 
-        ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 configure_logging=False)
+        # as `facenas search` starts it: the CPUs this process may use, not the host's count
+        ray.init(address="local", num_cpus=len(os.sched_getaffinity(0)), include_dashboard=False,
+                 log_to_driver=False, configure_logging=False)
         try:
             gpus = "0.5" if args.device == "cuda" else "0"
             for space in args.spaces:

@@ -210,12 +210,11 @@ def _ray_trainable(config: dict[str, Any], requests: dict[str, dict[str, Any]],
         _pin_devices()
         metrics = _call_trial(trial_fn, request, out_dir)
     except Exception as err:
-        if retry or not is_cuda_oom(err):
-            if retry and is_cuda_oom(err):
-                metrics = _oom_failed(err, retry, rows, out_dir)
-            else:
-                _write_error(out_dir, err)
-                raise
+        if not is_cuda_oom(err):
+            _write_error(out_dir, err)
+            raise
+        if retry:  # out of memory even at the retry's micro-batch (a restarted trial)
+            metrics = _oom_failed(err, retry, rows, out_dir)
         else:
             oom = _one_line(err)
     if oom is not None:  # outside the except block: the failed attempt's tensors are freed

@@ -95,3 +95,28 @@ def test_alive_nodes_reads_ray_nodes():
             "NodeManagerAddress": "10.0.0.2", "NodeID": "99"}]
     assert alive_nodes(raw) == [Node(4, 1, "h1 (10.0.0.1, node abcdef01)"),
                                 Node(2, 0, "h2 (10.0.0.2, node 99)")]
+
+
+def test_waiting_trials_that_no_node_holds_are_said_once(monkeypatch, capsys):
+    from types import SimpleNamespace
+
+    from nas import driver
+    from nas.resources import TrialResources
+
+    monkeypatch.setattr(driver, "UNSCHEDULABLE_AFTER_S", 0.0)
+    nodes = [Node(2, 0, "a")]
+    monkeypatch.setattr(driver, "_nodes", lambda: nodes)
+    pending = [SimpleNamespace(status="PENDING")] * 2
+    watch = driver._WaitWatch("step 1", TrialResources(4, 0, 1, 4))
+    watch.check(pending)
+    watch.check(pending)  # said once, not again
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["step 1: trials cannot be scheduled: each asks for 4 CPU and 0 GPU and no "
+                   "alive Ray node has 4 CPU and 0 GPU (nodes: 2 CPU 0 GPU); add such a node, "
+                   "or stop (Ctrl-C) and --resume with smaller --cpus-per-trial/--gpus-per-trial"]
+    # busy, not impossible: a node that could hold it exists, so nothing is said
+    nodes.append(Node(8, 0, "b"))
+    quiet = driver._WaitWatch("step 1", TrialResources(4, 0, 1, 4))
+    quiet.check(pending)
+    quiet.check(pending)
+    assert capsys.readouterr().err == ""
