@@ -14,6 +14,14 @@ nas/space_table.py (its phases, their plans and trial functions); a search run:
    rows, e.g. a supernet's training, are recorded by their result.json only);
 4. finishes (nas.finish: analysis, export of the top-k configs, the summary table).
 
+Resources (nas.resources): each trial asks for what one node can hold, never the cluster's
+sum; single-model phases (whole_node) ask for the largest node's CPUs and one GPU; one GPU per
+trial by default when there are GPUs. Before anything is written, every phase's request is
+checked against the alive nodes and CUDA is probed on every GPU node (one line, exit 2). In a
+trial: no GPU given -> CUDA hidden; a GPU given where CUDA cannot start -> the trial fails
+naming the node (never trains on the CPU); CUDA out of memory -> one retry with doubled
+recipe.grad_accumulation (same batch), a second one -> a failed row.
+
 Resume: the plan is fixed on disk, so `--resume RUN_DIR` runs exactly plan minus finished ids.
 Each trial also writes its own RUN_DIR/trials/<id>/result.json when it finishes; resume folds
 those in first, so a trial that finished just before the driver was killed is not retrained.
@@ -50,7 +58,9 @@ from nas.progress import Progress
 from nas.results import METRIC_COLUMNS, RunStore, atomic_write_text, cost_columns, failed_metrics
 from nas.search_config import resolve_search
 from nas.space_table import space_entry
-from nas.trial import TrialFn, TrialRequest, run_trial
+from nas.resources import TrialResources, alive_nodes, trial_resources, unschedulable
+from nas.trial import (TrialFn, TrialRequest, cuda_problem, grad_accumulation, is_cuda_oom,
+                       run_trial, with_grad_accumulation)
 
 __all__ = ["SearchOptions", "resolve_trial_fn", "run_search", "finish_run"]
 
@@ -187,29 +197,144 @@ def _rungs(search: dict[str, Any]) -> list[float]:
 
 # -- Ray -------------------------------------------------------------------------------------
 def _ray_trainable(config: dict[str, Any], requests: dict[str, dict[str, Any]],
-                   trial_fn: TrialFn) -> None:
-    """Runs inside a Ray worker: one planned spec -> metrics, reported to Tune."""
+                   trial_fn: TrialFn, rows: bool = True) -> None:
+    """Runs inside a Ray worker: one planned spec -> metrics, reported to Tune.
+
+    A trial that dies of CUDA out-of-memory runs once more at once, with twice the gradient
+    accumulation (half the micro-batch, same effective batch; its row records `oom_retry` and
+    `grad_accumulation`); an out-of-memory error that recurs then is that trial's `failed`
+    row (no Tune retry: it would fail the same way)."""
     from ray import tune
 
     request = TrialRequest(**requests[config["spec_id"]])
     out_dir = Path(request.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
+    retry = _read_oom_retry(out_dir)  # a restarted trial keeps its retry's recipe
+    if retry:
+        request = with_grad_accumulation(request, retry["grad_accumulation"])
+    oom = None
     try:
-        if request.rungs:  # multi-fidelity: rung results and checkpoints go through Tune
-            _restore_tune_checkpoint(out_dir / "train")
-            metrics = dict(trial_fn(request, report=_report_rung))
-        else:
-            metrics = dict(trial_fn(request))
+        _pin_devices()
+        metrics = _call_trial(trial_fn, request, out_dir)
     except Exception as err:
-        # One line of reason for the results table; Tune keeps the traceback in its error file.
-        atomic_write_text(out_dir / "error.txt", f"{type(err).__name__}: {err}".splitlines()[0])
-        raise
+        if not is_cuda_oom(err):
+            _write_error(out_dir, err)
+            raise
+        if retry:  # out of memory even at the retry's micro-batch (a restarted trial)
+            metrics = _oom_failed(err, retry, rows, out_dir)
+        else:
+            oom = _one_line(err)
+    if oom is not None:  # outside the except block: the failed attempt's tensors are freed
+        _free_cuda()
+        retry = _start_oom_retry(out_dir, grad_accumulation(request) * 2, oom)
+        request = with_grad_accumulation(request, retry["grad_accumulation"])
+        try:
+            metrics = _call_trial(trial_fn, request, out_dir)
+        except Exception as err:
+            if not is_cuda_oom(err):
+                _write_error(out_dir, err)
+                raise
+            metrics = _oom_failed(err, retry, rows, out_dir)
+    if retry:
+        metrics.update(oom_retry=True, grad_accumulation=retry["grad_accumulation"])
     metrics.setdefault("wall_time_s", time.perf_counter() - start)
     metrics["trial_id"] = tune.get_context().get_trial_id()
     metrics.update(_where_it_ran())
     RunStore.write_result(out_dir, metrics)
     tune.report({k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool))})
+
+
+def _call_trial(trial_fn: TrialFn, request: TrialRequest, out_dir: Path) -> dict[str, Any]:
+    if request.rungs:  # multi-fidelity: rung results and checkpoints go through Tune
+        _restore_tune_checkpoint(out_dir / "train")
+        return dict(trial_fn(request, report=_report_rung))
+    return dict(trial_fn(request))
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _write_error(out_dir: Path, err: BaseException) -> None:
+    # One line of reason for the results table; Tune keeps the traceback in its error file.
+    atomic_write_text(out_dir / "error.txt", _one_line(err))
+
+
+_OOM_RETRY_FILE = "oom_retry.json"
+
+
+def _read_oom_retry(out_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = out_dir / _OOM_RETRY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _start_oom_retry(out_dir: Path, steps: int, first_error: str) -> dict[str, Any]:
+    """Clear the trial directory (its checkpoint was trained with the old recipe, which a
+    resume refuses) and record the retry there, so a later restart trains with it too."""
+    import json
+    import shutil
+
+    for child in out_dir.iterdir():
+        shutil.rmtree(child) if child.is_dir() else child.unlink()
+    retry = {"grad_accumulation": int(steps), "first_error": first_error}
+    atomic_write_text(out_dir / _OOM_RETRY_FILE, json.dumps(retry))
+    return retry
+
+
+def _oom_failed(err: BaseException, retry: dict[str, Any], rows: bool,
+                out_dir: Path) -> dict[str, Any]:
+    reason = (f"CUDA out of memory again with grad_accumulation {retry['grad_accumulation']} "
+              f"(half the micro-batch): {_one_line(err)}")[:400]
+    atomic_write_text(out_dir / "error.txt", reason)
+    if not rows:  # no row to hold it: the phase's trial fails (and the search stops there)
+        raise RuntimeError(reason) from None
+    return failed_metrics(reason)
+
+
+def _free_cuda() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
+
+
+class CudaUnavailable(RuntimeError):
+    """Ray gave a trial a GPU but CUDA cannot start in it (it would train on the CPU)."""
+
+
+def _pin_devices() -> None:
+    """The trial trains where Ray put it: with no GPU assigned, CUDA is hidden (Ray leaves
+    CUDA_VISIBLE_DEVICES alone then, so a CPU trial on a GPU node would take GPU 0); with a
+    GPU assigned, CUDA must start, else the trial fails naming the node, never falling back
+    to the CPU."""
+    import ray
+
+    gpu_ids = ray.get_gpu_ids()
+    if not gpu_ids:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
+        return
+    problem = cuda_problem()
+    if problem:
+        where = _node_name()
+        raise CudaUnavailable(f"CUDA cannot start on Ray node {where}, which gave this trial "
+                              f"GPU {','.join(map(str, gpu_ids))}: {problem}; refusing to train "
+                              "on the CPU")
+
+
+def _node_name() -> str:
+    import socket
+
+    import ray
+
+    return (f"{socket.gethostname()} ({ray.util.get_node_ip_address()}, node "
+            f"{ray.get_runtime_context().get_node_id()[:8]})")
 
 
 _TUNE_CHECKPOINT_FILE = "checkpoint.pt"  # detectors.train.CHECKPOINT
@@ -306,15 +431,52 @@ def _finished_metrics(store: RunStore, phase: Phase, spec_id: str, last_result: 
     return failed_metrics(f"{why}; no result of this trial reached the driver")
 
 
+
+UNSCHEDULABLE_AFTER_S = 30.0  # pending with none running this long: ask whether any node fits
+
+
+class _WaitWatch:
+    """Says in one line when the phase's trials wait and no alive node could ever hold one
+    (e.g. the nodes that could have left the cluster). Tune's own warning compares a trial
+    with the cluster's sum, not with single nodes, and is muted with Ray's logs."""
+
+    def __init__(self, label: str, resources: TrialResources) -> None:
+        self.label, self.resources = label, resources
+        self.since: float | None = None
+        self.said = False
+
+    def check(self, trials: list) -> None:
+        waiting = any(t.status == "PENDING" for t in trials)
+        if _running(trials) or not waiting:
+            self.since, self.said = None, False
+            return
+        now = time.monotonic()
+        self.since = self.since or now
+        if self.said or now - self.since < UNSCHEDULABLE_AFTER_S:
+            return
+        reason = unschedulable(self.resources.cpus, self.resources.gpus, _nodes())
+        if reason:
+            self.said = True
+            print(f"{self.label}: trials cannot be scheduled: each asks for "
+                  f"{self.resources.cpus:g} CPU and {self.resources.gpus:g} GPU and {reason}; "
+                  "add such a node, or stop (Ctrl-C) and --resume with smaller "
+                  "--cpus-per-trial/--gpus-per-trial", file=sys.stderr)
+
+
 def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phase,
-                    search: dict[str, Any], progress: Progress, scheduler: Any = None):
+                    search: dict[str, Any], progress: Progress,
+                    scheduler: Any = None, resources: TrialResources | None = None):
     from ray import tune
+
+    watch = _WaitWatch(phase.label, resources) if resources is not None else None
 
     class _StoreRows(tune.Callback):
         """Writes one row per finished trial from the driver process (atomic rewrite)."""
 
         def on_step_end(self, iteration, trials, **info):
             progress.tick()
+            if watch is not None:
+                watch.check(trials)
 
         def on_trial_start(self, iteration, trials, trial, **info):
             progress.running = _running(trials, trial) + 1  # it may not be marked RUNNING yet
@@ -329,7 +491,8 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
                                         stopped)
             if phase.rows:
                 store.add_row(_row(spec, phase.step, trial.trial_id, search, metrics, store))
-            progress.finished(metrics.get("ap_hard"), running=_running(trials, trial))
+            progress.finished(metrics.get("ap_hard"), failed=metrics.get("status") == "failed",
+                              running=_running(trials, trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
             spec_id = trial.config["spec_id"]
@@ -344,13 +507,17 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
     return _StoreRows()
 
 
-def _where_it_ran() -> dict[str, str]:
-    """The Ray node (and host) a trial ran on: results-table columns node_id, host."""
+def _where_it_ran() -> dict[str, Any]:
+    """The Ray node (and host) a trial ran on and what Ray gave it: results-table columns
+    node_id, host, ray_cpus, ray_gpus."""
     import socket
 
     import ray
 
-    return {"node_id": ray.get_runtime_context().get_node_id(), "host": socket.gethostname()}
+    context = ray.get_runtime_context()
+    given = context.get_assigned_resources()
+    return {"node_id": context.get_node_id(), "host": socket.gethostname(),
+            "ray_cpus": float(given.get("CPU", 0.0)), "ray_gpus": float(given.get("GPU", 0.0))}
 
 
 _CONNECT_TIMEOUT_S = 3.0
@@ -376,13 +543,53 @@ def _check_address(address: str) -> None:
                         "`ray start --head` or fix the address") from None
 
 
-def _check_gpus(opts: SearchOptions) -> None:
+def _where(opts: SearchOptions) -> str:
+    return f"the cluster at {opts.address}" if opts.address else "this machine"
+
+
+def _nodes():
     import ray
 
-    if opts.gpus_per_trial and not ray.cluster_resources().get("GPU", 0):
-        where = f"the cluster at {opts.address}" if opts.address else "this machine"
-        raise UserError(f"--gpus-per-trial {opts.gpus_per_trial:g}: {where} has no GPUs "
-                        "(Ray sees none); leave it out to train on CPUs")
+    return alive_nodes(ray.nodes())
+
+
+def _check_resources(opts: SearchOptions, phases: list[Phase]) -> None:
+    """Every phase's trial request fits one alive node, and CUDA starts on every GPU node the
+    trials would use; else one line (UserError) before anything is written or trains."""
+    nodes = _nodes()
+    wanted = [_resources(opts, p.whole_node, nodes) for p in phases]
+    if any(r.gpus > 0 for r in wanted):
+        _check_cuda_on_gpu_nodes()
+
+
+_PROBE_TIMEOUT_S = 60.0
+
+
+def _check_cuda_on_gpu_nodes() -> None:
+    """A tiny task on each node that declares GPUs, holding a sliver of one, asks torch
+    whether CUDA starts there (no CUDA context is made; the worker exits after it)."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    @ray.remote(num_cpus=0, num_gpus=0.01, max_calls=1)
+    def probe() -> tuple[str, str | None]:
+        return _node_name(), cuda_problem()
+
+    gpu_nodes = [n for n in ray.nodes() if n.get("Alive") and (n.get("Resources") or {}).get("GPU")]
+    refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
+            .remote() for n in gpu_nodes]
+    try:
+        answers = ray.get(refs, timeout=_PROBE_TIMEOUT_S)
+    except ray.exceptions.GetTimeoutError:
+        print(f"could not check within {_PROBE_TIMEOUT_S:g} s that CUDA starts on every GPU node "
+              "(GPUs busy?); a trial on a node where it does not will fail, naming it",
+              file=sys.stderr)
+        return
+    for name, problem in answers:
+        if problem:
+            raise UserError(f"CUDA cannot start on Ray node {name}, which declares GPUs: "
+                            f"{problem}; fix its driver or leave it out (or --gpus-per-trial 0 "
+                            "to train on CPUs)")
 
 
 @functools.lru_cache(maxsize=None)
@@ -453,27 +660,10 @@ def _init_ray(opts: SearchOptions) -> bool:
     return True
 
 
-def _resources(opts: SearchOptions, whole_node: bool = False) -> tuple[dict[str, float], int, int]:
-    """({'cpu', 'gpu'} per trial, max concurrent trials, torch threads per trial).
-
-    whole_node: one trial gets the CPUs of every concurrent slot and up to one GPU."""
-    import ray
-    import torch
-
-    cluster = ray.cluster_resources()
-    cpus = float(opts.cpus_per_trial)
-    if cpus <= 0:
-        raise UserError(f"--cpus-per-trial must be positive, got {cpus}")
-    concurrent = opts.max_concurrent or max(1, int(cluster.get("CPU", 1) // cpus))
-    if whole_node:
-        n_gpu = cluster.get("GPU", 0) or (torch.cuda.device_count() if not opts.address else 0)
-        cpus = cpus * concurrent
-        return {"cpu": cpus, "gpu": 1.0 if n_gpu else 0.0}, 1, max(1, math.ceil(cpus))
-    gpus = opts.gpus_per_trial
-    if gpus is None:  # share the GPUs among the concurrent trials by default
-        n_gpu = cluster.get("GPU", 0) or (torch.cuda.device_count() if not opts.address else 0)
-        gpus = min(1.0, n_gpu / concurrent) if n_gpu else 0.0
-    return {"cpu": cpus, "gpu": float(gpus)}, int(concurrent), max(1, math.ceil(cpus))
+def _resources(opts: SearchOptions, whole_node: bool = False, nodes=None) -> TrialResources:
+    """One trial's request in this cluster (nas.resources: one node's worth at most)."""
+    return trial_resources(_nodes() if nodes is None else nodes, float(opts.cpus_per_trial),
+                           opts.gpus_per_trial, opts.max_concurrent, whole_node, _where(opts))
 
 
 def _lost_with_its_node(error: BaseException | None) -> bool:
@@ -508,15 +698,16 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
     if not todo:
         progress.close()
         return []
-    resources, concurrent, threads = _resources(opts, phase.whole_node)
-    requests = {s.id: _request(store, search, phase.step, s, threads) for s in todo}
+    resources = _resources(opts, phase.whole_node)
+    requests = {s.id: _request(store, search, phase.step, s, resources.threads) for s in todo}
     trainable = tune.with_resources(
-        tune.with_parameters(_ray_trainable, requests=requests, trial_fn=trial_fn), resources)
+        tune.with_parameters(_ray_trainable, requests=requests, trial_fn=trial_fn,
+                             rows=phase.rows), resources.request())
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
     scheduler = _scheduler(search, phase, store)
     tuner = tune.Tuner(
         trainable, param_space={"spec_id": tune.grid_search([s.id for s in todo])},
-        tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True,
+        tune_config=tune.TuneConfig(max_concurrent_trials=resources.concurrent, reuse_actors=True,
                                     scheduler=scheduler),
         run_config=tune.RunConfig(
             name=f"step{phase.step}-{stamp}", storage_path=str(store.run_dir / "ray"), verbose=0,
@@ -524,7 +715,7 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
             # each rung's Tune checkpoint copies the trial's checkpoint.pt: keep the latest
             checkpoint_config=tune.CheckpointConfig(num_to_keep=opts.keep_checkpoints),
             callbacks=[_store_callback(store, {s.id: s for s in todo}, phase, search,
-                                       progress, scheduler)]))
+                                       progress, scheduler, resources)]))
     try:
         grid = tuner.fit()
     finally:
@@ -575,7 +766,7 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         store, search = _new_run(opts)
     started = _init_ray(opts)  # a wrong --address or --gpus-per-trial still writes nothing
     try:
-        _check_gpus(opts)
+        _check_resources(opts, space_entry(search["space"]).phases(search))
         if not opts.resume:
             if not (trial_fn or resolve_trial_fn()) and any(
                     p.reads_data for p in space_entry(search["space"]).phases(search)):

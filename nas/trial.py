@@ -9,8 +9,9 @@ metric part of a results-table row (`status`, `error`, `wall_time_s`, `ap_easy`,
 
 from __future__ import annotations
 
+import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
@@ -23,7 +24,8 @@ if TYPE_CHECKING:
     from detectors.config import Recipe
 
 __all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config",
-           "run_job", "budget_scaled_recipe"]
+           "run_job", "budget_scaled_recipe", "is_cuda_oom", "grad_accumulation",
+           "with_grad_accumulation", "cuda_problem"]
 
 
 class TrialDiverged(RuntimeError):
@@ -53,6 +55,55 @@ class TrialRequest:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def is_cuda_oom(err: BaseException) -> bool:
+    """Did a trial die of CUDA running out of memory (torch's own error, or an older or
+    wrapped RuntimeError that says so)?"""
+    import torch
+
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "CUDA out of memory" in str(err))
+
+
+def grad_accumulation(request: TrialRequest) -> int:
+    """The gradient-accumulation steps a request trains with (recipe.grad_accumulation; 1)."""
+    value = request.recipe_overrides.get("grad_accumulation",
+                                         request.recipe.get("grad_accumulation", 1))
+    return int(value or 1)
+
+
+def with_grad_accumulation(request: TrialRequest, steps: int) -> TrialRequest:
+    """The request with `recipe.grad_accumulation: steps`, everywhere a trial function reads
+    its recipe (run_trial: `recipe` and `recipe_overrides`; a supernet's or ASFD's trial: the
+    search config's `recipe`). `batch_size` stays the batch of one optimiser step, so the loop
+    (detectors/train.py) steps on `batch_size / steps` images at a time: same effective batch,
+    smaller micro-batches."""
+    recipe = {**request.recipe, "grad_accumulation": steps}
+    overrides = dict(request.recipe_overrides)
+    if "grad_accumulation" in overrides:
+        overrides["grad_accumulation"] = steps
+    search = dict(request.search)
+    if isinstance(search.get("recipe"), dict):
+        search["recipe"] = {**search["recipe"], "grad_accumulation": steps}
+    return replace(request, recipe=recipe, recipe_overrides=overrides, search=search)
+
+
+def cuda_problem() -> str | None:
+    """Why CUDA cannot start in this process (None when it can). Asks without creating a
+    context (no GPU memory is taken): a driver too old for torch's CUDA, or no device visible,
+    reads as torch.cuda.is_available() False."""
+    import torch
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    try:
+        if torch.cuda.is_available() and torch.cuda.device_count() > 0:
+            return None
+    except Exception as err:  # torch raises RuntimeError (or worse) on a broken driver
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}".strip()
+    built = f"for CUDA {torch.version.cuda}" if torch.version.cuda else "without CUDA"
+    return (f"torch.cuda.is_available() is False (torch {torch.__version__}, built {built}; "
+            f"CUDA_VISIBLE_DEVICES={visible!r})")
 
 
 TrialFn = Callable[..., dict]  # (request) or (request, report=...) -> metric columns

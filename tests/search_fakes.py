@@ -109,3 +109,27 @@ def lost_once_trial(request) -> dict:
 
         raise RayActorError()
     return fake_trial(request)
+
+
+def oom_kind(spec_id: str) -> int:
+    """oom_trial's fate for a spec, fixed by its id: 0 out of memory at any batch, 1 out of
+    memory at the full micro-batch only, 2 never."""
+    return int(spec_id, 16) % 3
+
+
+def oom_trial(request) -> dict:
+    """Runs out of CUDA memory as oom_kind says (torch's error for kind 0, the older
+    RuntimeError wording for kind 1); a success records the recipe it was handed."""
+    import torch
+
+    _log(request, "attempts.log")
+    kind, steps = oom_kind(request.spec_id), int(request.recipe.get("grad_accumulation", 1))
+    if kind == 0:
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 30.00 GiB")
+    if kind == 1 and steps == 1:
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 79 GiB total)")
+    metrics = fake_trial(request)
+    metrics.update(seen_accumulation=steps, seen_batch=int(request.recipe.get("batch_size", -1)),
+                   seen_search_accumulation=int(
+                       request.search.get("recipe", {}).get("grad_accumulation", 1)))
+    return metrics

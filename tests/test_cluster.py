@@ -1,9 +1,12 @@
 """The cluster path on a real multi-node Ray cluster on this machine: trials spread over the
 worker nodes, a worker node dies mid-search, the search still records every planned trial
-exactly once; a wrong --address fails in seconds."""
+exactly once; a wrong --address fails in seconds; on a shared cluster of two 2-CPU nodes, a
+BFBox search trains its supernet on one node, a node that declares a GPU without CUDA never
+trains on the CPU, and a request no node holds is one line."""
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import Counter
@@ -12,7 +15,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from _cli import fakes_pythonpath
+from _cli import fakes_pythonpath, one_line_error
 from detectors.errors import UserError
 from nas.results import RunStore
 
@@ -134,3 +137,89 @@ def test_trials_lost_with_their_node_run_again_once(tmp_path, monkeypatch):
     done = Counter(l.split()[1] for l in (run / "completions.log").read_text().splitlines())
     assert set(lost) == set(done) == set(table["spec_id"])
     assert max(lost.values()) == 1 and max(done.values()) == 1
+
+
+# -- one shared cluster: two nodes of 2 CPUs (a Ray cluster start costs 10-20 s here) -------
+@pytest.fixture(scope="module")
+def two_nodes():
+    from ray.cluster_utils import Cluster
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PYTHONPATH", fakes_pythonpath())  # raylets pass it to the trials
+        c = Cluster(initialize_head=True, connect=False, head_node_args={"num_cpus": 2})
+        worker = c.add_node(num_cpus=2)
+        c.wait_for_nodes()
+        try:
+            yield c, [c.head_node, worker]
+        finally:
+            c.shutdown()
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    from detectors.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
+                    image_size=128, seed=0, progress=False)
+
+
+def test_bfbox_search_on_two_nodes_trains_its_supernet_on_one(two_nodes, tiny_data, tmp_path):
+    from nas.cli import main
+    from nas.spaces.bfbox import SUPERNET_STEP
+
+    c, nodes = two_nodes
+    out = tmp_path / "run"
+    code = main(["search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
+                 "--num-candidates", "1", "--data", str(tiny_data), "--out", str(out),
+                 "--address", c.address, "--max-failures", "0"])
+    assert code == 0
+    (supernet_dir,) = (out / "trials").glob(f"step{SUPERNET_STEP}-*")
+    result = json.loads((supernet_dir / "result.json").read_text())
+    # one node's CPUs (the old request, 1 CPU x 4 slots across the cluster, fits no node)
+    assert result["status"] == "ok" and result["ray_cpus"] == 2.0 and result["ray_gpus"] == 0.0
+    assert result["node_id"] in {n.node_id for n in nodes}
+    table = pd.read_parquet(out / "trials.parquet")
+    assert len(table) == 1 and (table["status"] == "ok").all(), table["error"].tolist()
+    assert (table["ray_cpus"] == 1.0).all()  # candidates: --cpus-per-trial each
+
+
+def test_gpu_node_without_cuda_never_trains_on_the_cpu(two_nodes, tmp_path, capsys, monkeypatch):
+    import search_fakes
+    from nas.cli import main
+    from nas.driver import SearchOptions, run_search
+
+    c, _ = two_nodes
+    gpu_node = c.add_node(num_cpus=1, num_gpus=1)  # declares a GPU; there is no CUDA here
+    c.wait_for_nodes()
+    try:
+        args = ["search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
+                "--data", str(tmp_path), "--address", c.address]
+        # the search refuses up front: one line naming CUDA and the node, nothing written
+        assert main(args + ["--out", str(tmp_path / "a"), "--gpus-per-trial", "1"]) == 2
+        line = one_line_error(capsys)
+        assert "CUDA cannot start on Ray node" in line and "torch.cuda.is_available() is False" in line
+        assert gpu_node.node_id[:8] in line and gpu_node.node_ip_address in line, line
+        # more GPUs than any node has; more CPUs than any node has: one line each
+        assert main(args + ["--out", str(tmp_path / "b"), "--gpus-per-trial", "2"]) == 2
+        assert "--gpus-per-trial 2: above what any Ray node has (most: 1 on" in one_line_error(capsys)
+        assert main(args + ["--out", str(tmp_path / "c"), "--cpus-per-trial", "3"]) == 2
+        assert "--cpus-per-trial 3: no Ray node has that many CPUs (largest: 2 on" in \
+            one_line_error(capsys)
+        assert not any((tmp_path / d).exists() for d in "abc")
+        # past the up-front check (as for a node that joins later), the trial itself refuses:
+        # a failed row naming CUDA and the node, and the trial function never ran
+        monkeypatch.setattr("nas.driver._check_cuda_on_gpu_nodes", lambda: None)
+        run = tmp_path / "run"
+        opts = SearchOptions(budget="smoke", num_samples=1, steps="1", data=str(tmp_path),
+                             out=str(run), address=c.address, gpus_per_trial=1, max_failures=0)
+        _, finished = run_search(opts, trial_fn=search_fakes.fake_trial,
+                                 after=lambda store, search: None)
+        assert finished
+        (row,) = pd.read_parquet(run / "trials.parquet").to_dict("records")
+        assert row["status"] == "failed" and len(row["error"].splitlines()) == 1
+        assert row["error"].startswith("CudaUnavailable: CUDA cannot start on Ray node")
+        assert gpu_node.node_ip_address in row["error"] and "refusing to train on the CPU" in row["error"]
+        assert not (run / "completions.log").exists()
+    finally:
+        c.remove_node(gpu_node)
+

@@ -63,9 +63,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="run directory (default runs/<space>-<gflops>g-<timestamp>)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
     parser.add_argument("--gpus-per-trial", type=float, default=None,
-                        help="fractional GPUs per trial (default: GPUs shared among trials, or 0)")
+                        help="GPUs per trial (default: 1 when the cluster has GPUs, else 0; "
+                             "0.5 packs two trials on a GPU)")
     parser.add_argument("--max-concurrent", type=int, default=None,
-                        help="concurrent trials (default: CPUs / cpus-per-trial)")
+                        help="concurrent trials (default: the trials the nodes hold, node by "
+                             "node)")
     parser.add_argument("--address", default=None, help="attach to an existing Ray cluster")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", default="both", choices=("1", "2", "both"),
