@@ -192,11 +192,13 @@ class Recipe:
         if not isinstance(self.sync_bn, bool):
             raise UserError(f"recipe.sync_bn must be true or false, not {self.sync_bn!r}")
 
-    def to_dict(self) -> dict:
+    def to_dict(self, full: bool = False) -> dict:
+        """Plain data; EXECUTION_KEYS at their defaults are left out unless `full` (so the
+        recipes and checkpoints written before them stay equal)."""
         d = _plain(dataclasses.asdict(self))
         if self.rsa == RSARecipe():  # recipes (and checkpoints) written before it stay equal
             d.pop("rsa")
-        for key in EXECUTION_KEYS:  # likewise, written only when not at their defaults
+        for key in () if full else EXECUTION_KEYS:  # written only when not at their defaults
             if d[key] == getattr(Recipe, key):
                 d.pop(key)
         return d

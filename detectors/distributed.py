@@ -13,7 +13,7 @@ this machine through torch's elastic launcher (the API torchrun uses), so `facen
 --nproc N` and `torchrun --nproc_per_node N -m nas.cli train ...` run the same worker code.
 
 torch.nn.SyncBatchNorm refuses CPU tensors; `convert_sync_bn` uses it on CUDA and
-`GlooSyncBatchNorm` (global mean / variance from one differentiable all-reduce of per-channel
+`GlooSyncBatchNorm` (global mean, then variance, from differentiable all-reduces of per-channel
 sums) on CPU, so the CPU tests check the same arithmetic the CUDA path runs.
 """
 
@@ -115,9 +115,9 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
     """BatchNorm2d whose training statistics are those of the whole global batch, for CPU
     process groups (torch.nn.SyncBatchNorm accepts only accelerator tensors).
 
-    Per-channel sum, sum of squares and count are summed over ranks in one all-reduce through
-    torch.distributed.nn.functional.all_reduce, whose backward sums the gradients over ranks:
-    the gradient is that of BatchNorm over the concatenated batch. Running statistics use the
+    Per-channel sums and the count, then the squared deviations from the global mean, are
+    summed over ranks by an all-reduce whose backward sums the gradients over ranks: the
+    gradient is that of BatchNorm over the concatenated batch. Running statistics use the
     unbiased global variance, as BatchNorm does. Outside training, or alone, it is BatchNorm2d.
     """
 
@@ -125,27 +125,43 @@ class GlooSyncBatchNorm(nn.BatchNorm2d):
         if not (self.training and dist.is_available() and dist.is_initialized()
                 and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         xf = x.float()
-        count = torch.full((1,), xf.numel() / xf.shape[1], dtype=xf.dtype, device=xf.device)
-        stats = torch.cat([xf.sum((0, 2, 3)), (xf * xf).sum((0, 2, 3)), count])
-        stats = all_reduce(stats)
         c = xf.shape[1]
-        n = stats[2 * c]
-        mean = stats[:c] / n
-        var = (stats[c:2 * c] / n - mean * mean).clamp(min=0)
+        # two passes (mean, then squared deviations) as BatchNorm computes them: E[x^2] - mean^2
+        # loses digits that 20 iterations of training amplify past 1e-4
+        count = torch.full((1,), xf.numel() / c, dtype=xf.dtype, device=xf.device)
+        first = _SumOverRanks.apply(torch.cat([xf.sum((0, 2, 3)), count]))
+        n = first[c]
+        mean = first[:c] / n
+        centred = xf - mean.view(1, c, 1, 1)
+        var = _SumOverRanks.apply((centred * centred).sum((0, 2, 3))) / n
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
                 m = self.momentum if self.momentum is not None else 1.0 / float(self.num_batches_tracked)
                 self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
                 self.running_var.mul_(1 - m).add_((var * n / (n - 1).clamp(min=1)).detach(), alpha=m)
-        shape = (1, c, 1, 1)
-        y = (xf - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = centred * torch.rsqrt(var.view(1, c, 1, 1) + self.eps)
         if self.affine:
-            y = y * self.weight.view(shape) + self.bias.view(shape)
+            y = y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
         return y.to(x.dtype)
+
+
+class _SumOverRanks(torch.autograd.Function):
+    """all_reduce(SUM) whose backward is all_reduce(SUM) of the gradient: every rank's loss
+    depends on every rank's share of the statistics."""
+
+    @staticmethod
+    def forward(ctx, tensor: torch.Tensor) -> torch.Tensor:
+        out = tensor.clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad
 
 
 def _to_gloo_sync_bn(module: nn.Module) -> nn.Module:
@@ -198,15 +214,17 @@ def check_port_free(port: int, flag: str = "--port") -> None:
                             "choose another or leave it out to take a free one") from None
 
 
-def launch(nproc: int, port: int, fn: Callable[..., Any], *args: Any) -> dict[int, Any]:
+def launch(nproc: int, port: int, fn: Callable[..., Any], *args: Any,
+           start_method: str = "spawn") -> dict[int, Any]:
     """Run fn(*args) in `nproc` processes on this machine through torch's elastic launcher
     (torch.distributed.launcher.api.elastic_launch, what torchrun runs), rendezvous on
     127.0.0.1:port; returns {rank: return value}. A worker that dies (e.g. SIGKILL) makes the
     agent stop the others and raise torch.distributed.elastic.multiprocessing.errors.
-    ChildFailedError: no restarts, no hang."""
+    ChildFailedError: no restarts, no hang. start_method 'spawn' (fresh interpreters: safe
+    after CUDA or OpenMP started here) or 'fork' (quicker; tests)."""
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"facenas-{port}",
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", max_restarts=0,
-                          monitor_interval=0.1, start_method="spawn")
+                          monitor_interval=0.1, start_method=start_method)
     return elastic_launch(config, fn)(*args)

@@ -114,6 +114,7 @@ def override_config(config: "TrainConfig", items: Sequence[str] | None) -> "Trai
     if not pairs:
         return config
     data = config.to_dict()
+    data["recipe"] = config.recipe.to_dict(full=True)  # keys omitted at their default too
     for key, value in pairs:
         set_dotted(data, key, value)
     try:

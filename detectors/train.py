@@ -58,7 +58,7 @@ from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
 
 __all__ = ["train", "total_iterations", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
-           "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world"]
+           "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world", "check_run_dir"]
 
 # A non-finite loss skips its step (on every process); this many consecutive skipped steps
 # stop the run as diverged (a loss that stays non-finite will not recover by itself).
@@ -282,6 +282,14 @@ def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with another "
                         "supernet or search setting than this run")
     return state
+
+
+def check_run_dir(config: TrainConfig, out_dir: str | os.PathLike, resume: bool,
+                  hooks: TrainHooks | None = None) -> None:
+    """UserError when `out_dir` cannot take this run: a fresh run into an old one, nothing to
+    resume, or a checkpoint of another spec / recipe (what train() checks first; the
+    launcher of several processes checks it before starting them)."""
+    _prepare_out_dir(Path(out_dir), config, resume, hooks or TrainHooks())
 
 
 def _rng_state(batches: SeededBatches) -> dict:
