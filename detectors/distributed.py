@@ -75,6 +75,8 @@ def init(device_type: str) -> World:
     'cuda' -> nccl, otherwise gloo."""
     world = env_world()
     if world.active and not dist.is_initialized():
+        if device_type == "cuda":  # NCCL binds each process to its GPU: choose it first
+            torch.cuda.set_device(world.local_rank)
         backend = "nccl" if device_type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(seconds=RENDEZVOUS_TIMEOUT_S))
     return world
