@@ -106,19 +106,20 @@ def detection_loss(
     norm = local if reduce_mean is None else reduce_mean(local)
     keep = ~ignored
     loss_cls = quality_focal_loss(cls_logits[keep], quality[keep], qfl_beta).sum() / norm[0].clamp(min=1)
-    zero = cls_logits.new_zeros(())  # no positives: box and keypoint parts are 0
-    loss_box, loss_kps = zero, zero
-    if pos_logits.numel():
-        # DIoU is scale-free; compute it in stride units so magnitudes match SCRFD.
-        diou = distance_box_iou_loss(pred_boxes / strides, targets.boxes / strides, reduction="none")
-        loss_box = (diou * weight).sum() / norm[1].clamp(min=1e-6)
-        if kps_offsets is not None:
-            pred = kps_offsets.float()[positive]  # (P, 10)
-            # faces without landmarks weigh 0 (where(): their stored points may be anything)
-            goal = (targets.keypoints - targets.points[:, None]) / strides[:, None]
-            goal = torch.where(valid[:, None, None] > 0, goal, torch.zeros_like(goal))
-            per_anchor = F.smooth_l1_loss(pred, goal.reshape(-1, 10), beta=kps_beta, reduction="none").sum(1)
-            loss_kps = (per_anchor * weight * valid).sum() / norm[2].clamp(min=1e-6)
+    # No `if any positives` branch: with none, the sums below are 0 and the box / keypoint
+    # outputs still join the graph (zero gradients), as DistributedDataParallel requires of
+    # every process, whatever its shard holds.
+    # DIoU is scale-free; compute it in stride units so magnitudes match SCRFD.
+    diou = distance_box_iou_loss(pred_boxes / strides, targets.boxes / strides, reduction="none")
+    loss_box = (diou * weight).sum() / norm[1].clamp(min=1e-6)
+    loss_kps = cls_logits.new_zeros(())
+    if kps_offsets is not None:
+        pred = kps_offsets.float()[positive]  # (P, 10)
+        # faces without landmarks weigh 0 (where(): their stored points may be anything)
+        goal = (targets.keypoints - targets.points[:, None]) / strides[:, None]
+        goal = torch.where(valid[:, None, None] > 0, goal, torch.zeros_like(goal))
+        per_anchor = F.smooth_l1_loss(pred, goal.reshape(-1, 10), beta=kps_beta, reduction="none").sum(1)
+        loss_kps = (per_anchor * weight * valid).sum() / norm[2].clamp(min=1e-6)
     parts = {"cls": cls_weight * loss_cls, "box": box_weight * loss_box, "kps": kps_weight * loss_kps}
     parts["total"] = parts["cls"] + parts["box"] + parts["kps"]
     return parts

@@ -236,3 +236,21 @@ def test_resume_of_another_config_refused_but_another_nproc_or_accumulation_allo
     check_run_dir(_config(grad_accumulation=2, sync_bn=False,
                           schedule={"lr": 0.02, "unit": "iterations", "total": 2,
                                     "milestones": [1], "warmup_iters": 4}), out, resume=True)
+
+
+def test_loss_without_positives_keeps_box_and_keypoint_outputs_in_the_graph():
+    """A process whose shard has no positive anchor must still give every head output a
+    gradient (zero), or DistributedDataParallel waits for the missing ones."""
+    from detectors.losses import Targets, detection_loss
+
+    cls = torch.randn(2, 10, requires_grad=True)
+    box = torch.rand(2, 10, 4, requires_grad=True)
+    kps = torch.randn(2, 10, 10, requires_grad=True)
+    none = torch.zeros(2, 10, dtype=torch.bool)
+    targets = Targets(torch.zeros(0, 4), torch.zeros(0, 5, 2), torch.zeros(0, dtype=torch.bool),
+                      torch.zeros(0, 2), torch.zeros(0))
+    parts = detection_loss(cls, box, kps, none, none, targets)
+    assert parts["box"].item() == parts["kps"].item() == 0
+    parts["total"].backward()
+    assert box.grad is not None and kps.grad is not None and not box.grad.any() and not kps.grad.any()
+    assert cls.grad.abs().sum() > 0
