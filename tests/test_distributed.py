@@ -254,3 +254,18 @@ def test_loss_without_positives_keeps_box_and_keypoint_outputs_in_the_graph():
     parts["total"].backward()
     assert box.grad is not None and kps.grad is not None and not box.grad.any() and not kps.grad.any()
     assert cls.grad.abs().sum() > 0
+
+
+def test_a_dead_rank_is_one_line_and_exit_1(capsys, data, config_file, tmp_path, monkeypatch):
+    """What `facenas train --nproc` prints when the agent reports a killed worker (the kill
+    itself is exercised by the SIGKILL test above)."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
+
+    def killed(*args, **kwargs):
+        raise ChildFailedError("worker", {1: ProcessFailure(1, 12345, -9, "<N/A>")})
+
+    monkeypatch.setattr(distributed, "launch", killed)
+    code, err = _cli(capsys, str(config_file), "--budget", "paper", "--data", str(data), "--device", "cpu",
+                     "--nproc", "2", "--out", str(tmp_path / "r"))
+    assert code == 1 and len(err.splitlines()) == 1
+    assert "rank 1 failed (signal SIGKILL)" in err and "--resume" in err

@@ -156,7 +156,7 @@ def _launch(args: argparse.Namespace, config, root: Path, out: Path, options: di
         results = distributed.launch(args.nproc, port, worker, config, root, out, options)
     except ChildFailedError as err:
         rank, failure = err.get_first_failure()
-        cause = (f"signal {failure.signal_name()}" if failure.signal else f"exit code {failure.exitcode}")
+        cause = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
         return {"status": "failed", "message": f"training process of rank {rank} failed ({cause}); "
                 f"the others were stopped; continue with --resume --out {out}"}
     return results[0]
