@@ -155,7 +155,8 @@ def _launch(args: argparse.Namespace, config, root: Path, out: Path, options: di
     try:
         results = distributed.launch(args.nproc, port, worker, config, root, out, options)
     except ChildFailedError as err:
-        rank, failure = err.get_first_failure()
+        # a killed rank first: the others then fail on the broken collective, sometimes first
+        rank, failure = min(err.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[0]))
         cause = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
         return {"status": "failed", "message": f"training process of rank {rank} failed ({cause}); "
                 f"the others were stopped; continue with --resume --out {out}"}
