@@ -147,17 +147,40 @@ def _comparison(pop: Population, other: Population) -> list[str]:
 WIDENING = Path("plan") / "step2_widening.csv"  # written by the SCRFD search's step-2 planning
 
 
+NARROW = Path("plan") / "step2_narrow.csv"  # step-1 ranges widened for lack of support
+
+
+def _narrow_lines(run_dir: Path) -> list[str]:
+    """The step-1 ranges widened to the preset's min_range_width because too few step-1 specs
+    lay inside them (nothing when none was)."""
+    path = run_dir / NARROW
+    if not path.is_file():
+        return []
+    try:
+        rows = pd.read_csv(path)
+        out = ["Step 1's population was too small to support these ranges (fewer than "
+               f"{int(rows['min_support'].iloc[0])} successful step-1 specs inside each), so "
+               f"each was widened to `step2.min_range_width` around its centre (`{NARROW}`):", ""]
+        out += [f"- {r.quantity}: {r.low:.3f}–{r.high:.3f}, {int(r.support)} specs inside -> "
+                f"{r.low_used:.3f}–{r.high_used:.3f}" for r in rows.itertuples()]
+    except Exception as err:  # a garbled record is said, not fatal to the analysis
+        return [f"`{NARROW}` is unreadable ({type(err).__name__}).", ""]
+    return out + [""]
+
+
 def _step2_ranges_section(run_dir: Path) -> list[str]:
-    """How step 2's ranges came about: step 1's as they were, or widened toward the whole
-    space because they admitted too few specs under the budget band (nothing for a run
-    without step-1 ranges)."""
+    """How step 2's ranges came about: step 1's as they were (some perhaps widened for lack of
+    support), or widened toward the whole space because they admitted too few specs under the
+    budget band (nothing for a run without step-1 ranges)."""
+    narrow = _narrow_lines(run_dir)
     path = run_dir / WIDENING
     if not path.is_file():
         if not (run_dir / "plan" / "step2.yaml").is_file() or \
                 not (run_dir / "plan" / "step2_ranges.csv").is_file():
             return []
-        return ["## Step 2's ranges", "", "Step 2 was drawn within step 1's ranges "
-                "(`plan/step2_ranges.csv`), not widened.", ""]
+        return ["## Step 2's ranges", "", *narrow, "Step 2 was drawn within step 1's ranges "
+                "(`plan/step2_ranges.csv`), not widened toward the whole space"
+                + (" (the ranges above as widened for lack of support)." if narrow else "."), ""]
     try:
         tried = pd.read_csv(path)
         last = tried.iloc[-1]
@@ -165,7 +188,7 @@ def _step2_ranges_section(run_dir: Path) -> list[str]:
     except Exception as err:  # a garbled record is said, not fatal to the analysis
         return ["## Step 2's ranges", "", f"`{WIDENING}` is unreadable ({type(err).__name__}).", ""]
     first = tried.iloc[0]
-    out = ["## Step 2's ranges, widened", "",
+    out = ["## Step 2's ranges, widened", "", *narrow,
            f"Step 1's ranges (`plan/step2_ranges.csv`) and the budget band admitted only "
            f"{int(first['found'])} of the {int(first['wanted'])} specs step 2 plans, so the ranges "
            f"were widened in {len(tried) - 1} step{'s' if len(tried) > 2 else ''}, each range's "

@@ -27,8 +27,9 @@ from torch.utils.data import DataLoader, Sampler
 
 from detectors.config import Recipe
 from detectors.data.loader import WiderFaceDataset, collate
-from detectors.data.transforms import (Compose, MarkSmallIgnore, Normalize, PhotoMetricDistortion,
-                                       RandomFlip, ResizeLongSide, build_train_transform)
+from detectors.data.transforms import (Compose, DataAnchorSampling, MarkSmallIgnore, Normalize,
+                                       PhotoMetricDistortion, RandomFlip, ResizeLongSide,
+                                       build_train_transform)
 from detectors.errors import UserError
 
 __all__ = ["SeededBatches", "batch_indices"]
@@ -119,8 +120,11 @@ def _transform(recipe: Recipe) -> Compose:
     aug = recipe.augmentation
     if aug.crop_choices:
         return build_train_transform(recipe.train_size, aug.crop_choices, aug.min_face,
-                                     aug.flip, aug.photometric)
-    steps = [ResizeLongSide(recipe.train_size)]
+                                     aug.flip, aug.photometric,
+                                     data_anchor_sampling=aug.data_anchor_sampling)
+    steps: list = [ResizeLongSide(recipe.train_size)]
+    if aug.data_anchor_sampling > 0:  # no crop: the sampling, else the long-side resize
+        steps = [DataAnchorSampling(recipe.train_size, aug.data_anchor_sampling, otherwise=steps[0])]
     steps += [PhotoMetricDistortion()] if aug.photometric else []
     steps += [RandomFlip(0.5)] if aug.flip else []
     return Compose(steps + [MarkSmallIgnore(aug.min_face), Normalize(pad_to=recipe.train_size)])

@@ -118,6 +118,7 @@ NECKS: dict[str, NeckEntry] = {
 
 HEADS: dict[str, HeadEntry] = {
     "scrfd": HeadEntry(heads.scrfd_head, heads.scrfd_head_cost),
+    "retinanet": HeadEntry(heads.retinanet_head, heads.retinanet_head_cost),  # BFBox's detector
     "rsa_lrn": HeadEntry(rsa_lrn.lrn_head, rsa_lrn.lrn_head_cost, detector=rsa.RSADetector),
 }
 

@@ -43,7 +43,7 @@ if TYPE_CHECKING:  # imported lazily so recipes work without building anything
     from detectors.spec import DetectorSpec
 
 __all__ = [
-    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Recipe",
+    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Pretrained", "Recipe",
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
     "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
@@ -92,16 +92,24 @@ class Augmentation:
 
     crop_choices: SCRFD square-crop scales of the short edge (BASELINE_CROPS, or SR_CROPS for
     sample redistribution); empty = no crop (long side resized to train_size, padded).
+    data_anchor_sampling: probability per sample of PyramidBox's data-anchor sampling in place
+    of the crop (one face rescaled to a drawn anchor scale 16-512 px; BFBox: 1, ASFD: 0.5).
     """
 
     crop_choices: tuple[float, ...] = SR_CROPS
     flip: bool = True
     photometric: bool = True
     min_face: float = 0.0  # faces smaller than this (px, after resize) become ignore regions
+    # PyramidBox's data-anchor sampling instead of the crop, with this probability per sample
+    # (detectors.data.transforms.DataAnchorSampling; BFBox, DSFD / ASFD)
+    data_anchor_sampling: float = 0.0  # omitted from Recipe.to_dict at 0
 
     def __post_init__(self) -> None:
         if any(c <= 0 for c in self.crop_choices):
             raise UserError("augmentation.crop_choices must be positive scales (or empty: no crop)")
+        if not 0 <= self.data_anchor_sampling <= 1:
+            raise UserError(f"augmentation.data_anchor_sampling is a probability in [0, 1], "
+                            f"not {self.data_anchor_sampling}")
 
 
 @dataclass(frozen=True)
@@ -160,6 +168,14 @@ class TestConfig:
 
 
 @dataclass(frozen=True)
+class Pretrained:
+    """ImageNet-pretrained weights loaded before training (not on resume): `backbone` is the
+    path of a torchvision-format state dict (detectors/pretrained.py; docs/export.md)."""
+
+    backbone: str | None = None
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Everything about training except the architecture."""
 
@@ -173,6 +189,7 @@ class Recipe:
     assigner: AssignerConfig = field(default_factory=AssignerConfig)
     test: TestConfig = field(default_factory=TestConfig)
     rsa: RSARecipe = field(default_factory=RSARecipe)  # omitted from to_dict at its default
+    pretrained: Pretrained = field(default_factory=Pretrained)  # likewise
     # The global batch runs as this many micro-batches per process, gradients summed: one
     # SGD step of batch_size images needing the memory of batch_size / (processes x this).
     grad_accumulation: int = 1
@@ -193,12 +210,16 @@ class Recipe:
             raise UserError(f"recipe.sync_bn must be true or false, not {self.sync_bn!r}")
 
     def to_dict(self, full: bool = False) -> dict:
-        """Plain data; EXECUTION_KEYS at their defaults are left out unless `full` (so the
-        recipes and checkpoints written before them stay equal)."""
+        """Plain data; sections and keys added later are left out at their default (so
+        recipes and checkpoints written before them stay equal) unless `full` (--set needs
+        every key)."""
         d = _plain(dataclasses.asdict(self))
-        if self.rsa == RSARecipe():  # recipes (and checkpoints) written before it stay equal
-            d.pop("rsa")
-        for key in () if full else EXECUTION_KEYS:  # written only when not at their defaults
+        for name, default in (("rsa", RSARecipe()), ("pretrained", Pretrained())):
+            if not full and getattr(self, name) == default:
+                d.pop(name)
+        if not full and self.augmentation.data_anchor_sampling == 0:
+            d["augmentation"].pop("data_anchor_sampling")
+        for key in () if full else EXECUTION_KEYS:
             if d[key] == getattr(Recipe, key):
                 d.pop(key)
         return d
@@ -223,8 +244,8 @@ class TrainConfig:
     recipe: Recipe = field(default_factory=Recipe)
     budgets: Mapping[str, Any] = field(default_factory=dict)
 
-    def to_dict(self) -> dict:
-        d = {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict()}
+    def to_dict(self, full: bool = False) -> dict:
+        d = {"spec": self.spec.to_dict(), "recipe": self.recipe.to_dict(full)}
         if self.budgets:  # configs without one (and their checkpoints) stay as they were
             d["budgets"] = _plain(dict(self.budgets))
         return d

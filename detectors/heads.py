@@ -8,6 +8,11 @@ Module layout (ModuleLists indexed by level, or of length 1 when shared across s
 `cls_towers[i]` (ModuleList of conv units), `reg_towers[i]` (only when towers are not shared),
 `cls_preds[i]`, `reg_preds[i]`, `kps_preds[i]` (nn.Conv2d), `scales[i]` (`Scale`, one per
 stride even when convs are shared, as SCRFD).
+
+Head type `retinanet` (catalogue): RetinaNet's head (Lin et al. 2017; BFBox's detector): the
+same module with tower convs that have a bias and a ReLU but no norm; with `shared_towers:
+false`, `num_convs: 4`, `channels: 256` it is RetinaNet's two 4 x 256 towers. The spec's norm
+and gn_groups are then unused.
 """
 
 from __future__ import annotations
@@ -23,7 +28,8 @@ from detectors.macs import Counter
 if TYPE_CHECKING:  # a catalogue leaf: importing the spec at run time would close a cycle
     from detectors.spec import HeadSpec
 
-__all__ = ["Scale", "DepthwiseSeparable", "SCRFDHead", "scrfd_head", "scrfd_head_cost", "NUM_KEYPOINTS"]
+__all__ = ["Scale", "DepthwiseSeparable", "SCRFDHead", "scrfd_head", "scrfd_head_cost",
+           "retinanet_head", "retinanet_head_cost", "NUM_KEYPOINTS"]
 
 NUM_KEYPOINTS = 5
 
@@ -39,14 +45,15 @@ class Scale(nn.Module):
         return x * self.scale.to(x.dtype)
 
 
-def _tower(spec: HeadSpec, cin: int) -> nn.ModuleList:
+def _tower(spec: HeadSpec, cin: int, normed: bool = True) -> nn.ModuleList:
     units = []
+    norm = spec.norm if normed else None  # no norm: the conv has a bias (ConvNormAct)
     for i in range(spec.num_convs):
         c = cin if i == 0 else spec.channels
         if spec.depthwise:
-            units.append(DepthwiseSeparable(c, spec.channels, spec.norm, spec.gn_groups))
+            units.append(DepthwiseSeparable(c, spec.channels, norm, spec.gn_groups))
         else:
-            units.append(ConvNormAct(c, spec.channels, 3, norm=spec.norm, gn_groups=spec.gn_groups))
+            units.append(ConvNormAct(c, spec.channels, 3, norm=norm, gn_groups=spec.gn_groups))
     return nn.ModuleList(units)
 
 
@@ -58,15 +65,16 @@ class SCRFDHead(nn.Module):
     (k = 1, 4, 10): anchor-major, as the published export.
     """
 
-    def __init__(self, spec: HeadSpec, in_channels: int, num_levels: int, num_anchors: int) -> None:
+    def __init__(self, spec: HeadSpec, in_channels: int, num_levels: int, num_anchors: int,
+                 normed: bool = True) -> None:
         super().__init__()
         self.spec = spec
         n = 1 if spec.shared_across_strides else num_levels
         feat = spec.channels if spec.num_convs else in_channels
         self.num_levels = num_levels
-        self.cls_towers = nn.ModuleList(_tower(spec, in_channels) for _ in range(n))
+        self.cls_towers = nn.ModuleList(_tower(spec, in_channels, normed) for _ in range(n))
         self.reg_towers = nn.ModuleList(
-            () if spec.shared_towers else (_tower(spec, in_channels) for _ in range(n)))
+            () if spec.shared_towers else (_tower(spec, in_channels, normed) for _ in range(n)))
         self.cls_preds = nn.ModuleList(nn.Conv2d(feat, num_anchors, 3, padding=1) for _ in range(n))
         self.reg_preds = nn.ModuleList(nn.Conv2d(feat, 4 * num_anchors, 3, padding=1) for _ in range(n))
         self.kps_preds = nn.ModuleList(
@@ -103,18 +111,29 @@ def scrfd_head(spec: HeadSpec, in_channels: int, num_levels: int, num_anchors: i
     return SCRFDHead(spec, in_channels, num_levels, num_anchors)
 
 
-def _tower_cost(hs: HeadSpec, c: Counter, cin: int, h: int, w: int, params: bool) -> None:
+def _tower_cost(hs: HeadSpec, c: Counter, cin: int, h: int, w: int, params: bool,
+                normed: bool = True) -> None:
     for i in range(hs.num_convs):
         ch = cin if i == 0 else hs.channels
         if hs.depthwise:
-            c.conv(ch, ch, 3, 1, h, w, groups=ch, params=params)
-            c.conv(ch, hs.channels, 1, 1, h, w, params=params)
+            c.conv(ch, ch, 3, 1, h, w, groups=ch, params=params, norm=normed)
+            c.conv(ch, hs.channels, 1, 1, h, w, params=params, norm=normed)
         else:
-            c.conv(ch, hs.channels, 3, 1, h, w, params=params)
+            c.conv(ch, hs.channels, 3, 1, h, w, params=params, norm=normed)
+
+
+def retinanet_head(spec: HeadSpec, in_channels: int, num_levels: int, num_anchors: int) -> SCRFDHead:
+    """RetinaNet's head: towers of 3x3 conv (bias) + ReLU, no norm."""
+    return SCRFDHead(spec, in_channels, num_levels, num_anchors, normed=False)
+
+
+def retinanet_head_cost(c: Counter, hs: HeadSpec, in_channels: int,
+                        sizes: list[tuple[int, int]], num_anchors: int) -> None:
+    scrfd_head_cost(c, hs, in_channels, sizes, num_anchors, normed=False)
 
 
 def scrfd_head_cost(c: Counter, hs: HeadSpec, in_channels: int, sizes: list[tuple[int, int]],
-                    num_anchors: int) -> None:
+                    num_anchors: int, normed: bool = True) -> None:
     """Cost of SCRFDHead over levels of `sizes` (H_l, W_l); shared modules' params once."""
     feat = hs.channels if hs.num_convs else in_channels
     outs = num_anchors * (1 + 4 + (2 * NUM_KEYPOINTS if hs.keypoints else 0))
@@ -122,7 +141,7 @@ def scrfd_head_cost(c: Counter, hs: HeadSpec, in_channels: int, sizes: list[tupl
     for lvl, (h, w) in enumerate(sizes):
         own = lvl == 0 or not hs.shared_across_strides
         for _ in range(towers):
-            _tower_cost(hs, c, in_channels, h, w, own)
+            _tower_cost(hs, c, in_channels, h, w, own, normed)
         c.conv(feat, outs, 3, 1, h, w, norm=False, act=False, params=own)
     if hs.scale:
         c.p += len(sizes)

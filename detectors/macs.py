@@ -50,10 +50,11 @@ class Counter:
         return ho, wo
 
     def linear(self, cin: int, cout: int, bias: bool = True, act: bool = False) -> None:
-        """A Linear layer on one vector (MACs per sample)."""
+        """A Linear layer on one vector (MACs per sample). mmcv's linear hook counts the
+        MACs alone (no bias adds, unlike its conv hook)."""
         self.m += cin * cout
         self.p += cin * cout + (cout if bias else 0)
-        self.e += (cout if bias else 0) + (cout if act else 0)
+        self.e += cout if act else 0
 
     def add(self, other: "Counter") -> None:
         self.p += other.p

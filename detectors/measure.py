@@ -2,8 +2,9 @@
 
 `measured_cost(model, input_hw)` runs one no-grad forward of a zero image and counts, per
 component (stem, c2..c5, neck, head, from module names), Conv2d/Linear multiply-accumulates,
-`sum(p.numel())`, and mmcv's extra ops (conv bias: 1 per output element; BatchNorm/GroupNorm:
-2 per element; ReLU: 1 per element; pools: 1 per input element). It is the second, independent
+`sum(p.numel())`, and mmcv's extra ops (conv bias: 1 per output element, a Linear's none;
+BatchNorm/GroupNorm: 2 per element; ReLU: 1 per element; pools: 1 per input element). It is
+the second, independent
 method against which detectors.cost is tested, and the slow path benchmarked against it.
 """
 
@@ -36,7 +37,9 @@ def _macs(m: nn.Module, out: torch.Tensor) -> int:
 
 def _extra(m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> int:
     n_in, n_out = inp.numel() // inp.shape[0], out.numel() // out.shape[0]
-    if isinstance(m, (nn.Conv2d, nn.Linear)):
+    if isinstance(m, nn.Linear):  # mmcv's linear hook: MACs only, no bias adds
+        return 0
+    if isinstance(m, nn.Conv2d):
         return n_out if m.bias is not None else 0
     if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
         return 2 * n_in

@@ -113,8 +113,7 @@ def override_config(config: "TrainConfig", items: Sequence[str] | None) -> "Trai
     pairs = parse_overrides(items)
     if not pairs:
         return config
-    data = config.to_dict()
-    data["recipe"] = config.recipe.to_dict(full=True)  # keys omitted at their default too
+    data = config.to_dict(full=True)
     for key, value in pairs:
         set_dotted(data, key, value)
     try:

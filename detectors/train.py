@@ -56,9 +56,10 @@ from detectors.distributed import World
 from detectors.errors import UserError
 from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
+from detectors.pretrained import maybe_load_pretrained
 
-__all__ = ["train", "total_iterations", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
-           "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world", "check_run_dir"]
+__all__ = ["train", "total_iterations", "batch_loss", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor",
+           "CHECKPOINT", "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world", "check_run_dir"]
 
 # A non-finite loss skips its step (on every process); this many consecutive skipped steps
 # stop the run as diverged (a loss that stays non-finite will not recover by itself).
@@ -325,6 +326,14 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     _write_text(path, "".join(l + "\n" for l in kept))
 
 
+def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dict, torch.Tensor]:
+    """The recipe's training loss of `model` on one batch, in fp32 on the model's device: (loss
+    parts with graph, incl. 'total'; positives). What one iteration of the loop computes,
+    without a step (zero-cost proxies score it at initialisation)."""
+    device = next(model.parameters()).device
+    return _step(model, batch, recipe, training_mode(device, fp32=True), {})
+
+
 def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):
     """SGD (fused: it takes the non-finite flag `found_inf` on the device and skips the
     update there, without a host sync) with the recipe's LR schedule."""
@@ -442,6 +451,7 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
     batches = SeededBatches(data_root, recipe, distributed.shard(recipe.batch_size, world))
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
     model = hooks.build_model(config).to(mode.device)
+    maybe_load_pretrained(model, config, resuming=state is not None)  # recipe.pretrained
     if recipe.sync_bn and world.active:
         model = distributed.convert_sync_bn(model, mode.device.type)
     if mode.channels_last:

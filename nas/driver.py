@@ -17,6 +17,7 @@ nas/space_table.py (its phases, their plans and trial functions); a search run:
 Resume: the plan is fixed on disk, so `--resume RUN_DIR` runs exactly plan minus finished ids.
 Each trial also writes its own RUN_DIR/trials/<id>/result.json when it finishes; resume folds
 those in first, so a trial that finished just before the driver was killed is not retrained.
+ASHA's rung decisions are saved in RUN_DIR/asha/ and replayed on resume (nas.asha_state).
 
 Test hook: the environment variable FACENAS_TRIAL_FN="module:function" replaces every
 phase's trial function by any importable callable taking a TrialRequest and returning
@@ -110,19 +111,23 @@ def _write_new_run(store: RunStore, search: dict[str, Any]) -> None:
 
 # -- planning -------------------------------------------------------------------------------
 def _plan(store: RunStore, search: dict[str, Any], phase: Phase) -> list[DetectorSpec]:
+    from nas.strategies.prescreen import plan
+
     specs = store.read_plan(phase.step)
-    if specs is None:
-        specs = phase.plan(store, search)
+    if specs is None:  # the phase's sampling, prescreened when asked (--prescreen)
+        specs = plan(store, search, phase, space_entry(search["space"]).trial_recipe)
         store.write_plan(phase.step, specs)
     return specs
 
 
 # -- rows ---------------------------------------------------------------------------------------
 def _row(spec: DetectorSpec, step: int, trial_id: str, search: dict[str, Any],
-         metrics: dict[str, Any]) -> dict[str, Any]:
+         metrics: dict[str, Any], store: RunStore | None = None) -> dict[str, Any]:
     """One results-table row; scalar metrics beyond the contract's become extra columns (and
-    a latency budget adds the predicted latency, `latency_ms`)."""
+    a latency budget adds the predicted latency, `latency_ms`; a prescreened spec its proxy
+    score, `prescreen_<proxy>`)."""
     from nas.latency_budget import latency_columns
+    from nas.strategies.prescreen import row_columns
 
     row = {"spec_id": spec.id, "step": step, "trial_id": trial_id, "seed": search["seed"],
            "spec_yaml": spec.to_yaml()}
@@ -130,6 +135,8 @@ def _row(spec: DetectorSpec, step: int, trial_id: str, search: dict[str, Any],
     row.update(latency_columns(search, spec))
     row.update({k: metrics.get(k, math.nan) for k in METRIC_COLUMNS})
     row["error"] = row["error"] if isinstance(row["error"], str) else ""
+    if store is not None:
+        row.update(row_columns(store, step, spec.id))
     row.update({k: v for k, v in metrics.items() if k not in row and k != "trial_id"
                 and isinstance(v, (int, float, str, bool))})
     return row
@@ -144,7 +151,8 @@ def _harvest(store: RunStore, phase: Phase, specs: list[DetectorSpec], search: d
         if spec.id not in done:
             result = store.read_result(phase.step, spec.id)
             if result is not None:
-                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), search, result))
+                store.add_row(_row(spec, phase.step, result.get("trial_id", ""), search, result,
+                                   store))
 
 
 def _unfinished(store: RunStore, phase: Phase, specs: list[DetectorSpec]) -> list[DetectorSpec]:
@@ -269,8 +277,37 @@ def _running(trials: list, finishing: Any = None) -> int:
     return sum(1 for t in trials if t.status == "RUNNING" and t is not finishing)
 
 
+def _reported(last_result: dict[str, Any]) -> dict[str, Any]:
+    """What a trial reported to Tune, without Tune's own bookkeeping keys."""
+    from ray.tune.result import AUTO_RESULT_KEYS
+
+    tune_keys = set(AUTO_RESULT_KEYS) | {"done", "trial_id", "experiment_tag", "should_checkpoint"}
+    return {k: v for k, v in last_result.items() if k not in tune_keys}
+
+
+def _finished_metrics(store: RunStore, phase: Phase, spec_id: str, last_result: dict[str, Any],
+                      stopped: bool, sleep: Callable[[float], None] = time.sleep) -> dict[str, Any]:
+    """The metrics of a trial Tune calls complete: its last rung's when ASHA stopped it, else
+    its own result.json (read with a bounded retry: it may come from another node). Should that
+    stay unreadable, the metrics it reported to Tune, said in one line on stderr; a trial that
+    trained to the end is never recorded 'stopped'."""
+    if stopped:
+        return _stopped_metrics(last_result)
+    metrics, why = store.wait_result(phase.step, spec_id, sleep=sleep)
+    if metrics is not None:
+        return metrics
+    reported = _reported(last_result)
+    if reported.get("status") in ("ok", "failed"):
+        print(f"{phase.label}: trial {spec_id}: {why}; recorded from the metrics it reported "
+              "to Tune", file=sys.stderr)
+        return reported
+    print(f"{phase.label}: trial {spec_id}: {why}, and Tune holds no result of it",
+          file=sys.stderr)
+    return failed_metrics(f"{why}; no result of this trial reached the driver")
+
+
 def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phase,
-                    search: dict[str, Any], progress: Progress):
+                    search: dict[str, Any], progress: Progress, scheduler: Any = None):
     from ray import tune
 
     class _StoreRows(tune.Callback):
@@ -287,11 +324,11 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
             spec = specs[trial.config["spec_id"]]
             # The trial's own record holds exactly what it returned (Tune's result adds its
             # bookkeeping keys: timestamp, time_this_iter_s, ...).
-            metrics = store.read_result(phase.step, spec.id)
-            if metrics is None:  # no record of its own: stopped early by the scheduler
-                metrics = _stopped_metrics(dict(trial.last_result or {}))
+            stopped = scheduler is not None and scheduler.stopped(spec.id)
+            metrics = _finished_metrics(store, phase, spec.id, dict(trial.last_result or {}),
+                                        stopped)
             if phase.rows:
-                store.add_row(_row(spec, phase.step, trial.trial_id, search, metrics))
+                store.add_row(_row(spec, phase.step, trial.trial_id, search, metrics, store))
             progress.finished(metrics.get("ap_hard"), running=_running(trials, trial))
 
         def on_trial_error(self, iteration, trials, trial, **info):
@@ -299,7 +336,7 @@ def _store_callback(store: RunStore, specs: dict[str, DetectorSpec], phase: Phas
             reason = _error_reason(store, phase.step, spec_id, trial)
             if phase.rows:
                 store.add_row(_row(specs[spec_id], phase.step, trial.trial_id, search,
-                                   failed_metrics(reason)))
+                                   failed_metrics(reason), store))
             else:
                 print(f"{phase.label}: trial {spec_id} failed: {reason}", file=sys.stderr)
             progress.finished(None, failed=True, running=_running(trials, trial))
@@ -476,15 +513,18 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
     trainable = tune.with_resources(
         tune.with_parameters(_ray_trainable, requests=requests, trial_fn=trial_fn), resources)
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    scheduler = _scheduler(search, phase, store)
     tuner = tune.Tuner(
         trainable, param_space={"spec_id": tune.grid_search([s.id for s in todo])},
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrent, reuse_actors=True,
-                                    scheduler=_scheduler(search, phase)),
+                                    scheduler=scheduler),
         run_config=tune.RunConfig(
             name=f"step{phase.step}-{stamp}", storage_path=str(store.run_dir / "ray"), verbose=0,
             failure_config=tune.FailureConfig(max_failures=search["max_failures"]),
+            # each rung's Tune checkpoint copies the trial's checkpoint.pt: keep the latest
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=opts.keep_checkpoints),
             callbacks=[_store_callback(store, {s.id: s for s in todo}, phase, search,
-                                       progress)]))
+                                       progress, scheduler)]))
     try:
         grid = tuner.fit()
     finally:
@@ -500,19 +540,15 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
     return lost
 
 
-def _scheduler(search: dict[str, Any], phase: Phase):
-    """Tune's ASHA for phases that train sampled models, when asked; else Tune's FIFO."""
-    from ray.tune.schedulers import ASHAScheduler
-
-    from nas.fidelity import RUNG_METRICS, Fidelity
+def _scheduler(search: dict[str, Any], phase: Phase, store: RunStore | None = None):
+    """Tune's ASHA for phases that train sampled models, when asked (its rung decisions kept
+    in the run's RUN_DIR/asha/step<N>.json and restored from it); else Tune's FIFO (None)."""
+    from nas.asha_state import asha_scheduler, state_path
 
     f = search.get("fidelity") or {}
     if f.get("scheduler") != "asha" or not phase.rows:
         return None
-    fidelity = Fidelity(**f)  # milestones 1, rf, rf^2 ... in rung_t = the rungs (nas.fidelity)
-    metric, mode = RUNG_METRICS[fidelity.metric]
-    return ASHAScheduler(time_attr="rung_t", metric=metric, mode=mode, max_t=fidelity.max_t,
-                         grace_period=1.0, reduction_factor=fidelity.reduction_factor, brackets=1)
+    return asha_scheduler(search, None if store is None else state_path(store.run_dir, phase.step))
 
 
 # -- the whole search ---------------------------------------------------------------------------
@@ -527,8 +563,14 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         if opts.preset or opts.overrides:
             raise UserError("--preset and --set do not apply with --resume: a resumed run "
                             "keeps the config it recorded")
+        if opts.prescreen or opts.prescreen_keep is not None:
+            raise UserError("--prescreen and --prescreen-keep do not apply with --resume: a "
+                            "resumed run keeps the plan and config it recorded")
         store = RunStore(opts.resume)
         search = store.read_config()["search"]
+        from nas.asha_state import check_saved_states
+
+        check_saved_states(store.run_dir, search)  # a corrupt one: refused before Ray starts
     else:
         store, search = _new_run(opts)
     started = _init_ray(opts)  # a wrong --address or --gpus-per-trial still writes nothing

@@ -27,6 +27,7 @@ class SearchOptions:
     seed: int = 0
     steps: str = "both"
     max_failures: int = 1
+    keep_checkpoints: int | None = 1  # Tune checkpoints kept per trial (None: all)
     resume: str | None = None
     top_k: int | None = None
     verbose: bool = False
@@ -36,7 +37,8 @@ class SearchOptions:
     reduction_factor: float | None = None
     rung_metric: str | None = None  # nas.fidelity.RUNG_METRICS: ap (default) or loss
     # nas.latency_budget: a predicted-latency band on a measured table; `gflops_band` False
-    # when --gflops was not given with it (gflops then only picks the SCRFD regime)
+    # when --gflops was not given with it (gflops then only picks the SCRFD regime), or with
+    # --no-flops-band (bfbox: unconstrained candidates)
     latency_ms: float | None = None
     latency_table: str | None = None
     latency_tolerance: float | None = None
@@ -45,3 +47,5 @@ class SearchOptions:
     gflops_band: bool = True
     preset: str | None = None  # a user's preset file instead of the built-in one
     overrides: list[str] = field(default_factory=list)  # --set KEY=VALUE, on the resolved config
+    prescreen: str | None = None  # nas.strategies.prescreen: a zero-cost proxy (nas.proxies)
+    prescreen_keep: float | None = None  # the fraction of the sampled specs trained

@@ -47,7 +47,10 @@ class Phase:
     whole_node: one trial takes the CPUs (and a GPU) of all concurrent trial slots, for work
       that is one big job (supernet training) rather than many small ones;
     reads_data: its trials train or test on search["data"], so the driver checks the dataset
-      layout before the run starts (unless a test's trial function replaces them).
+      layout before the run starts (unless a test's trial function replaces them);
+    prescreen: for a phase that samples the specs it trains, the search key holding how many
+      (SCRFD: "num_samples"): `--prescreen` draws more and keeps the best by a zero-cost proxy
+      (nas.strategies.prescreen); None: not prescreened.
     """
 
     step: int
@@ -57,6 +60,7 @@ class Phase:
     rows: bool = True
     whole_node: bool = False
     reads_data: bool = True
+    prescreen: str | None = None
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ Layout of RUN_DIR:
     trials/<id>/            a trial's working dir (training output) and result.json, the
                             trial's own atomic record that it finished (lets --resume keep a
                             trial that finished just before the driver was killed)
+    asha/step<N>.json       ASHA's rung decisions (nas.asha_state), rewritten at each one
+    ray/                    Ray Tune's own state: the latest Tune checkpoint of each trial
     analysis/ export/       written after the trials
 
 Every file is written to a temporary name in the same directory and renamed into place.
@@ -20,8 +22,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pandas as pd
 import yaml
@@ -34,6 +37,7 @@ __all__ = [
     "COLUMNS",
     "METRIC_COLUMNS",
     "COMPONENTS",
+    "RESULT_WAITS_S",
     "RunStore",
     "atomic_write_text",
     "best_first",
@@ -58,6 +62,10 @@ COLUMNS = (
 # COLUMNS, as do the cost columns of backbones with more than four stages (gflops_c6, w5, ...).
 METRIC_COLUMNS = ("status", "error", "wall_time_s", "ap_easy", "ap_medium", "ap_hard")
 _VGA = 0.75  # SCRFD's convention: count at 640x640, scale by 0.75
+# A result.json written by a trial on another node may not be visible yet to the driver (NFS
+# caches directory lookups and attributes): read it again after each of these waits, i.e. at
+# most 5 reads over 3.0 s, before calling it missing.
+RESULT_WAITS_S = (0.2, 0.4, 0.8, 1.6)
 
 
 def best_first(rows: pd.DataFrame, metric: str = "ap_hard") -> pd.DataFrame:
@@ -86,7 +94,8 @@ def _atomic(path: Path, write) -> None:
 def cost_columns(spec: DetectorSpec) -> dict[str, Any]:
     """Analytic cost and architecture columns of the results table for one spec.
 
-    GFLOPs are VGA multiply-accumulates (640x640 count x 0.75); backbone ratios are shares of
+    GFLOPs are VGA multiply-accumulates (640x640 count x 0.75), `gflops_mmcv` the same frame
+    counted as mmcv's flops counter does (detectors.cost.CostReport.mmcv_flops); backbone ratios are shares of
     the backbone's MACs (SCRFD Fig. 5), detector ratios shares of the whole detector (Fig. 9).
     """
     report = cost(spec, input_hw=(640, 640))
@@ -95,6 +104,8 @@ def cost_columns(spec: DetectorSpec) -> dict[str, Any]:
     backbone = sum(macs[c] for c in stages)
     total = sum(macs.values())
     row: dict[str, Any] = {"params": int(report.params), "gflops": total * _VGA / 1e9}
+    # mmcv's count (the SCRFD tables' convention): the column a `flops: mmcv` band applies to
+    row["gflops_mmcv"] = report.mmcv_flops * _VGA / 1e9
     row.update({f"gflops_{c}": macs.get(c, 0) * _VGA / 1e9 for c in COMPONENTS})
     row.update({f"gflops_{c}": macs[c] * _VGA / 1e9 for c in macs if c not in COMPONENTS})
     row.update({f"ratio_{c}": macs.get(c, 0) / backbone for c in stages + list(_BACKBONE)})
@@ -209,8 +220,39 @@ class RunStore:
     def write_result(trial_dir: Path, result: dict[str, Any]) -> None:
         atomic_write_text(Path(trial_dir) / "result.json", json.dumps(result))
 
+    def result_path(self, step: int, spec_id: str) -> Path:
+        return self.trial_dir(step, spec_id) / "result.json"
+
     def read_result(self, step: int, spec_id: str) -> dict[str, Any] | None:
-        path = self.trial_dir(step, spec_id) / "result.json"
-        if not path.is_file():
-            return None
-        return json.loads(path.read_text())
+        """The trial's record, or None when it has none that reads (absent, or not a JSON
+        object: a half-visible or stale copy is no record, and the trial runs again)."""
+        return _read_json(self.result_path(step, spec_id))[0]
+
+    def wait_result(self, step: int, spec_id: str, waits: Iterable[float] = RESULT_WAITS_S,
+                    sleep: Callable[[float], None] = time.sleep) -> tuple[dict[str, Any] | None, str]:
+        """(record, "") for a trial known to have finished, read again after each of `waits`
+        seconds while it is absent or unreadable; (None, one line saying why) after the last."""
+        path = self.result_path(step, spec_id)
+        result, why = _read_json(path)
+        waits = list(waits)
+        for wait in waits:
+            if result is not None:
+                break
+            sleep(wait)
+            result, why = _read_json(path)
+        if result is None:
+            why = f"{path} {why} after {1 + len(waits)} reads over {sum(waits):g} s"
+        return result, why
+
+
+def _read_json(path: Path) -> tuple[dict[str, Any] | None, str]:
+    """(the JSON object at path, "") or (None, "is missing" | "is unreadable (...)")."""
+    try:
+        value = json.loads(path.read_text())
+    except FileNotFoundError:
+        return None, "is missing"
+    except (OSError, UnicodeDecodeError, ValueError) as err:
+        return None, f"is unreadable ({str(err).splitlines()[0][:80]})"
+    if not isinstance(value, dict):
+        return None, "is unreadable (not a JSON object)"
+    return value, ""

@@ -23,7 +23,7 @@ from detectors.overrides import parse_overrides, set_dotted
 from nas.options import DEFAULT_GFLOPS, SearchOptions
 from nas.presets import budget_section, check_preset_kinds, default_data, load_preset
 from nas.phases import SpaceEntry
-from nas.space_table import check_scheduler, space_entry
+from nas.space_table import check_prescreen, check_scheduler, space_entry
 
 __all__ = ["resolve_config", "resolve_search", "target_gflops", "RECIPE_KEYS"]
 
@@ -117,12 +117,23 @@ def resolve_config(opts: SearchOptions) -> dict[str, Any]:
     if latency is not None:
         search["latency"] = latency
         search["gflops_band"] = bool(opts.gflops_band)
+    elif not opts.gflops_band:  # --no-flops-band: the space samples unconstrained
+        search["gflops_band"] = False
     if opts.top_k is not None:
         search["top_k"] = int(opts.top_k)
     _apply_overrides(search, list(opts.overrides), entry)
     with _naming_overrides(opts):
         _check_driver_keys(search)
         entry.derive(search, opts)
+    from nas.strategies.prescreen import resolve_prescreen
+
+    prescreen = resolve_prescreen(opts.prescreen, opts.prescreen_keep)
+    if prescreen is not None:  # absent without --prescreen: earlier configs unchanged
+        search["prescreen"] = prescreen
+        check_prescreen(opts.space, search)
+        from nas.proxies import check_batch
+
+        check_batch(prescreen["proxy"], entry.trial_recipe(search).batch_size)
     if opts.overrides:
         search["overrides"] = list(opts.overrides)
     return search

@@ -12,7 +12,7 @@ from detectors.errors import UserError
 from nas.phases import SpaceEntry
 from nas.spaces import asfd, bfbox, scrfd
 
-__all__ = ["SPACES", "space_entry", "add_space_arguments", "check_scheduler"]
+__all__ = ["SPACES", "space_entry", "add_space_arguments", "check_scheduler", "check_prescreen"]
 
 SPACES: dict[str, SpaceEntry] = {
     "scrfd": scrfd.ENTRY,
@@ -26,6 +26,21 @@ _NO_ASHA = {
     "asfd": "its trials are one differentiable search per seed, and its rows the few "
             "derived detectors, trained to the end to compare the seeds",
 }
+
+
+# why a space refuses --prescreen: none of its phases samples specs that it trains
+_NO_PRESCREEN = {
+    "bfbox": "its candidates are not trained (they inherit supernet weights and are cheap)",
+    "asfd": "its trained rows are the detectors its differentiable searches derive, one per "
+            "seed, not sampled specs",
+}
+
+
+def check_prescreen(name: str, search: dict) -> None:
+    """UserError when `--prescreen` is asked of a space none of whose phases is prescreened."""
+    if search.get("prescreen") and not any(p.prescreen for p in space_entry(name).phases(search)):
+        why = _NO_PRESCREEN.get(name, "none of its phases samples the specs it trains")
+        raise UserError(f"--prescreen does not apply to --space {name}: {why}")
 
 
 def space_entry(name: str) -> SpaceEntry:

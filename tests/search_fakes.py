@@ -78,7 +78,8 @@ def fake_phase_trial(request) -> dict:
 
 def rung_trial(request, report=None) -> dict:
     """A multi-fidelity fake: AP at rung k is the spec's fake AP x the rung's fraction; it
-    reports every rung but the last (as nas.trial.run_trial) and logs each one."""
+    reports every rung but the last (as nas.trial.run_trial), with a stand-in train/checkpoint.pt,
+    and logs each one."""
     delay = float(os.environ.get("FACENAS_FAKE_DELAY", "0"))
     final = _fake_metrics(request, delay)
     fractions = list(request.rungs) or [1.0]
@@ -89,7 +90,10 @@ def rung_trial(request, report=None) -> dict:
                         f"ap_hard_r{k}": final["ap_hard"] * f, "rung_t": f / fractions[0]})
         _log(request, "rungs.log")
         if report is not None and k < len(fractions):
-            report(dict(metrics), Path(request.out_dir) / "train")
+            train = Path(request.out_dir) / "train"  # a stand-in checkpoint, Tune keeps a copy
+            train.mkdir(parents=True, exist_ok=True)
+            (train / "checkpoint.pt").write_text(f"rung {k}\n")
+            report(dict(metrics), train)
     _log(request, "completions.log")
     return metrics
 

@@ -3,6 +3,7 @@ driver, stopped trials recorded once and kept out of the ranking, kill + resume.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import signal
@@ -110,9 +111,17 @@ def test_asha_stops_weak_trials_and_ranks_only_full_fidelity(tmp_path, monkeypat
     completed = {l.split()[1] for l in (out / "completions.log").read_text().splitlines()}
     assert completed == set(ok["spec_id"])
     assert all(rungs[i] < 3 for i in stopped["spec_id"]) and all(rungs[i] == 3 for i in ok["spec_id"])
+    # one Tune checkpoint per trial, the latest: that of its last reported rung (an ok trial
+    # reports two of its three rungs, a stopped one those it reached)
+    kept = sorted((d.parent.name.split("spec_id=")[1][:12], (d / "checkpoint.pt").read_text())
+                  for d in (out / "ray").glob("step1-*/*/checkpoint_*"))
+    assert kept == sorted((i, f"rung {min(rungs[i], 2)}\n") for i in table["spec_id"])
     # ASHA's rule at rung 1 for the second trial: stopped iff below the first one's value
     first, second = (table.set_index("spec_id").loc[i] for i in planned[:2])
     assert (second["status"] == "stopped") == (second["ap_hard_r1"] < first["ap_hard_r1"])
+    # ASHA's saved decisions are the table's stopped set
+    saved = json.loads((out / "asha" / "step1.json").read_text())
+    assert {e["spec_id"] for e in saved["decisions"] if e["decision"] == "STOP"} == set(stopped["spec_id"])
     # the ranking (export) reads full-fidelity trials only
     exported = sorted((out / "export").glob("*.yaml"))
     assert exported and all(p.stem.split("_")[1] in set(ok["spec_id"]) for p in exported)
@@ -151,6 +160,10 @@ def test_sigkill_then_resume_of_an_asha_search_records_every_trial_once(tmp_path
     planned = [s.id for s in RunStore(run).read_plan(1)]
     assert sorted(table["spec_id"]) == sorted(planned) and table["spec_id"].is_unique
     assert set(table["status"]) <= {"ok", "stopped"}
+    # the stopped rows are exactly ASHA's saved STOP decisions, kept across the kill
+    saved = json.loads((run / "asha" / "step1.json").read_text())["decisions"]
+    assert {e["spec_id"] for e in saved if e["decision"] == "STOP"} == \
+        set(table.loc[table["status"] == "stopped", "spec_id"])
     completions = Counter(l.split()[1] for l in (run / "completions.log").read_text().splitlines())
     assert max(completions.values()) == 1  # no trial trained to the end twice
     assert set(completions) == set(table.loc[table["status"] == "ok", "spec_id"])

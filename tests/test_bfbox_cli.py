@@ -80,6 +80,8 @@ def test_smoke_search_end_to_end_then_reuse_the_supernet(tmp_path, tiny_data):
         from detectors.spec import DetectorSpec
 
         assert 2.5 * 0.95 <= vga_gflops(DetectorSpec.from_yaml(text)) <= 2.5 * 1.05
+    # the smoke frame's band counts the detector's VGA MACs: the row's band column is gflops
+    assert (table["band_gflops"] - table["gflops"]).abs().max() < 1e-9
     assert (out / "analysis" / "report.md").is_file() and list((out / "analysis").glob("*.png"))
     supernets = list((out / "trials").glob("step0-*/supernet/checkpoint.pt"))
     assert len(supernets) == 1

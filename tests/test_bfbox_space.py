@@ -103,12 +103,14 @@ def _perturb(net) -> None:
             net.neck.attn_cond.normal_()
 
 
-@pytest.mark.parametrize("attention", [True, False])
-def test_supernet_path_equals_standalone_model(attention, one_torch_thread):
+@pytest.mark.parametrize("attention, head", [(True, {}), (False, {}),
+                                             # the paper budget's head: RetinaNet's towers
+                                             (True, {"head_type": "retinanet", "head_convs": 2})])
+def test_supernet_path_equals_standalone_model(attention, head, one_torch_thread):
     from dataclasses import replace
 
     torch.manual_seed(0)
-    space = replace(TINY, attention=attention)
+    space = replace(TINY, attention=attention, **head)
     net = build_supernet(space)
     _perturb(net)
     rng = np.random.default_rng(1)

@@ -195,6 +195,13 @@ HEADS = {
                      "ratios": [1.0]}),  # two anchors per cell
     ],
     "rsa_lrn": [_rsa(2)],
+    # RetinaNet's head (BFBox's detector): towers of conv + bias + ReLU, no norm
+    "retinanet": [
+        _scrfd_head({"type": "retinanet", "shared_towers": False, "num_convs": 4,
+                     "keypoints": True}),
+        _scrfd_head({"type": "retinanet", "shared_across_strides": False, "depthwise": True,
+                     "num_convs": 2, "scale": False}),
+    ],
 }
 
 

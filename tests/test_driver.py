@@ -22,7 +22,7 @@ import pytest
 
 from _cli import fakes_pythonpath
 from detectors.config import load_config
-from detectors.cost import vga_gflops
+from detectors.cost import cost, vga_gflops
 from detectors.spec import DetectorSpec
 from nas.results import COLUMNS, RunStore, cost_columns, failed_metrics
 
@@ -54,11 +54,14 @@ def test_results_columns_follow_the_contract_and_cost(tmp_path):
            **cost_columns(spec), **failed_metrics("ValueError: boom", 1.5)}
     store.add_row(row)
     table = pd.read_parquet(tmp_path / "trials.parquet")
-    assert list(table.columns) == COLUMNS
+    # gflops_mmcv (what an mmcv band counts) follows the contract's columns
+    assert list(table.columns) == COLUMNS + ["gflops_mmcv"]
     csv = pd.read_csv(tmp_path / "trials.csv")
-    assert list(csv.columns) == COLUMNS and csv.loc[0, "error"] == "ValueError: boom"
+    assert list(csv.columns) == COLUMNS + ["gflops_mmcv"] and csv.loc[0, "error"] == "ValueError: boom"
     r = table.iloc[0]
     assert math.isclose(r["gflops"], vga_gflops(spec), rel_tol=1e-12)
+    assert math.isclose(r["gflops_mmcv"], cost(spec, (640, 640)).mmcv_flops * 0.75 / 1e9,
+                        rel_tol=1e-12)
     comps = sum(r[f"gflops_{c}"] for c in ("stem", "c2", "c3", "c4", "c5", "neck", "head"))
     assert math.isclose(comps, r["gflops"], rel_tol=1e-12)
     backbone = sum(r[f"ratio_{c}"] for c in ("stem", "c2", "c3", "c4", "c5"))
@@ -116,9 +119,12 @@ def test_two_step_search_records_failed_trials_and_completes(tmp_path, data_dir,
     # a failing trial ran 1 + max_failures times, a good one once
     attempts = Counter(line.split()[1] for line in (out / "attempts.log").read_text().splitlines())
     assert all(attempts[i] == (2 if search_fakes.fails(i) else 1) for i in planned)
-    # every row within +-2% of 2.5 GFLOPs (independently recounted)
-    for spec_yaml in table["spec_yaml"]:
-        assert abs(vga_gflops(DetectorSpec.from_yaml(spec_yaml)) - 2.5) <= 0.05
+    # every row within +-2% of 2.5 GFLOPs as the band counts them (mmcv, independently
+    # recounted), and the row carries that count
+    assert store.read_config()["search"]["flops"] == "mmcv"
+    for spec_yaml, mmcv in zip(table["spec_yaml"], table["gflops_mmcv"]):
+        count = cost(DetectorSpec.from_yaml(spec_yaml), (640, 640)).mmcv_flops * 0.75 / 1e9
+        assert abs(count - 2.5) <= 0.05 and math.isclose(mmcv, count, rel_tol=1e-12)
     # step 2 respects step 1's ranges as the driver widened them
     from nas.spaces.scrfd import step2_ranges
 

@@ -68,9 +68,10 @@ def test_ablock_shapes_and_channels():
     kernels = [convs[f"context.branches.{i}.0"].kernel_size for i in range(4)]
     assert kernels == [(1, 1), (1, 3), (3, 1), (3, 3)]
     assert all(convs[f"context.branches.{i}.0"].out_channels == 4 for i in range(4))
-    # deeper map: 1x1 to 40 // 8 = 5; smoothing 3x3 over 16 + 5 = 21 -> 32
-    assert (convs["deep.0"].in_channels, convs["deep.0"].out_channels) == (40, 5)
-    assert (convs["smooth.0"].in_channels, convs["smooth.0"].out_channels) == (21, 32)
+    # deeper map: 1x1 to X / 8 = 2 (the paper: 256 / 8 = 32, whatever the deeper map's width);
+    # smoothing 3x3 over 16 + 2 = 18 -> 32
+    assert (convs["deep.0"].in_channels, convs["deep.0"].out_channels) == (40, 2)
+    assert (convs["smooth.0"].in_channels, convs["smooth.0"].out_channels) == (18, 32)
     assert convs["smooth.0"].kernel_size == (3, 3)
     out = block(torch.randn(2, 24, 9, 11), torch.randn(2, 40, 5, 6))  # odd: not an exact 2x
     assert out.shape == (2, 32, 9, 11)

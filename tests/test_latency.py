@@ -373,7 +373,7 @@ def test_a_latency_band_no_step2_spec_of_the_gflops_band_meets_is_refused_before
             str(table_path)]
     assert main(args) == 2
     line = one_line_error(capsys)
-    assert "step 2 could not be filled" in line and "2.5 GFLOPs +-2% and" in line, line
+    assert "step 2 could not be filled" in line and "2.5 GFLOPs (mmcv) +-2% and" in line, line
     assert "ms predicted on the latency table admits only 0 of the 4" in line, line
     assert not out.exists()
     # the same table and a band around those specs' latency: checked, and a run may start

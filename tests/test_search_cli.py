@@ -17,9 +17,11 @@ from _cli import facenas
 @pytest.mark.parametrize("args, words", [
     (["--gflops", "0.001"], ["0.001 GFLOPs", "spans"]),
     (["--gflops", "100000"], ["100000 GFLOPs", "spans"]),
+    # a band conv MACs could meet, but not mmcv's count (the default convention)
+    (["--gflops", "0.23"], ["0.23 GFLOPs +-3% counted as mmcv", "spans 0.238"]),
     # inside the space's extent, but a band so narrow that step 2 could never be filled
     (["--num-samples", "2", "--set", "tolerance=0.0000001"],
-     ["step 2 could not be filled", "2.5 GFLOPs +-1e-05%", "only 0 of the 4", "4,194,304 draws",
+     ["step 2 could not be filled", "2.5 GFLOPs (mmcv) +-1e-05%", "only 0 of the 4", "4,194,304 draws",
       "--set tolerance"]),
     (["--budget", "nonsense"], ["unknown budget", "smoke"]),
     (["--space", "nonsense"], ["unknown search space", "scrfd"]),
@@ -63,7 +65,7 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(out / "trials.parquet")
     # the contract's columns, then where each trial ran
-    assert list(table.columns) == COLUMNS + ["node_id", "host"]
+    assert list(table.columns) == COLUMNS + ["gflops_mmcv", "node_id", "host"]
     assert table["node_id"].str.len().gt(0).all()
     assert len(table) == 2 and table["spec_id"].nunique() == 2
     assert sorted(table["step"]) == [1, 2]

@@ -10,7 +10,7 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from detectors.cost import cost, vga_gflops
+from detectors.cost import cost
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from experiments import MODELS_DIR
@@ -21,6 +21,11 @@ from nas.results import cost_columns
 from search_spaces.scrfd.space import RATIO_QUANTITIES, ScrfdSpace, SpaceBounds, Step1Fixed
 
 REGIMES = (0.5, 2.5, 10.0, 34.0)
+
+
+def mmcv_gflops(spec: DetectorSpec) -> float:
+    """The band's count (the presets' default convention, mmcv), from detectors.cost."""
+    return cost(spec, (640, 640)).mmcv_flops * 0.75 / 1e9
 
 
 def _space(gflops: float) -> ScrfdSpace:
@@ -44,7 +49,7 @@ def test_320_specs_within_2_percent_and_paper_constraints(specs25, step):
     specs = specs25[step]
     assert len(specs) == 320 and len({s.id for s in specs}) == 320
     for spec in specs:
-        assert abs(vga_gflops(spec) - 2.5) <= 0.02 * 2.5  # independent count (detectors.cost)
+        assert abs(mmcv_gflops(spec) - 2.5) <= 0.02 * 2.5  # independent count (detectors.cost)
         widths = [st.width for st in spec.backbone.stages]
         depths = [st.depth for st in spec.backbone.stages]
         assert all(w % 8 == 0 and 8 <= w <= 512 for w in widths)
@@ -89,8 +94,9 @@ def test_every_preset_regime_is_sampled_within_band():
         space = _space(gflops)
         lo, hi = space.gflops_range(1)
         assert lo < gflops < hi
+        assert space.flops == "mmcv"
         for spec in space.sample(5, seed=0, step=2):
-            assert abs(vga_gflops(spec) - gflops) <= 0.02 * gflops
+            assert abs(mmcv_gflops(spec) - gflops) <= space.tolerance * gflops
             assert spec.backbone.stages[0].block == space.block
 
 
@@ -191,7 +197,7 @@ def _tiny(tolerance: float, batch_size: int = 256) -> tuple[ScrfdSpace, list[Det
         batch = type(batch)(np.array([w]), np.array([d]), np.array([16]), np.array([16]),
                             np.array([1]))
         everything.append(probe.to_spec(batch, 0))
-    costs = np.array([vga_gflops(s) for s in everything])
+    costs = np.array([mmcv_gflops(s) for s in everything])
     target = float(np.median(costs))
     space = ScrfdSpace(template, gflops=target, block="basic", step1=Step1Fixed(16, 16, 1),
                        bounds=bounds, tolerance=tolerance, batch_size=batch_size)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["BASELINE_CROPS", "SR_CROPS", "FLIP_ORDER", "Compose", "RandomSquareCrop", "RandomSquareCropResize", "Resize",
+__all__ = ["BASELINE_CROPS", "SR_CROPS", "FLIP_ORDER", "Compose", "RandomSquareCrop", "RandomSquareCropResize",
+           "DataAnchorSampling", "PYRAMIDBOX_ANCHORS", "Resize",
            "ResizeLongSide", "RandomFlip", "PhotoMetricDistortion", "colour_matrix", "MarkSmallIgnore", "Normalize",
            "build_train_transform", "build_test_transform"]
 
@@ -184,6 +185,89 @@ class RandomSquareCropResize(RandomSquareCrop):
                      keypoints_valid=kept["keypoints_valid"])
 
 
+PYRAMIDBOX_ANCHORS: tuple[float, ...] = (16, 32, 64, 128, 256, 512)
+
+
+class DataAnchorSampling:
+    """PyramidBox's data-anchor-sampling (Tang et al. 2018, sec. 3.4), used by BFBox and DSFD /
+    ASFD: with probability `p`, one face is resized to a drawn anchor scale, else `otherwise`
+    (the recipe's crop) runs.
+
+    A non-ignored face of size s = sqrt(w * h) is drawn uniformly; i_anchor = argmin_i
+    |anchor_i - s| (ties: the smaller anchor); i_target is uniform over {0, ..., min(i_anchor +
+    1, 5)}; the face's new size is anchor_{i_target} * 2**u, u ~ U(-1, 1) (PyramidBox's
+    s_target = random(s_i / 2, 2 s_i), drawn log-uniformly as its reference code does). The
+    image is scaled by f = target / s and a size x size square is cut around the face (the
+    face fully inside when it fits, else the square inside the face), mean-filled beyond
+    the image; faces whose centre leaves the square are dropped (the drawn face is kept),
+    the rest clipped. Only the square is resampled, never the whole scaled image. All
+    draws come from `rng` (detectors.batches' per-sample generator).
+    """
+
+    def __init__(self, size: int, p: float, otherwise: Callable,
+                 anchors: Sequence[float] = PYRAMIDBOX_ANCHORS) -> None:
+        self.size, self.p, self.otherwise = int(size), float(p), otherwise
+        self.anchors = tuple(float(a) for a in anchors)
+
+    def target_size(self, face: float, rng: np.random.Generator) -> tuple[int, float]:
+        """(i_target, new face size) for a face of size `face` (the class docstring)."""
+        i_anchor = int(np.argmin([abs(a - face) for a in self.anchors]))
+        i_target = int(rng.integers(0, min(i_anchor + 1, len(self.anchors) - 1) + 1))
+        return i_target, self.anchors[i_target] * 2.0 ** rng.uniform(-1.0, 1.0)
+
+    def choose(self, sample: Sample, rng: np.random.Generator) -> tuple[int, float, float, float] | None:
+        """(face index, new face size, left, top) of the square in source pixels, or None
+        when the sample has no face to draw."""
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4).astype(np.float64)
+        wh = boxes[:, 2:] - boxes[:, :2]
+        candidates = np.flatnonzero(~np.asarray(sample["ignore"], bool) & (wh > 0).all(1))
+        if not len(candidates):
+            return None
+        i = int(candidates[rng.integers(len(candidates))])
+        face = float(np.sqrt(wh[i, 0] * wh[i, 1]))
+        _, target = self.target_size(face, rng)
+        side = self.size * face / target  # the square's side in source pixels
+        lo, hi = [], []
+        for a in (0, 1):  # face inside the square when it fits, else the square inside the face
+            x1, x2 = boxes[i, a], boxes[i, a + 2]
+            lo.append(min(x2 - side, x1))
+            hi.append(max(x2 - side, x1))
+        left, top = (float(rng.uniform(lo[a], hi[a])) for a in (0, 1))
+        return i, target, left, top
+
+    def apply(self, sample: Sample, face: int, target: float, left: float, top: float) -> Sample:
+        img = _image(sample)
+        h, w = img.shape[:2]
+        boxes = np.asarray(sample["boxes"], np.float32).reshape(-1, 4).astype(np.float64)
+        f = target / float(np.sqrt(np.prod(boxes[face, 2:] - boxes[face, :2])))
+        out = np.empty((self.size, self.size, 3), np.uint8)
+        out[:] = _mean_colour(img)
+        # output pixels [p0, p1) per axis whose source lies inside the image
+        p0 = [max(0, int(np.ceil(-o * f))) for o in (left, top)]
+        p1 = [min(self.size, int(np.floor((e - o) * f))) for o, e in ((left, w), (top, h))]
+        if p1[0] > p0[0] and p1[1] > p0[1]:
+            box = tuple(float(np.clip(o + p / f, 0, e)) for o, p, e in
+                        ((left, p0[0], w), (top, p0[1], h), (left, p1[0], w), (top, p1[1], h)))
+            part = Image.fromarray(img).resize((p1[0] - p0[0], p1[1] - p0[1]), Image.BILINEAR,
+                                               box=box, reducing_gap=3.0)
+            out[p0[1]:p1[1], p0[0]:p1[0]] = np.asarray(part)
+        shift = np.array([left, top])
+        mapped = (boxes - np.tile(shift, 2)) * f
+        centres = (mapped[:, :2] + mapped[:, 2:]) / 2
+        keep = ((centres > 0) & (centres < self.size)).all(1)
+        keep[face] = True
+        kept = _keep(sample, keep)
+        kps = (np.asarray(kept["keypoints"], np.float64) - shift) * f
+        return _with(sample, image=out, boxes=np.clip(mapped[keep], 0, self.size).astype(np.float32),
+                     ignore=kept["ignore"], keypoints=kps.astype(np.float32),
+                     keypoints_valid=kept["keypoints_valid"])
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        rng = _rng(rng)
+        choice = self.choose(sample, rng) if rng.random() < self.p else None
+        return self.otherwise(sample, rng) if choice is None else self.apply(sample, *choice)
+
+
 class Resize:
     """Resize to (size, size) (bilinear); boxes and keypoints scale with the axes."""
 
@@ -323,10 +407,13 @@ class Normalize:
 
 def build_train_transform(train_size: int = 640, crop_choices: Sequence[float] = SR_CROPS,
                           min_face: float = 0.0, flip: bool = True, photometric: bool = True,
-                          max_tries: int = 50) -> Compose:
+                          max_tries: int = 50, data_anchor_sampling: float = 0.0) -> Compose:
     """SCRFD training pipeline: square crop -> resize to train_size -> photometric -> flip ->
-    mark faces under `min_face` px as ignore -> normalise. Output image (3, S, S)."""
+    mark faces under `min_face` px as ignore -> normalise. Output image (3, S, S).
+    `data_anchor_sampling` p > 0: PyramidBox's sampling replaces the crop with probability p."""
     steps: list[Callable] = [RandomSquareCropResize(train_size, crop_choices, max_tries)]
+    if data_anchor_sampling > 0:
+        steps = [DataAnchorSampling(train_size, data_anchor_sampling, otherwise=steps[0])]
     if photometric:
         steps.append(PhotoMetricDistortion())
     if flip:

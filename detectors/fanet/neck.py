@@ -12,8 +12,9 @@ conv_fc7(3), conv6_2(2), conv7_2(1): hierarchy 3 agglomerates from conv_fc7 down
 
 A-block (Fig. 2): the shallower map goes through the context module (1x1 conv to X, then four
 parallel branches 1x1, 1x3, 3x1, 3x3 of X/4 channels each, concatenated: 1:1:1:1); the deeper
-map is 1x1-reduced to N / deep_ratio (N its channels, ratio 8) and bilinearly upsampled to the
-shallower map's size; both are concatenated and smoothed by a 3x3 conv to `neck.channels`.
+map is 1x1-reduced to X / deep_ratio channels (§3.2: "to 1/8 of N (e.g., 32)", "the ratio of
+deeper and shallower feature in one A-block is set to 1/8": N = X = 256 -> 32, whatever the
+deeper map's own width) and bilinearly upsampled to the shallower map's size; both are concatenated and smoothed by a 3x3 conv to `neck.channels`.
 Every conv has a bias and a ReLU. As S3FD, the first backbone maps are L2-normalised with a
 learnable per-channel scale (`options.l2norm`: initial scales, S3FD's 10, 8, 5 for conv3_3,
 conv4_3, conv5_3; [] for none) before anything reads them. `options.context: false` replaces the context module by its
@@ -54,7 +55,8 @@ def _is_int(v) -> bool:
 class FANetOptions:
     """neck.options of `fanet`: depth = hierarchy levels m (1 = S3FD's maps, 3 = FANet);
     context_channels = X (divisible by 4: four equal branches); deep_ratio: the deeper map is
-    reduced to its channels // deep_ratio (at least 1); context: use the context module."""
+    reduced to X // deep_ratio channels (at least 1; the paper: 256 / 8 = 32); context: use the
+    context module."""
 
     depth: int = 3
     context_channels: int = 256
@@ -147,8 +149,9 @@ def _context_cost(c: Counter, cin: int, x: int, context: bool, h: int, w: int) -
             c.conv(x, x // 4, k, 1, h, w, norm=False)
 
 
-def _deep_channels(n: int, ratio: int) -> int:
-    return max(1, n // ratio)
+def _deep_channels(opts: FANetOptions) -> int:
+    """The deep branch's width: X / deep_ratio (the paper's 1:8 of deeper to shallower)."""
+    return max(1, opts.context_channels // opts.deep_ratio)
 
 
 class ABlock(nn.Module):
@@ -158,7 +161,7 @@ class ABlock(nn.Module):
     def __init__(self, c_shallow: int, c_deep: int, cout: int, opts: FANetOptions) -> None:
         super().__init__()
         self.context = ContextModule(c_shallow, opts.context_channels, opts.context)
-        nd = _deep_channels(c_deep, opts.deep_ratio)
+        nd = _deep_channels(opts)
         self.deep = _conv(c_deep, nd, 1)
         self.smooth = _conv(opts.context_channels + nd, cout, 3)
 
@@ -172,7 +175,7 @@ def ablock_cost(c: Counter, c_shallow: int, c_deep: int, cout: int, opts: FANetO
                 shallow_hw: tuple[int, int], deep_hw: tuple[int, int]) -> None:
     h, w = shallow_hw
     _context_cost(c, c_shallow, opts.context_channels, opts.context, h, w)
-    nd = _deep_channels(c_deep, opts.deep_ratio)
+    nd = _deep_channels(opts)
     c.conv(c_deep, nd, 1, 1, *deep_hw, norm=False)
     c.conv(opts.context_channels + nd, cout, 3, 1, h, w, norm=False)
 

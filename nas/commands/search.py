@@ -5,7 +5,9 @@ computation-redistribution search by default.
                    [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
-                   [--reduction-factor RF] [--preset FILE] [--set KEY=VALUE ...]
+                   [--reduction-factor RF] [--keep-checkpoints N|all] [--preset FILE]
+                   [--set KEY=VALUE ...] [--no-flops-band]
+                   [--prescreen naswot|synflow|grad_norm|zico [--prescreen-keep F]]
     facenas search --resume RUN_DIR      (finishes the same plan after an interruption)
 """
 
@@ -14,6 +16,19 @@ from __future__ import annotations
 import argparse
 
 __all__ = ["add_arguments", "run"]
+
+
+def _keep_checkpoints(value: str) -> int | None:
+    """--keep-checkpoints: a count >= 1, or 'all' (None: Tune keeps every one)."""
+    if value == "all":
+        return None
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a count >= 1 or 'all'")
+    return n
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,6 +48,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the runtime the table must have been profiled for")
     parser.add_argument("--latency-device", default=None, choices=("cpu", "cuda"),
                         help="the device the table must have been profiled for")
+    parser.add_argument("--no-flops-band", action="store_true",
+                        help="sample without a FLOPs band (bfbox: the paper's unconstrained "
+                             "candidates, e.g. with --strategy random); --gflops then only names "
+                             "the run")
     parser.add_argument("--budget", default="quick",
                         help="smoke | quick | paper: trial count and training scale (default quick)")
     parser.add_argument("--num-samples", type=int, default=None,
@@ -66,6 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--reduction-factor", type=float, default=None,
                         help="ASHA's reduction factor rf >= 2: rungs grace x rf^k, keeping the "
                              "top 1/rf at each (default 3)")
+    parser.add_argument("--keep-checkpoints", type=_keep_checkpoints, default=1,
+                        metavar="N|all",
+                        help="Tune checkpoints kept per trial in RUN_DIR/ray (default 1: the "
+                             "latest, all a resume needs); also applies to --resume")
     parser.add_argument("--rung-metric", default=None, choices=("ap", "loss"),
                         help="what ASHA compares at a rung: the hard AP (default) or the "
                              "training loss (better early: AP is ~0 before a short schedule "
@@ -77,6 +100,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="KEY=VALUE",
                         help="override a key of the resolved search config (repeatable; dotted "
                              "keys, YAML values), e.g. --set recipe.schedule.total=600")
+    parser.add_argument("--prescreen", default=None, metavar="PROXY",
+                        help="score 1/F times as many sampled specs with a zero-cost proxy "
+                             "(naswot, synflow, grad_norm, zico) and train only the best F of them "
+                             "(docs/proxies.md)")
+    parser.add_argument("--prescreen-keep", type=float, default=None, metavar="F",
+                        help="with --prescreen: the fraction F in (0, 1] of the sampled specs "
+                             "trained (default 0.25)")
     from nas.space_table import add_space_arguments
 
     add_space_arguments(parser)  # each space's own options, in its own group
@@ -84,9 +114,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
-           "resume", "verbose", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
+           "resume", "verbose", "keep_checkpoints", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
            "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
-           "preset", "overrides"}
+           "preset", "overrides", "no_flops_band", "prescreen", "prescreen_keep"}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -95,7 +125,7 @@ def run(args: argparse.Namespace) -> int:
 
     opts = SearchOptions(
         space=args.space, gflops=args.gflops, preset=args.preset, overrides=list(args.overrides),
-        gflops_band=args.gflops is not None or args.latency_ms is None,
+        gflops_band=not args.no_flops_band and (args.gflops is not None or args.latency_ms is None),
         latency_ms=args.latency_ms, latency_table=args.latency_table,
         latency_tolerance=args.latency_tolerance, latency_runtime=args.latency_runtime,
         latency_device=args.latency_device, budget=args.budget, num_samples=args.num_samples,
@@ -104,6 +134,8 @@ def run(args: argparse.Namespace) -> int:
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
         resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,
         grace=args.grace, reduction_factor=args.reduction_factor, rung_metric=args.rung_metric,
+        keep_checkpoints=args.keep_checkpoints,
+        prescreen=args.prescreen, prescreen_keep=args.prescreen_keep,
         space_options={k: v for k, v in vars(args).items() if k not in _COMMON and k not in ("func", "command")
                        and not k.startswith("_")})
     _, finished = run_search(opts)

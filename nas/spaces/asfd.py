@@ -184,6 +184,9 @@ def check(cfg: dict[str, Any]) -> None:
     from nas.strategies.darts import DartsSettings
     from search_spaces.asfd.supernet import SupernetConfig
 
+    if not cfg.get("gflops_band", True) and not cfg.get("latency"):
+        raise UserError("--no-flops-band: the asfd space has no FLOPs band to drop (--gflops "
+                        "picks its base network)")
     apply_latency(cfg)
     base_spec(cfg)
     SupernetConfig(**(cfg.get("supernet") or {}))

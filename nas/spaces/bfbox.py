@@ -207,8 +207,13 @@ def evaluate_candidate(search: dict[str, Any], spec_yaml: str, supernet_path: st
     from nas.strategies.candidates import evaluate_candidate as evaluate
 
     test = search["recipe"]["test"]
-    return evaluate(search["frame"], spec_yaml, supernet_path, data_root, search["candidates"],
-                    search["seed"], test["score_thresh"], test["iou_thresh"])
+    metrics = evaluate(search["frame"], spec_yaml, supernet_path, data_root, search["candidates"],
+                       search["seed"], test["score_thresh"], test["iou_thresh"])
+    # the column the band applies to, beside the contract's VGA `gflops`
+    space = space_of(search)
+    metrics["band_gflops"] = float(space.band_gflops(
+        space.encode(space.from_spec(DetectorSpec.from_yaml(spec_yaml))))[0])
+    return metrics
 
 
 def scored_rows(rows: list[dict[str, Any]]) -> list[tuple[str, float]]:

@@ -71,7 +71,7 @@ def preset_path(gflops: float) -> Path:
 
 PRESET = PresetRules(
     path=preset_path,
-    keys=frozenset({"space", "gflops", "tolerance", "block", "template", "gn_groups", "bounds",
+    keys=frozenset({"space", "gflops", "flops", "tolerance", "block", "template", "gn_groups", "bounds",
                     "step1", "step2", "top_k", "recipe", "retrain_recipe", "budgets"}),
     # a retraining config's budget keys (recipe, synthetic) plus the search's own
     budget_keys=frozenset({"num_samples", "max_iterations", *CONFIG_BUDGET_KEYS}),
@@ -97,6 +97,8 @@ def resolve(preset: dict[str, Any], budget: dict[str, Any], opts: SearchOptions)
         raise UserError(f"--steps must be 1, 2 or both, got {opts.steps!r}")
     return {
         "space": "scrfd", "preset": None, "gflops": float(opts.gflops),
+        # what --gflops counts: mmcv's flops, as the SCRFD tables (default), or conv MACs
+        "flops": str(preset.get("flops", "mmcv")),
         "tolerance": float(preset.get("tolerance", 0.02)), "block": preset["block"],
         "gn_groups": int(preset.get("gn_groups", 16)), "bounds": dict(preset.get("bounds", {})),
         "step1": dict(preset["step1"]), "step2": dict(preset.get("step2", {})),
@@ -141,7 +143,9 @@ def check(search: dict[str, Any]) -> None:
 def _step2_need(search: dict[str, Any]) -> int:
     """Distinct whole-space specs that guarantee step 2's plan: its num_samples, plus as many
     again when step 1 runs (step 2 skips specs step 1 planned, at most num_samples of them)."""
-    n = int(search["num_samples"])
+    from nas.strategies.prescreen import sampled_count
+
+    n = sampled_count(search, int(search["num_samples"]))  # --prescreen samples more
     return 2 * n if 1 in steps(search) else n
 
 
@@ -161,7 +165,8 @@ def check_step2_fills(space: "ScrfdSpace", search: dict[str, Any]) -> None:
 
 
 def phases(search: dict[str, Any]) -> list[Phase]:
-    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else plan_step2)
+    return [Phase(step=s, label=f"step {s}", plan=_plan_step1 if s == 1 else plan_step2,
+                  prescreen="num_samples")  # both steps sample the specs they train
             for s in steps(search)]
 
 
@@ -182,7 +187,9 @@ def build_space(search: dict[str, Any]) -> "ScrfdSpace":
     return ScrfdSpace(DetectorSpec.from_dict(search["template"]), gflops=search["gflops"],
                       block=search["block"], step1=step1, tolerance=search["tolerance"],
                       gn_groups=search["gn_groups"], bounds=bounds, latency=latency,
-                      flops_band=search.get("gflops_band", True))
+                      flops_band=search.get("gflops_band", True),
+                      # a run configured before the key existed banded conv MACs
+                      flops=search.get("flops", "macs"))
 
 
 def trial_schedule(search: dict[str, Any]) -> Schedule:
@@ -201,13 +208,15 @@ def trial_iterations(search: dict[str, Any]) -> int | None:
 
 
 def step2_ranges(store: RunStore, search: dict[str, Any]) -> dict[str, tuple[float, float]] | None:
-    """Step 1's bootstrap ranges of the backbone ratios, widened to the preset's
-    `step2.min_range_width` (None if step 1 was not run)."""
+    """Step 1's bootstrap ranges of the backbone ratios; those that fewer than
+    `step2.min_support` step-1 specs support widened to `step2.min_range_width` (None if step 1
+    was not run)."""
+    from nas.strategies.two_step import MIN_SUPPORT
     from search_spaces.scrfd.space import RATIO_QUANTITIES
 
-    return bootstrap_step2_ranges(store, search["seed"],
-                                  float(search["step2"].get("min_range_width", 0.0)),
-                                  RATIO_QUANTITIES)
+    step2 = search["step2"]
+    return bootstrap_step2_ranges(store, search["seed"], float(step2.get("min_range_width", 0.0)),
+                                  RATIO_QUANTITIES, int(step2.get("min_support", MIN_SUPPORT)))
 
 
 def _sample(store: RunStore, search: dict[str, Any], step: int,
@@ -236,6 +245,7 @@ def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
     ranges = step2_ranges(store, search)
     if ranges is None:  # step 1 not run: the whole space
         return _sample(store, search, 2, None)
+    _say_narrow(store)
     space = build_space(search)
     num, seed = int(search["num_samples"]), sample_seed(search["seed"], 2)
     exclude = store.read_plan(1) or []
@@ -276,6 +286,22 @@ def plan_step2(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]:
         print(f"step 2: planned {len(specs)} specs in {took} within step-1 ranges "
               f"{_fmt_ranges(wide)}", file=sys.stderr)
     return specs
+
+
+def _say_narrow(store: RunStore) -> None:
+    """One line naming the step-1 ranges widened for lack of support (plan/step2_narrow.csv)."""
+    from nas.strategies.two_step import NARROW_FILE
+
+    path = store.run_dir / "plan" / NARROW_FILE
+    if path.is_file():
+        import pandas as pd
+
+        rows = pd.read_csv(path)
+        said = ", ".join(f"{r.quantity[6:]} {r.low:.3f}-{r.high:.3f} -> {r.low_used:.3f}-"
+                         f"{r.high_used:.3f} ({int(r.support)} specs)" for r in rows.itertuples())
+        print(f"step 2: step 1's population is too small to support {len(rows)} range(s), "
+              f"fewer than {int(rows['min_support'].iloc[0])} step-1 specs inside each: widened "
+              f"to step2.min_range_width: {said} (plan/{NARROW_FILE})", file=sys.stderr)
 
 
 def _write_widening(path: Path, tried: list[dict[str, Any]]) -> None:

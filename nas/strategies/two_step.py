@@ -14,7 +14,13 @@ from typing import Sequence
 from detectors.errors import UserError
 from nas.results import COLUMNS, RunStore
 
-__all__ = ["step2_ranges", "sample_seed", "widen"]
+__all__ = ["step2_ranges", "sample_seed", "widen", "support", "MIN_SUPPORT", "NARROW_FILE"]
+
+# A step-1 range is supported when at least this many successful step-1 specs (all inside the
+# budget band) have the quantity inside it; an unsupported range narrower than the preset's
+# `step2.min_range_width` is widened to it (`step2.min_support` overrides the count).
+MIN_SUPPORT = 5
+NARROW_FILE = "step2_narrow.csv"  # in RUN_DIR/plan/: the ranges widened for lack of support
 
 
 def sample_seed(search_seed: int, step: int) -> int:
@@ -22,13 +28,22 @@ def sample_seed(search_seed: int, step: int) -> int:
     return search_seed + 1000 * step
 
 
-def step2_ranges(store: RunStore, seed: int, min_width: float, quantities: Sequence[str]
-                 ) -> dict[str, tuple[float, float]] | None:
+def support(values: Sequence[float], low: float, high: float) -> int:
+    """How many of step 1's values lie inside [low, high]."""
+    return sum(1 for v in values if low <= v <= high)
+
+
+def step2_ranges(store: RunStore, seed: int, min_width: float, quantities: Sequence[str],
+                 min_support: int = MIN_SUPPORT) -> dict[str, tuple[float, float]] | None:
     """Step 1's bootstrap ranges of `quantities` (None if step 1 was not run).
 
-    Ranges narrower than `min_width` are widened around their centre: a small population
-    (smoke/quick) can put every bootstrap winner on one model, which would leave step 2 a
-    single point to sample from.
+    A range is widened to `min_width` around its centre only when step 1's population is too
+    small to support it: fewer than `min_support` successful step-1 specs have the quantity
+    inside it (a small population, smoke/quick, can put every bootstrap winner on one model,
+    which would leave step 2 a single point to sample from). A well-supported range is kept
+    as the bootstrap gave it, however narrow. The widened ones are recorded in
+    plan/step2_narrow.csv (quantity, low, high, support, min_support, low_used, high_used),
+    which the analysis report quotes; no file means none was widened.
     """
     from analysis.bootstrap import bootstrap_ranges, read_ranges_csv, write_ranges_csv
     import pandas as pd
@@ -48,13 +63,33 @@ def step2_ranges(store: RunStore, seed: int, min_width: float, quantities: Seque
     ranges = read_ranges_csv(path)
     if "quantity" in ranges.columns:
         ranges = ranges.set_index("quantity")
-    out = {}
+    ok = [r for r in rows if r.get("status") == "ok"]
+    out, narrow = {}, []
     for q in quantities:
         if q in ranges.index:
             low, high = float(ranges.loc[q, "low"]), float(ranges.loc[q, "high"])
-            pad = max(0.0, (min_width - (high - low)) / 2)
+            n = support([float(r[q]) for r in ok], low, high)
+            pad = max(0.0, (min_width - (high - low)) / 2) if n < min_support else 0.0
             out[q] = (max(0.0, low - pad), min(1.0, high + pad))
+            if pad:
+                narrow.append({"quantity": q, "low": low, "high": high, "support": n,
+                               "min_support": int(min_support), "low_used": out[q][0],
+                               "high_used": out[q][1]})
+    _record_narrow(store.run_dir / "plan" / NARROW_FILE, narrow)
     return out
+
+
+def _record_narrow(path, narrow: list[dict]) -> None:
+    import pandas as pd
+
+    from nas.results import atomic_write_text
+
+    if not narrow:
+        path.unlink(missing_ok=True)
+        return
+    text = pd.DataFrame(narrow).to_csv(index=False)
+    if not path.is_file() or path.read_text() != text:  # the same ranges every call
+        atomic_write_text(path, text)
 
 
 def widen(ranges: dict[str, tuple[float, float]], fraction: float

@@ -13,6 +13,12 @@ Every path is a plain DetectorSpec (backbone stages list their per-layer blocks,
 Because every block of a layer maps the same channels to the same size, a path's MACs are a
 fixed part plus one term per choice: `gene_macs` tabulates them (tests: equal to cost(spec)),
 so FLOPs-band sampling is a vectorised table lookup over thousands of candidates at once.
+
+What the FLOPs band counts is the frame's `flops` convention (FLOPS_CONVENTIONS):
+`detector_vga`, the whole detector's MACs at 640x640 x 0.75 (the SCRFD tables' frame), or
+`backbone_224`, the backbone's MACs at 224x224, the ImageNet convention in which BFBox's Table 9
+quotes its backbones (ResNet-50 + FPN 3.8G, ResNet-101 + FPN 7.6G: He et al.'s 224x224
+multiply-adds of the backbones alone; docs/bfbox.md has the evidence).
 Genes: one integer per backbone layer, then one per merge input, then one per merge RF module.
 """
 
@@ -31,7 +37,8 @@ from detectors.bfbox.blocks import DEEP_KERNELS, DENSE, SHALLOW_KERNELS, TWO_KER
 from detectors.errors import UserError
 from detectors.spec import AnchorSpec, BackboneSpec, DetectorSpec, HeadSpec, NeckSpec, StageSpec
 
-__all__ = ["KINDS", "BFBoxSpace", "BFBoxPath", "DEFAULT_TOLERANCE", "latency_tables"]
+__all__ = ["KINDS", "BFBoxSpace", "BFBoxPath", "DEFAULT_TOLERANCE", "FLOPS_CONVENTIONS",
+           "HEAD_TYPES", "latency_tables"]
 
 # Block kinds in FDB order: (name, shallow-stage blocks, deep-stage blocks). Kinds 5 and 6
 # (ResNet basic, MobileNet unit) are the "state-of-the-art blocks" the paper tried and
@@ -49,6 +56,13 @@ DEEP_KINDS = 3  # "only the first three blocks are for deep layers"
 DEFAULT_TOLERANCE = 0.05
 _LEVELS = (2, 3, 4, 5, 6, 7)
 _VGA = 0.75
+# What --gflops counts (see the module docstring), and the input side of backbone_224.
+FLOPS_CONVENTIONS = {"detector_vga": "VGA GFLOPs (detector MACs, 640x640 x 0.75)",
+                     "backbone_224": "GFLOPs (backbone MACs at 224x224, BFBox Table 9)"}
+_IMAGENET = 224
+# scrfd: SCRFD's head (GN towers, cls and box share one); retinanet: RetinaNet's (BFBox's
+# detector): separate cls and box towers of conv + ReLU, no norm.
+HEAD_TYPES = ("scrfd", "retinanet")
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,8 @@ class BFBoxSpace:
     merges: int = 5
     attention: bool = True
     input_size: int = 640
+    head_type: str = "scrfd"
+    flops: str = "detector_vga"
     # (LatencyTable, low ms, high ms): a predicted-latency band (set by the search from
     # --latency-ms, never part of the frame's config)
     latency: Any = dataclasses.field(default=None, compare=False, repr=False)
@@ -94,6 +110,12 @@ class BFBoxSpace:
             raise UserError("bfbox depths must be >= 1 and shallow_stages within 0..6")
         if not 1 <= self.merges <= len(_LEVELS):
             raise UserError(f"bfbox merges must be 1..{len(_LEVELS)}, got {self.merges}")
+        if self.head_type not in HEAD_TYPES:
+            raise UserError(f"bfbox head_type {self.head_type!r} is not one of "
+                            f"{', '.join(HEAD_TYPES)}")
+        if self.flops not in FLOPS_CONVENTIONS:
+            raise UserError(f"bfbox flops {self.flops!r} is not one of "
+                            f"{', '.join(FLOPS_CONVENTIONS)}")
         self.template(self.default_path())  # validates widths/channels through DetectorSpec
 
     # ---- plain data ---------------------------------------------------------------------
@@ -181,7 +203,8 @@ class BFBoxSpace:
             neck=NeckSpec("bfbox_fpn", self.neck_channels, in_levels=_LEVELS, options=options),
             # >= 4 channels per GroupNorm group: C7 is 1x1 at small training sizes
             head=HeadSpec(channels=self.head_channels, num_convs=self.head_convs,
-                          gn_groups=max(1, min(16, self.head_channels // 4))),
+                          gn_groups=max(1, min(16, self.head_channels // 4)),
+                          type=self.head_type, shared_towers=self.head_type == "scrfd"),
             anchors=AnchorSpec(strides=tuple(2**lv for lv in _LEVELS),
                                base_sizes=tuple(4 * 2**lv for lv in _LEVELS),  # 16 .. 512
                                scales=(1.0,), ratios=(1.0,)),
@@ -215,19 +238,36 @@ class BFBoxSpace:
             macs += table[genes[:, g]]
         return macs * _VGA / 1e9
 
+    @functools.cached_property
+    def _band_tables(self) -> tuple[int, list[np.ndarray], float]:
+        """(fixed, per-gene tables, scale to GFLOPs) of what the band counts (`flops`)."""
+        if self.flops == "detector_vga":
+            return (*self._macs_tables, _VGA / 1e9)
+        return (*_backbone_tables(self, (_IMAGENET, _IMAGENET)), 1 / 1e9)
+
+    def band_gflops(self, genes: np.ndarray) -> np.ndarray:
+        """GFLOPs of gene rows (B, G) as the band counts them (the frame's `flops`)."""
+        fixed, tables, scale = self._band_tables
+        genes = np.atleast_2d(np.asarray(genes, dtype=np.int64))
+        count = np.full(genes.shape[0], fixed, dtype=np.int64)
+        for g, table in enumerate(tables):
+            count += table[genes[:, g]]
+        return count * scale
+
     def gflops_range(self) -> tuple[float, float]:
-        """(min, max) VGA GFLOPs over all paths (each gene's cheapest / dearest choice)."""
-        fixed, tables = self._macs_tables
+        """(min, max) GFLOPs, as the band counts them, over all paths (each gene's cheapest /
+        dearest choice)."""
+        fixed, tables, scale = self._band_tables
         lo = fixed + sum(int(t.min()) for t in tables)
         hi = fixed + sum(int(t.max()) for t in tables)
-        return lo * _VGA / 1e9, hi * _VGA / 1e9
+        return lo * scale, hi * scale
 
     def check_feasible(self, gflops: float, tolerance: float = DEFAULT_TOLERANCE) -> None:
         """UserError (one line, with the space's min and max) when no path meets the band."""
         lo, hi = self.gflops_range()
         if not (gflops > 0 and gflops * (1 + tolerance) >= lo and gflops * (1 - tolerance) <= hi):
             raise UserError(f"no bfbox path meets --gflops {gflops:g} (+-{tolerance:.0%}): this "
-                            f"space spans {lo:.3f} to {hi:.3f} VGA GFLOPs")
+                            f"space spans {lo:.3f} to {hi:.3f} {FLOPS_CONVENTIONS[self.flops]}")
 
     def check_latency(self) -> None:
         """UserError (one line, with the space's fastest and slowest path on the table) when
@@ -271,7 +311,7 @@ class BFBoxSpace:
         """Rows inside the FLOPs band (when gflops is given) and the latency band (when set)."""
         ok = np.ones(len(genes), dtype=bool)
         if gflops is not None:
-            g = self.vga_gflops(genes)
+            g = self.band_gflops(genes)
             ok &= (g >= gflops * (1 - tolerance)) & (g <= gflops * (1 + tolerance))
         if self.latency is not None:
             ms = self.latency_ms(genes)  # NaN (the table lacks a layer) fails both
@@ -298,8 +338,9 @@ class BFBoxSpace:
                     rows.append(row)
                     if len(rows) == num:
                         return np.stack(rows)
-        raise UserError(f"found only {len(rows)} of {num} distinct bfbox paths within "
-                        f"{gflops} GFLOPs +-{tolerance:.0%}; widen the band or ask for fewer")
+        band = "the whole space" if gflops is None else f"{gflops} GFLOPs +-{tolerance:.0%}"
+        raise UserError(f"found only {len(rows)} of {num} distinct bfbox paths within {band}; "
+                        "widen the band or ask for fewer")
 
 
 def _macs_tables(space: BFBoxSpace) -> tuple[int, list[np.ndarray]]:
@@ -309,6 +350,16 @@ def _macs_tables(space: BFBoxSpace) -> tuple[int, list[np.ndarray]]:
 
     fixed, tables = _choice_tables(space, (space.input_size, space.input_size),
                                    lambda _: Counter(), lambda c: c.m, np.int64)
+    return int(fixed), tables
+
+
+def _backbone_tables(space: BFBoxSpace, hw: tuple[int, int]) -> tuple[int, list[np.ndarray]]:
+    """(stem MACs, per gene MACs per choice) of the backbone alone at `hw`: the FPN genes
+    (inputs, RF modules) count nothing."""
+    from detectors.macs import Counter
+
+    fixed, tables = _choice_tables(space, hw, lambda _: Counter(), lambda c: c.m, np.int64,
+                                   backbone_only=True)
     return int(fixed), tables
 
 
@@ -325,9 +376,11 @@ def latency_tables(space: BFBoxSpace, table: Any) -> tuple[float, list[np.ndarra
     return fixed + table.fit.overhead_ms, tables
 
 
-def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype):
+def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype,
+                   backbone_only: bool = False):
     """(value of the fixed parts, per gene an array of values per choice): every choice's cost
-    functions run into a fresh counter `make(component)`, read by `value(counter)`."""
+    functions run into a fresh counter `make(component)`, read by `value(counter)`; with
+    `backbone_only` the neck and head count nothing."""
     from detectors.bfbox.fpn import rf_cost
     from detectors.catalog import block_entry, head_entry, stem_entry
 
@@ -346,6 +399,10 @@ def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype):
             tables.append(np.asarray(row, dtype=dtype))
             (h, w), cin, i = out, width, i + 1
         sizes.append((h, w))
+    if backbone_only:
+        tables += [np.zeros(len(space.merge_inputs(k)), dtype=dtype) for k in range(space.merges)]
+        tables += [np.zeros(len(RF_MODULES), dtype=dtype) for _ in range(space.merges)]
+        return value(stem), tables
     n = space.neck_channels
     laterals = make("neck")
     for cin, (h, w) in zip(space.widths, sizes):
@@ -361,6 +418,6 @@ def _choice_tables(space: BFBoxSpace, hw: tuple[int, int], make, value, dtype):
         tables.append(np.asarray(row, dtype=dtype))
     spec = space.template(space.default_path())
     head = make("head")
-    head_entry("scrfd").cost(head, spec.head, n, sizes, spec.anchors.num_anchors)
+    head_entry(spec.head.type).cost(head, spec.head, n, sizes, spec.anchors.num_anchors)
     fixed.append(head)
     return sum(value(c) for c in fixed), tables

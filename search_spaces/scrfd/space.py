@@ -9,8 +9,12 @@ groups are the regime's groups reduced to a divisor of h. The block type is fixe
 Sampling is rejection sampling, vectorised: draw a large batch of candidates uniformly (widths
 uniform over the non-decreasing 4-tuples, as i.i.d. draws with decreasing ones rejected),
 compute their MACs per component with a closed form that mirrors `detectors.cost.cost` for
-this family (tests assert exact equality), keep those within the budget band (VGA GFLOPs = 640x640 MACs x 0.75, +-tolerance) and, in step 2, whose backbone
-ratios lie inside step 1's bootstrap ranges. Specs are constructed only for accepted rows.
+this family (tests assert exact equality), keep those within the budget band (VGA GFLOPs =
+640x640 count x 0.75, +-tolerance) and, in step 2, whose backbone ratios (shares of MACs) lie
+inside step 1's bootstrap ranges. The band's count is the `flops` convention: `mmcv` (the
+SCRFD tables': mmcv's flops counter, i.e. conv MACs plus conv biases, 2 per normalised
+element, 1 per ReLU element and the pools' inputs; `CostReport.mmcv_flops`) or `macs` (conv
+MACs only); the mmcv extras have their own closed form (`_family_extra`, equal to cost()). Specs are constructed only for accepted rows.
 Values that no completion can bring into the band are dropped from the draw tables first
 (MACs grow with every variable), which keeps sampling uniform over the valid specs.
 The MobileNet stem (0.5GF regime) is w1 / 2 wide (at least 8); the deep ResNet stem is w1.
@@ -32,9 +36,11 @@ from detectors.errors import UserError
 from detectors.spec import DetectorSpec
 from search_spaces.scrfd.widths import head_gn_groups, stem_width
 
-__all__ = ["BLOCKS", "RATIO_QUANTITIES", "BandPool", "ScrfdSpace", "SpaceBounds", "Step1Fixed"]
+__all__ = ["BLOCKS", "FLOPS_CONVENTIONS", "RATIO_QUANTITIES", "BandPool", "ScrfdSpace", "SpaceBounds", "Step1Fixed"]
 
 BLOCKS = ("basic", "bottleneck", "depthwise")
+# What the budget band counts: mmcv's flops (the SCRFD tables) or conv MACs alone.
+FLOPS_CONVENTIONS = ("mmcv", "macs")
 # Backbone ratios that step 1's ranges constrain in step 2 (results-table column names).
 RATIO_QUANTITIES = ("ratio_stem", "ratio_c2", "ratio_c3", "ratio_c4", "ratio_c5")
 _COMPONENTS = ("stem", "c2", "c3", "c4", "c5", "neck", "head")
@@ -103,16 +109,21 @@ class ScrfdSpace:
     """The space of one regime: a template spec (anchors, head flags) plus the free values.
 
     `template` supplies everything the search does not change; `block` its backbone block type;
-    `gflops` the target (VGA) and `tolerance` the accepted relative band.
+    `gflops` the target (VGA) and `tolerance` the accepted relative band, counted in the
+    `flops` convention (FLOPS_CONVENTIONS).
     """
 
     def __init__(self, template: DetectorSpec, *, gflops: float, block: str,
                  step1: Step1Fixed, tolerance: float = 0.02, gn_groups: int = 16,
                  bounds: SpaceBounds = SpaceBounds(), batch_size: int = 1 << 17,
                  max_batches: int = 400, latency: tuple[Any, float, float] | None = None,
-                 flops_band: bool = True) -> None:
+                 flops_band: bool = True, flops: str = "mmcv") -> None:
         if block not in BLOCKS:
             raise UserError(f"unknown block type {block!r}; valid: {', '.join(BLOCKS)}")
+        if flops not in FLOPS_CONVENTIONS:
+            raise UserError(f"flops convention {flops!r} is not one of "
+                            f"{', '.join(FLOPS_CONVENTIONS)} (search key `flops`)")
+        self.flops = flops
         if not gflops > 0:
             raise UserError(f"--gflops must be positive, got {gflops}")
         self.template, self.gflops, self.block = template, float(gflops), block
@@ -134,7 +145,8 @@ class ScrfdSpace:
 
     # -- public API ----------------------------------------------------------------------------
     def gflops_range(self, step: int) -> tuple[float, float]:
-        """Analytic (min, max) VGA GFLOPs of the step's space (MACs grow with every variable)."""
+        """Analytic (min, max) VGA GFLOPs of the step's space in the band's convention (MACs
+        and mmcv's extras grow with every variable)."""
         lo, hi = self._corner(step, low=True), self._corner(step, low=False)
         return (float(self.vga_gflops(lo)[0]), float(self.vga_gflops(hi)[0]))
 
@@ -222,7 +234,8 @@ class ScrfdSpace:
     def band_text(self) -> str:
         """The budget band(s) in words, e.g. '2.5 GFLOPs +-2% and 54-60 ms predicted on the
         latency table'."""
-        budget = f"{self.gflops:g} GFLOPs +-{100 * self.tolerance:.3g}%" if self.flops_band else ""
+        budget = (f"{self.gflops:g} GFLOPs ({self.flops}) +-{100 * self.tolerance:.3g}%"
+                  if self.flops_band else "")
         if self.latency is not None:
             budget += (" and " if budget else "") + (
                 f"{self.latency[1]:.3g}-{self.latency[2]:.3g} ms predicted on the latency table")
@@ -232,7 +245,7 @@ class ScrfdSpace:
                ) -> np.ndarray:
         """Boolean mask (B,) of candidates inside the budget band and the given ratio ranges."""
         macs = self.macs(batch)
-        gf = sum(macs.values()) * _VGA / 1e9
+        gf = self._count(batch, macs) * _VGA / 1e9
         ok = (np.abs(gf - self.gflops) <= self.tolerance * self.gflops if self.flops_band
               else np.ones(len(gf), dtype=bool))
         if ranges:
@@ -249,7 +262,20 @@ class ScrfdSpace:
         return [self.to_spec(self._corner(step, low=x), 0) for x in (True, False)]
 
     def vga_gflops(self, batch: _Batch) -> np.ndarray:
-        return sum(self.macs(batch).values()) * _VGA / 1e9
+        """VGA GFLOPs of each candidate in the band's convention (`flops`)."""
+        return self._count(batch) * _VGA / 1e9
+
+    def _count(self, batch: _Batch, macs: Mapping[str, np.ndarray] | None = None) -> np.ndarray:
+        """What the band counts at 640x640, int64 (B,): MACs, plus mmcv's extras under 'mmcv'."""
+        total = sum((self.macs(batch) if macs is None else macs).values())
+        if self.flops == "mmcv":
+            total = total + sum(self.mmcv_extra(batch).values())
+        return total
+
+    def mmcv_extra(self, batch: _Batch) -> dict[str, np.ndarray]:
+        """mmcv's non-conv operations per component at 640x640 (int64 (B,)); mirrors the
+        cost functions' `Counter.e`: CostReport.mmcv_flops = MACs + these."""
+        return _family_extra(self.block, self.template, batch)
 
     def macs(self, batch: _Batch) -> dict[str, np.ndarray]:
         """MACs per component at 640x640, int64 arrays (B,); mirrors detectors.cost.cost."""
@@ -351,7 +377,8 @@ class ScrfdSpace:
     def _infeasible(self, step: int) -> str:
         lo, hi = self.gflops_range(step)
         return (f"no {self.block} SCRFD spec (step {step}) can have {self.gflops:g} GFLOPs "
-                f"+-{self.tolerance:.0%}: this space spans {lo:.3g} to {hi:.4g} VGA GFLOPs")
+                f"+-{self.tolerance:.0%} counted as {self.flops}: this space spans {lo:.3g} to "
+                f"{hi:.4g} VGA GFLOPs ({self.flops})")
 
     def check_feasible(self, step: int) -> None:
         """UserError (one line) when no spec of `step` can fall in the budget band(s)."""
@@ -472,3 +499,56 @@ def _head_macs(template: DetectorSpec, b: _Batch, areas: list[int]):
     outs = template.anchors.num_anchors * (1 + 4 + (10 if hs.keypoints else 0))
     pred = 9 * np.where(m > 0, h, n) * outs
     return (towers * tower + pred) * total_area
+
+
+# ---------------------------------------------------------------------------------------------
+# Closed-form mmcv extras (mirrors the cost functions' Counter.e for these specs; tests).
+# A conv unit adds, per output element, 1 for a bias (no norm), 2 for a norm, 1 for a ReLU;
+# a pool adds its input elements.
+# ---------------------------------------------------------------------------------------------
+def _family_extra(block: str, template: DetectorSpec, b: _Batch) -> dict[str, np.ndarray]:
+    """mmcv's extra operations at 640x640 per component of every candidate (int64 (B,))."""
+    stem_kind = template.backbone.stem
+    areas = [160 * 160, 80 * 80, 40 * 40, 20 * 20]
+    c = b.w[:, 0] if stem_kind == "deep" else np.maximum(8, b.w[:, 0] // 16 * 8)
+    r = 320 * 320
+    if stem_kind == "deep":  # three conv+BN+ReLU, then the max-pool's input elements
+        stem = r * (3 * (c // 2) * 2 + 3 * c + c)
+    else:  # conv + depthwise unit (dw, pw), each BN + ReLU
+        stem = r * 9 * c
+    out = {"stem": stem}
+    cin, prev_area = c, r if stem_kind != "deep" else areas[0]
+    expand = 4 if block == "bottleneck" else 1
+    for i, name in enumerate(("c2", "c3", "c4", "c5")):
+        w, d, a = b.w[:, i], b.d[:, i], areas[i]
+        strided = not (i == 0 and stem_kind == "deep")
+        first = _block_extra(block, cin, w, strided, prev_area, a)
+        rest = _block_extra(block, w * expand, w, False, a, a)
+        out[name] = first + (d - 1) * rest
+        cin, prev_area = w * expand, a
+    n, a3, a4, a5 = b.n, *areas[1:]
+    neck = 2 * n * (a3 + a4 + a5)  # lateral and fpn convs: a bias each
+    if template.neck.type == "pafpn":  # downsample and pafpn convs on levels 4, 5: biases
+        neck = neck + 2 * n * (a4 + a5)
+    out["neck"] = neck
+    hs = template.head
+    h, m = b.h, b.m
+    first = 3 * n + 3 * h if hs.depthwise else 3 * h  # norm + ReLU per tower conv
+    later = 6 * h if hs.depthwise else 3 * h
+    tower = np.where(m > 0, first + (m - 1) * later, 0)
+    towers = 1 if hs.shared_towers else 2
+    outs = template.anchors.num_anchors * (1 + 4 + (10 if hs.keypoints else 0))  # pred biases
+    out["head"] = (towers * tower + outs) * (a3 + a4 + a5)
+    return out
+
+
+def _block_extra(block: str, cin, w, strided: bool, area_in: int, area: int):
+    if block == "depthwise":  # dw and pw conv, each BN + ReLU
+        return 3 * (cin + w) * area
+    if block == "basic":  # conv+BN+ReLU, conv+BN, the ReLU after the add
+        main, cout = 6 * w * area, w
+    else:  # 1x1 at the input resolution, 3x3, 1x1 to 4w + BN, the ReLU after the add
+        main, cout = 3 * w * area_in + 3 * w * area + 12 * w * area, 4 * w
+    # shortcut: the avg-pool's input elements when strided, the 1x1 conv + BN
+    shortcut = (2 * cout * area + (cin * area_in if strided else 0)) * ((cin != cout) | strided)
+    return main + shortcut

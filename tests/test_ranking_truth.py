@@ -1,0 +1,75 @@
+"""benchmarks/ranking_truth.py --report: every figure from the two CSVs, checked by hand on a
+4-spec truth (Kendall tau of 4 items: (concordant - discordant) / 6)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ranking_truth():
+    spec = importlib.util.spec_from_file_location("ranking_truth", REPO / "benchmarks" / "ranking_truth.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_report_by_hand(tmp_path, ranking_truth, capsys):
+    # seed 0 ranks a > b > c > d; seed 1 swaps c and d: 5 concordant, 1 discordant -> 4/6
+    truth = pd.DataFrame({
+        "spec_id": ["a", "b", "c", "d"] * 2, "seed": [0] * 4 + [1] * 4,
+        "ap_easy": 0.5, "ap_medium": 0.4,
+        "ap_hard": [0.40, 0.30, 0.20, 0.10, 0.42, 0.32, 0.10, 0.14],
+        "train_s": [90.0, 110.0, 100.0, 100.0, 110.0, 90.0, 100.0, 100.0]})
+    # mean over seeds: a 0.41 > b 0.31 > c 0.15 > d 0.12
+    truth.to_csv(tmp_path / ranking_truth.TRUTH_CSV, index=False)
+    proxies = pd.DataFrame({
+        "spec_id": ["a", "b", "c", "d"] * 3,
+        "proxy": ["same"] * 4 + ["reversed"] * 4 + ["one_swap"] * 4,
+        "value": [4, 3, 2, 1, 1, 2, 3, 4, 4, 2, 3, 1],   # one_swap: b and c swapped
+        "cost_s": [1.0] * 4 + [2.0] * 4 + [5.0, 5.0, 15.0, 15.0]})
+    proxies.to_csv(tmp_path / ranking_truth.PROXIES_CSV, index=False)
+
+    rep = ranking_truth.report(tmp_path, n_boot=300)
+    assert rep["specs"] == 4 and rep["seeds"] == [0, 1]
+    assert rep["seed_pairs"] == [{"seeds": [0, 1], "specs": 4, "tau": pytest.approx(4 / 6)}]
+    # one long training per spec: mean over seeds is 100 s for every spec
+    assert rep["truth_cost_s"] == pytest.approx(100.0)
+    got = {p["proxy"]: p for p in rep["proxies"]}
+    assert got["same"]["tau"] == pytest.approx(1.0) and got["reversed"]["tau"] == pytest.approx(-1.0)
+    assert got["one_swap"]["tau"] == pytest.approx(4 / 6)
+    # every resample of a perfect ranking has tau 1 (or is undefined, skipped)
+    assert (got["same"]["ci_low"], got["same"]["ci_high"]) == (pytest.approx(1.0), pytest.approx(1.0))
+    assert got["reversed"]["ci_high"] == pytest.approx(-1.0)
+    assert got["one_swap"]["ci_low"] < 4 / 6 <= got["one_swap"]["ci_high"] <= 1.0
+    assert got["same"]["cost_fraction"] == pytest.approx(0.01)
+    assert got["one_swap"]["cost_fraction"] == pytest.approx(0.10)  # median of 5, 5, 15, 15
+    # the command prints the same figures (and runs from the CSVs alone)
+    assert ranking_truth.main(["--report", "--results", str(tmp_path), "--bootstrap", "300"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["seed_pairs"][0]["tau"] == pytest.approx(4 / 6)
+    assert [p["proxy"] for p in printed["proxies"]] == ["same", "reversed", "one_swap"]
+
+
+def test_collect_and_write_truth_skip_unfinished_runs(tmp_path, ranking_truth):
+    from types import SimpleNamespace
+
+    specs = [SimpleNamespace(id="0a1b2c3d4e5f"), SimpleNamespace(id="00aa11bb22cc")]
+    row = {"spec_id": specs[1].id, "seed": 1, "ap_easy": 0.3, "ap_medium": 0.2, "ap_hard": 0.1,
+           "train_s": 12.5}
+    done = tmp_path / "out" / specs[1].id / "seed1"
+    done.mkdir(parents=True)
+    (done / ranking_truth.RESULT).write_text(json.dumps(row))
+    (tmp_path / "out" / specs[0].id / "seed0").mkdir(parents=True)  # started, not finished
+    rows = ranking_truth.collect(tmp_path / "out", specs, [0, 1])
+    assert rows == [row]
+    ranking_truth.write_truth(tmp_path, rows)
+    table = pd.read_csv(tmp_path / ranking_truth.TRUTH_CSV, dtype={"spec_id": str})
+    assert list(table.columns) == ranking_truth.TRUTH_COLUMNS and table.iloc[0]["train_s"] == 12.5
