@@ -44,7 +44,7 @@ def _loop(config, mode):
     model = build(config.spec).to(mode.device)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt, sched = _optimiser(model, config.recipe, ())
+    opt, sched = _optimiser(model.parameters(), config.recipe, ())
     scaler = torch.amp.GradScaler(mode.device.type, enabled=mode.grad_scaler)
     return _Loop(model, config.recipe, mode, opt, sched, scaler)
 

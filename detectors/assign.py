@@ -76,12 +76,15 @@ def atss_assign(
 
 
 def _with_ignore(matched: Tensor, gt_ignore: list[Tensor]) -> Assignment:
-    """The Assignment of `matched` (B, A): anchors matched to ignore regions are ignored."""
-    ignored = torch.zeros_like(matched, dtype=torch.bool)
-    for i, flags in enumerate(gt_ignore):
-        if flags.numel():
-            hit = matched[i] >= 0
-            ignored[i, hit] = flags.to(matched.device)[matched[i, hit]]
+    """The Assignment of `matched` (B, A): anchors matched to ignore regions are ignored.
+    One gather for the batch (no per-image boolean indexing: no host sync on CUDA)."""
+    k = max((int(f.shape[0]) for f in gt_ignore), default=0)
+    if k == 0:
+        ignored = torch.zeros_like(matched, dtype=torch.bool)
+    else:
+        flags = torch.nn.utils.rnn.pad_sequence([f.to(matched.device, torch.bool) for f in gt_ignore],
+                                                batch_first=True, padding_value=False)  # (B, K)
+        ignored = (matched >= 0) & flags.gather(1, matched.clamp(min=0))
     positive = (matched >= 0) & ~ignored
     return Assignment(matched=matched, positive=positive, ignored=ignored)
 

@@ -57,15 +57,19 @@ def batch_indices(iteration: int, batch_size: int, num_samples: int, seed: int) 
 
 
 class _Batches(Sampler):
-    """Yields batch_indices(i) for i = start, start + 1, ... (endless)."""
+    """Yields batch_indices(i)[lo:hi] for i = start, start + 1, ... (endless): positions
+    [lo, hi) of every global batch (one process's shard; the whole batch by default)."""
 
-    def __init__(self, batch_size: int, num_samples: int, seed: int, start: int) -> None:
+    def __init__(self, batch_size: int, num_samples: int, seed: int, start: int,
+                 part: tuple[int, int] | None = None) -> None:
         self.batch_size, self.num_samples, self.seed, self.start = batch_size, num_samples, seed, start
+        self.part = part or (0, batch_size)
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         it = self.start
+        lo, hi = self.part
         while True:
-            yield batch_indices(it, self.batch_size, self.num_samples, self.seed)
+            yield batch_indices(it, self.batch_size, self.num_samples, self.seed)[lo:hi]
             it += 1
 
 
@@ -73,10 +77,13 @@ class SeededBatches:
     """Endless training batches of a dataset root for a recipe, restartable at any iteration.
 
     `iterate(start)` yields collated batches for iterations start, start + 1, ...; `close()`
-    stops worker processes. iters_per_epoch = ceil(train images / batch size).
+    stops worker processes. iters_per_epoch = ceil(train images / batch size). `part` = (lo,
+    hi): load only positions [lo, hi) of each global batch (a distributed rank's shard,
+    detectors.distributed.shard); the global batches stay those of recipe.batch_size.
     """
 
-    def __init__(self, root: str | Path, recipe: Recipe) -> None:
+    def __init__(self, root: str | Path, recipe: Recipe, part: tuple[int, int] | None = None) -> None:
+        self.part = part
         self.dataset = _train_dataset(Path(root), recipe)
         self.recipe = recipe
         self.num_samples = len(self.dataset)
@@ -85,7 +92,7 @@ class SeededBatches:
 
     def iterate(self, start: int) -> Iterator[dict]:
         self.close()
-        sampler = _Batches(self.recipe.batch_size, self.num_samples, self.recipe.seed, start)
+        sampler = _Batches(self.recipe.batch_size, self.num_samples, self.recipe.seed, start, self.part)
         workers = self.recipe.workers
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
                             collate_fn=collate, prefetch_factor=2 if workers else None)

@@ -47,8 +47,12 @@ __all__ = [
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
     "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
-    "SYNTHETIC_KEYS",
+    "SYNTHETIC_KEYS", "EXECUTION_KEYS",
 ]
+
+# Recipe keys that say how the global batch is executed, not what is trained: resuming with
+# other values is allowed (see Recipe.identity).
+EXECUTION_KEYS = ("grad_accumulation", "sync_bn")
 
 BASELINE_CROPS = (0.3, 0.45, 0.6, 0.8, 1.0)
 # Sample redistribution (SCRFD sec. 3.1): crops up to 2x the short edge make faces smaller.
@@ -186,22 +190,47 @@ class Recipe:
     test: TestConfig = field(default_factory=TestConfig)
     rsa: RSARecipe = field(default_factory=RSARecipe)  # omitted from to_dict at its default
     pretrained: Pretrained = field(default_factory=Pretrained)  # likewise
+    # The global batch runs as this many micro-batches per process, gradients summed: one
+    # SGD step of batch_size images needing the memory of batch_size / (processes x this).
+    grad_accumulation: int = 1
+    # BatchNorm statistics over the global batch across processes (SyncBatchNorm); GroupNorm
+    # heads are unaffected. No effect in one process.
+    sync_bn: bool = False
 
     def __post_init__(self) -> None:
         if self.train_size < 32 or self.train_size % 32:
             raise UserError(f"recipe.train_size must be a multiple of 32 (>= 32), not {self.train_size}")
         if self.batch_size < 1 or self.workers < 0:
             raise UserError("recipe.batch_size must be >= 1 and recipe.workers >= 0")
+        if isinstance(self.grad_accumulation, bool) or not isinstance(self.grad_accumulation, int) \
+                or self.grad_accumulation < 1 or self.batch_size % self.grad_accumulation:
+            raise UserError(f"recipe.grad_accumulation must be an integer >= 1 dividing recipe.batch_size "
+                            f"({self.batch_size}), not {self.grad_accumulation!r}")
+        if not isinstance(self.sync_bn, bool):
+            raise UserError(f"recipe.sync_bn must be true or false, not {self.sync_bn!r}")
 
     def to_dict(self, full: bool = False) -> dict:
-        """Plain data; sections added later are left out at their default (so recipes and
-        checkpoints written before them stay equal) unless `full` (--set needs every key)."""
+        """Plain data; sections and keys added later are left out at their default (so
+        recipes and checkpoints written before them stay equal) unless `full` (--set needs
+        every key)."""
         d = _plain(dataclasses.asdict(self))
         for name, default in (("rsa", RSARecipe()), ("pretrained", Pretrained())):
             if not full and getattr(self, name) == default:
                 d.pop(name)
         if not full and self.augmentation.data_anchor_sampling == 0:
             d["augmentation"].pop("data_anchor_sampling")
+        for key in () if full else EXECUTION_KEYS:
+            if d[key] == getattr(Recipe, key):
+                d.pop(key)
+        return d
+
+    def identity(self) -> dict:
+        """What a resumed run must match: to_dict without EXECUTION_KEYS (how the global
+        batch is split over processes and micro-batches may change between runs, as the
+        number of processes may)."""
+        d = self.to_dict()
+        for key in EXECUTION_KEYS:
+            d.pop(key, None)
         return d
 
 

@@ -22,7 +22,7 @@ import torch
 from detectors.errors import UserError
 
 __all__ = ["TrainingMode", "select_device", "choose_mode", "training_mode", "set_threads", "cpu_supports_bf16",
-           "NATIVE_BF16_CAPABILITY"]
+           "NATIVE_BF16_CAPABILITY", "tune_cuda"]
 
 NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: the first CUDA compute capability with bf16 tensor cores
 
@@ -100,6 +100,16 @@ def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
         capability = tuple(torch.cuda.get_device_capability(device))
     cpu_bf16 = device.type == "cpu" and not fp32 and cpu_supports_bf16()
     return choose_mode(device, capability, fp32=fp32, cpu_bf16=cpu_bf16)
+
+
+def tune_cuda(mode: TrainingMode, *, fp32: bool = False) -> None:
+    """On CUDA: cuDNN autotuning (fixed training sizes) and, unless fp32 was asked for
+    exactly, TF32 matmuls and convolutions (Ampere+; ignored below). Nothing on CPU."""
+    if mode.device.type != "cuda":
+        return
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = not fp32
+    torch.backends.cudnn.allow_tf32 = not fp32
 
 
 def set_threads(n: int | None = None) -> int:

@@ -20,6 +20,7 @@ this module's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -78,12 +79,14 @@ def detection_loss(
     box_weight: float = 2.0,
     kps_weight: float = 0.1,
     kps_beta: float = 1.0 / 9.0,
+    reduce_mean: Callable[[Tensor], Tensor] | None = None,
 ) -> dict[str, Tensor]:
     """Loss parts {'cls', 'box', 'kps', 'total'} (scalars) for one batch.
 
     cls_logits (B, A), box_dists (B, A, 4) in stride units, kps_offsets (B, A, 10) or None,
     all levels concatenated; positive / ignored (B, A) bool from the assigner; `targets` holds
-    the positives in `positive.nonzero()` order.
+    the positives in `positive.nonzero()` order. `reduce_mean` (the trainer's mean over
+    processes, detectors.distributed.reduce_mean) averages the normalisers; None: one process.
     """
     cls_logits, box_dists = cls_logits.float(), box_dists.float()
     pos_logits = cls_logits[positive]
@@ -93,22 +96,30 @@ def detection_loss(
     pred_boxes = torch.cat([targets.points - dists[:, :2], targets.points + dists[:, 2:]], 1)
     quality = torch.zeros_like(cls_logits)
     quality[positive] = aligned_iou(pred_boxes.detach(), targets.boxes).clamp(0, 1)
-    num_pos = max(int(positive.sum()), 1)
-    keep = ~ignored
-    loss_cls = quality_focal_loss(cls_logits[keep], quality[keep], qfl_beta).sum() / num_pos
     weight = pos_logits.detach().sigmoid()
-    zero = cls_logits.new_zeros(())  # no positives: box and keypoint parts are 0
-    loss_box, loss_kps = zero, zero
-    if pos_logits.numel():
-        # DIoU is scale-free; compute it in stride units so magnitudes match SCRFD.
-        diou = distance_box_iou_loss(pred_boxes / strides, targets.boxes / strides, reduction="none")
-        loss_box = (diou * weight).sum() / weight.sum().clamp(min=1e-6)
-    if kps_offsets is not None and bool(targets.keypoints_valid.any()):
-        valid = targets.keypoints_valid
-        pred = kps_offsets.float()[positive][valid]  # (V, 10)
-        goal = (targets.keypoints[valid] - targets.points[valid, None]) / strides[valid, None]
+    valid = targets.keypoints_valid.to(weight.dtype) if kps_offsets is not None else weight.new_zeros(0)
+    # The three normalisers (positives, score weights of boxes and of keypoints), averaged
+    # over the processes of a distributed step in one all-reduce (mmdet's reduce_mean), so N
+    # processes with B/N images each normalise as one process with B. Kept on the device.
+    local = torch.stack([positive.sum().to(weight.dtype), weight.sum(), (weight * valid).sum()
+                         if kps_offsets is not None else weight.new_zeros(())])
+    norm = local if reduce_mean is None else reduce_mean(local)
+    keep = ~ignored
+    loss_cls = quality_focal_loss(cls_logits[keep], quality[keep], qfl_beta).sum() / norm[0].clamp(min=1)
+    # No `if any positives` branch: with none, the sums below are 0 and the box / keypoint
+    # outputs still join the graph (zero gradients), as DistributedDataParallel requires of
+    # every process, whatever its shard holds.
+    # DIoU is scale-free; compute it in stride units so magnitudes match SCRFD.
+    diou = distance_box_iou_loss(pred_boxes / strides, targets.boxes / strides, reduction="none")
+    loss_box = (diou * weight).sum() / norm[1].clamp(min=1e-6)
+    loss_kps = cls_logits.new_zeros(())
+    if kps_offsets is not None:
+        pred = kps_offsets.float()[positive]  # (P, 10)
+        # faces without landmarks weigh 0 (where(): their stored points may be anything)
+        goal = (targets.keypoints - targets.points[:, None]) / strides[:, None]
+        goal = torch.where(valid[:, None, None] > 0, goal, torch.zeros_like(goal))
         per_anchor = F.smooth_l1_loss(pred, goal.reshape(-1, 10), beta=kps_beta, reduction="none").sum(1)
-        loss_kps = (per_anchor * weight[valid]).sum() / weight[valid].sum().clamp(min=1e-6)
+        loss_kps = (per_anchor * weight * valid).sum() / norm[2].clamp(min=1e-6)
     parts = {"cls": cls_weight * loss_cls, "box": box_weight * loss_box, "kps": kps_weight * loss_kps}
     parts["total"] = parts["cls"] + parts["box"] + parts["kps"]
     return parts
@@ -122,7 +133,8 @@ class LossInputs:
     None: the model's outputs with all levels concatenated; positive / ignored (B, A) bool and
     matched (B, A) long (box index per image, -1 none) from the assigner; targets: the
     positives in `positive.nonzero()` order; anchors (A, 4) xyxy anchor boxes, points (A, 2),
-    strides (A,) of every anchor (anchor-based losses encode against them).
+    strides (A,) of every anchor (anchor-based losses encode against them); reduce_mean:
+    the mean over the processes of a distributed step (None alone), for the normalisers.
     """
 
     cls_logits: Tensor
@@ -135,6 +147,7 @@ class LossInputs:
     anchors: Tensor
     points: Tensor
     strides: Tensor
+    reduce_mean: Callable[[Tensor], Tensor] | None = None  # normalisers' mean over processes
 
 
 def scrfd_loss(inputs: LossInputs, weights) -> dict[str, Tensor]:
@@ -142,4 +155,5 @@ def scrfd_loss(inputs: LossInputs, weights) -> dict[str, Tensor]:
     return detection_loss(
         inputs.cls_logits, inputs.box_dists, inputs.kps_offsets, inputs.positive, inputs.ignored,
         inputs.targets, qfl_beta=weights.qfl_beta, cls_weight=weights.cls_weight,
-        box_weight=weights.box_weight, kps_weight=weights.kps_weight, kps_beta=weights.kps_beta)
+        box_weight=weights.box_weight, kps_weight=weights.kps_weight, kps_beta=weights.kps_beta,
+        reduce_mean=inputs.reduce_mean)

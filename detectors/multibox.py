@@ -61,21 +61,24 @@ def multibox_loss(inputs: LossInputs, weights) -> dict[str, Tensor]:
     is the recipe's LossWeights (cls_weight, box_weight, kps_weight, kps_beta, neg_pos_ratio)."""
     logits = inputs.cls_logits.float()
     pos = inputs.positive
-    num_pos = max(int(pos.sum()), 1)
+    t = inputs.targets
+    valid = t.keypoints_valid.float()
+    # normalisers on the device (no host read), averaged over the processes of a distributed
+    # step; no `if any` branch, so every output joins the graph on every process (DDP)
+    local = torch.stack([pos.sum().float(), valid.sum()])
+    norm = local if inputs.reduce_mean is None else inputs.reduce_mean(local)
+    num_pos = norm[0].clamp(min=1)
     neg = hard_negatives(F.softplus(logits), ~pos & ~inputs.ignored, pos, weights.neg_pos_ratio)
     loss_cls = (F.softplus(-logits[pos]).sum() + F.softplus(logits[neg]).sum()) / num_pos
-    loss_box = logits.new_zeros(())
-    if bool(pos.any()):
-        err = _side_errors(inputs)
-        loss_box = F.smooth_l1_loss(err, torch.zeros_like(err), beta=1.0, reduction="sum") / num_pos
+    err = _side_errors(inputs)
+    loss_box = F.smooth_l1_loss(err, torch.zeros_like(err), beta=1.0, reduction="sum") / num_pos
     loss_kps = logits.new_zeros(())
-    t = inputs.targets
-    if inputs.kps_offsets is not None and bool(t.keypoints_valid.any()):
-        valid = t.keypoints_valid
-        pred = inputs.kps_offsets.float()[pos][valid]
-        goal = (t.keypoints[valid] - t.points[valid, None]) / t.strides[valid, None, None]
-        loss_kps = F.smooth_l1_loss(pred, goal.reshape(-1, 10), beta=weights.kps_beta,
-                                    reduction="none").sum(1).mean()
+    if inputs.kps_offsets is not None:
+        pred = inputs.kps_offsets.float()[pos]
+        goal = (t.keypoints - t.points[:, None]) / t.strides[:, None, None]
+        goal = torch.where(valid[:, None, None] > 0, goal, torch.zeros_like(goal))
+        per_anchor = F.smooth_l1_loss(pred, goal.reshape(-1, 10), beta=weights.kps_beta, reduction="none").sum(1)
+        loss_kps = (per_anchor * valid).sum() / norm[1].clamp(min=1)  # mean over valid faces
     parts = {"cls": weights.cls_weight * loss_cls, "box": weights.box_weight * loss_box,
              "kps": weights.kps_weight * loss_kps}
     parts["total"] = parts["cls"] + parts["box"] + parts["kps"]

@@ -14,14 +14,20 @@ prediction sets -> SGD step with linear warm-up and step decay. `TrainHooks` ext
 - checkpoint.pt: model + optimiser + scheduler + iteration + RNG (detectors.checkpoint),
   written atomically every `checkpoint_every` iterations and at the end.
 
-A loss that is NaN or infinite stops the run with TrainingDiverged (status 'diverged'); the
-last good checkpoint stays. `resume=True` continues from checkpoint.pt exactly: the batch of
+A step whose loss is NaN or infinite (on any process) is skipped: no update, on every process.
+NONFINITE_LIMIT consecutive skipped steps stop the run with TrainingDiverged (status
+'diverged'); the last checkpoint stays. Loss values stay on the device and are read every
+`log_every` iterations in one transfer (no host sync in between); metrics.jsonl still gets
+one line per iteration. Distributed (torchrun, `facenas train --nproc`; detectors.distributed):
+each process trains a disjoint shard of every global batch under DistributedDataParallel,
+the loss normalisers are averaged over processes, and rank 0 alone writes. `resume=True` continues from checkpoint.pt exactly: the batch of
 iteration i and its augmentation depend only on (seed, i), so an interrupted and resumed run
 computes the same losses as an uninterrupted one.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -43,15 +49,24 @@ from detectors.anchors import anchor_boxes, anchor_points, anchor_strides
 from detectors.assign import Assignment
 from detectors.batches import SeededBatches
 from detectors.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from detectors.config import Recipe, TrainConfig, schedule_in_iterations
-from detectors.device import TrainingMode, select_device, set_threads, training_mode
+from detectors.config import EXECUTION_KEYS, Recipe, TrainConfig, schedule_in_iterations
+from detectors.device import TrainingMode, select_device, set_threads, training_mode, tune_cuda
+from detectors import distributed
+from detectors.distributed import World
 from detectors.errors import UserError
 from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
 from detectors.pretrained import maybe_load_pretrained
 
-__all__ = ["train", "total_iterations", "batch_loss", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
-           "METRICS", "CONFIG"]
+__all__ = ["train", "total_iterations", "batch_loss", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor",
+           "CHECKPOINT", "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world", "check_run_dir"]
+
+# A non-finite loss skips its step (on every process); this many consecutive skipped steps
+# stop the run as diverged (a loss that stays non-finite will not recover by itself).
+NONFINITE_LIMIT = 3
+# Iterations between reads of the loss values from the device (metrics.jsonl is flushed and
+# the progress bar moves then): the steps in between make no host synchronisation.
+LOG_EVERY = 10
 
 
 class TrainHooks:
@@ -155,8 +170,9 @@ def _targets(batch: dict, assignment: Assignment, anchors: _Anchors) -> Targets:
 
 
 def _prediction_loss(out: HeadOutputs, batch: dict, recipe: Recipe, spec, device,
-                     cache: dict) -> tuple[dict, int]:
-    """The recipe's assigner + loss on one prediction set; (loss parts, positives)."""
+                     cache: dict, world: World = World()) -> tuple[dict, torch.Tensor]:
+    """The recipe's assigner + loss on one prediction set; (loss parts, positives as a 0-d
+    device tensor). The loss's normalisers are averaged over the processes of `world`."""
     from detectors.catalog import assigner_fn, loss_fn
 
     key = (tuple(out.feature_sizes), spec.anchors)
@@ -172,12 +188,17 @@ def _prediction_loss(out: HeadOutputs, batch: dict, recipe: Recipe, spec, device
         kps_offsets=torch.cat(out.kps_offsets, 1) if out.kps_offsets is not None else None,
         positive=assignment.positive, ignored=assignment.ignored, matched=assignment.matched,
         targets=_targets(batch, assignment, anchors), anchors=torch.cat(anchors.per_level),
-        points=anchors.points, strides=anchors.strides)
-    return loss_fn(recipe.loss.type)(inputs, recipe.loss), int(assignment.positive.sum())
+        points=anchors.points, strides=anchors.strides,
+        reduce_mean=(lambda t: distributed.reduce_mean(t, world)) if world.active else None)
+    return loss_fn(recipe.loss.type)(inputs, recipe.loss), assignment.positive.sum()
 
 
-def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict) -> tuple[dict, int]:
-    """Forward + loss for one batch; returns (loss parts, number of positives).
+def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict, net=None,
+          world: World = World()) -> tuple[dict, torch.Tensor]:
+    """Forward + loss for one batch; returns (loss parts, number of positives), tensors.
+
+    `net` is what runs the forward (the DistributedDataParallel wrapper of `model` in a
+    distributed run; `model` itself by default); `world` averages the loss normalisers.
 
     Auxiliary prediction sets (HeadOutputs.aux) add recipe.loss.aux_weight times their loss;
     their parts are logged as aux<k>_<part>. A model with a `training_loss(images, batch,
@@ -191,10 +212,10 @@ def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict) -
         with mode.autocast():
             return own_loss(images, batch, recipe)
     with mode.autocast():
-        out = model(images)
-    parts, num_pos = _prediction_loss(out, batch, recipe, model.spec, mode.device, cache)
+        out = (net or model)(images)
+    parts, num_pos = _prediction_loss(out, batch, recipe, model.spec, mode.device, cache, world)
     for k, aux in enumerate(out.aux):
-        aux_parts, _ = _prediction_loss(aux, batch, recipe, model.spec, mode.device, cache)
+        aux_parts, _ = _prediction_loss(aux, batch, recipe, model.spec, mode.device, cache, world)
         parts.update({f"aux{k}_{name}": v for name, v in aux_parts.items()})
         parts["total"] = parts["total"] + recipe.loss.aux_weight * aux_parts["total"]
     return parts, num_pos
@@ -239,9 +260,11 @@ def _write_text(path: Path, text: str) -> None:
 
 
 def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
-                     hooks: TrainHooks) -> dict | None:
-    """Checks the run directory; returns the checkpoint to resume from (or None)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+                     hooks: TrainHooks, world: World = World()) -> dict | None:
+    """Checks the run directory; returns the checkpoint to resume from (or None). Every
+    process checks (reading only); rank 0 creates the directory."""
+    if world.main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     ckpt = out_dir / CHECKPOINT
     if not resume:
         if ckpt.exists():
@@ -251,13 +274,23 @@ def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
     if not ckpt.exists():
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = load_checkpoint(ckpt)
-    if state.get("spec") != config.spec.to_dict() or state.get("recipe") != config.recipe.to_dict():
+    # grad_accumulation / sync_bn (EXECUTION_KEYS) may change, as the number of processes may
+    recorded = {k: v for k, v in (state.get("recipe") or {}).items() if k not in EXECUTION_KEYS}
+    if state.get("spec") != config.spec.to_dict() or recorded != config.recipe.identity():
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with a different "
                         f"spec or recipe than this config (see {out_dir / CONFIG})")
     if state.get("hooks_identity", {}) != hooks.identity():
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with another "
                         "supernet or search setting than this run")
     return state
+
+
+def check_run_dir(config: TrainConfig, out_dir: str | os.PathLike, resume: bool,
+                  hooks: TrainHooks | None = None) -> None:
+    """UserError when `out_dir` cannot take this run: a fresh run into an old one, nothing to
+    resume, or a checkpoint of another spec / recipe (what train() checks first; the
+    launcher of several processes checks it before starting them)."""
+    _prepare_out_dir(Path(out_dir), config, resume, hooks or TrainHooks())
 
 
 def _rng_state(batches: SeededBatches) -> dict:
@@ -293,7 +326,7 @@ def _truncate_metrics(path: Path, iteration: int) -> None:
     _write_text(path, "".join(l + "\n" for l in kept))
 
 
-def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dict, int]:
+def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dict, torch.Tensor]:
     """The recipe's training loss of `model` on one batch, in fp32 on the model's device: (loss
     parts with graph, incl. 'total'; positives). What one iteration of the loop computes,
     without a step (zero-cost proxies score it at initialisation)."""
@@ -302,16 +335,34 @@ def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dic
 
 
 def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):
+    """SGD (fused: it takes the non-finite flag `found_inf` on the device and skips the
+    update there, without a host sync) with the recipe's LR schedule."""
     s = recipe.schedule
-    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay)
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, fused=True)
+    if s.momentum:
+        # Fused SGD skipping its first step (found_inf) leaves an uninitialised momentum
+        # buffer (torch 2.14); a zero buffer gives the same first step (buf = 0.9*0 + grad).
+        for group in opt.param_groups:
+            for p in group["params"]:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda it: lr_factor(it, s.warmup_iters, s.warmup_ratio, milestones, s.gamma))
     return opt, sched
 
 
+def _micro_batches(batch: dict, k: int) -> list[dict]:
+    """`batch` as k equal consecutive micro-batches (tensors and per-image lists sliced)."""
+    if k == 1:
+        return [batch]
+    n = len(batch["image"]) // k
+    return [{key: value[i * n:(i + 1) * n] for key, value in batch.items()} for i in range(k)]
+
+
 @dataclass
 class _Loop:
-    """What one iteration needs besides the batch."""
+    """What one iteration needs besides the batch. `net` runs the forward (the
+    DistributedDataParallel wrapper of `model` in a distributed run); `world` is this
+    process's place in it."""
 
     model: torch.nn.Module
     recipe: Recipe
@@ -321,37 +372,88 @@ class _Loop:
     scaler: Any
     hooks: TrainHooks = field(default_factory=TrainHooks)
     cache: dict = field(default_factory=dict)
+    world: World = field(default_factory=World)
+    net: torch.nn.Module | None = None
+    fault: Any = None  # test hook: fault(iteration, world) -> True makes this rank's loss NaN
 
-    def loss(self, batch: dict) -> tuple[dict, int]:
+    def loss(self, batch: dict) -> tuple[dict, torch.Tensor]:
         """Forward + the recipe's loss on `batch` (tensors with graph; for hooks)."""
-        return _step(self.model, batch, self.recipe, self.mode, self.cache)
+        return _step(self.model, batch, self.recipe, self.mode, self.cache, self.net, self.world)
 
-    def iteration(self, batch: dict, it: int = 0) -> tuple[dict[str, float], int, bool]:
-        """One SGD step (with the hooks around it); returns (loss parts as floats, positives,
-        finite). A non-finite loss leaves the model untouched."""
+    def iteration(self, batch: dict, it: int = 0) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """One SGD step (with the hooks around it) on this process's share of the global
+        batch; returns (loss parts: 0-d device tensors, the mean over processes; positives
+        in the global batch; skipped: 0-d bool, the step was not finite on some process).
+
+        The share runs as recipe.grad_accumulation micro-batches, each loss divided by their
+        number and the gradients summed (DDP all-reduces them after the last). A non-finite
+        loss on any process skips the update on every process: the flag is all-reduced and
+        handed to fused SGD as `found_inf` (GradScaler's does the same under fp16), so
+        nothing here waits for the device."""
         self.hooks.before_step(it, self.model)
         self.opt.zero_grad(set_to_none=True)
-        parts, num_pos = self.loss(batch)
-        values = {k: float(v.detach()) for k, v in parts.items()}
-        if not all(np.isfinite(v) for v in values.values()):
-            return values, num_pos, False
-        self.scaler.scale(parts["total"]).backward()
-        self.scaler.step(self.opt)
-        self.scaler.update()
+        k = self.recipe.grad_accumulation
+        micro = _micro_batches(batch, k)
+        sums: dict[str, torch.Tensor] = {}
+        positives = bad = None
+        for m, part in enumerate(micro):
+            sync_now = self.net is None or m == k - 1 or not hasattr(self.net, "no_sync")
+            with (contextlib.nullcontext() if sync_now else self.net.no_sync()):
+                parts, num_pos = self.loss(part)
+                if self.fault is not None and self.fault(it, self.world):
+                    parts = {**parts, "total": parts["total"] * float("nan")}
+                self.scaler.scale(parts["total"] / k).backward()
+            finite = torch.stack([torch.isfinite(v.detach()).all() for v in parts.values()]).all()
+            bad = ~finite if bad is None else bad | ~finite
+            positives = torch.as_tensor(num_pos, device=self.mode.device) + (0 if positives is None else positives)
+            for name, v in parts.items():
+                sums[name] = v.detach().float() / k + sums.get(name, 0)
+        bad = distributed.reduce_max(bad.float(), self.world)
+        if self.scaler.is_enabled():  # fp16: the scaler's own found_inf (non-finite loss -> inf grads)
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.found_inf = bad
+            try:
+                self.opt.step()
+            finally:
+                del self.opt.found_inf
         self.sched.step()
+        names = list(sums)
+        stacked = distributed.reduce_mean(torch.stack([sums[n] for n in names] + [positives.float()]), self.world)
+        values = dict(zip(names, stacked[:-1]))
         values.update(self.hooks.after_step(it, self))
-        return values, num_pos, True
+        return values, stacked[-1] * self.world.size, bad > 0
+
+
+def check_world(recipe: Recipe, world_size: int, hooks: TrainHooks | None = None) -> None:
+    """UserError unless the global batch divides into world_size processes x
+    recipe.grad_accumulation micro-batches (and, distributed, the training is a plain one)."""
+    k = recipe.grad_accumulation
+    if recipe.batch_size % (world_size * k):
+        raise UserError(f"recipe.batch_size {recipe.batch_size} (the global batch) does not divide into "
+                        f"{world_size} process(es) x recipe.grad_accumulation {k}")
+    if world_size > 1 and hooks is not None and type(hooks) is not TrainHooks:
+        raise UserError("supernet and search training (train hooks) runs in one process; "
+                        "distributed training (--nproc, torchrun) is for retraining a config")
 
 
 def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp32: bool,
-           hooks: TrainHooks):
+           hooks: TrainHooks, world: World = World()):
     recipe = config.recipe
-    mode = training_mode(select_device(device), fp32=fp32)
+    chosen = select_device(device)
+    if world.active and chosen.type == "cuda":  # one GPU per local process
+        chosen = torch.device("cuda", world.local_rank)
+        torch.cuda.set_device(chosen)
+    mode = training_mode(chosen, fp32=fp32)
+    tune_cuda(mode, fp32=fp32)
     _seed_everything(recipe.seed)
-    batches = SeededBatches(data_root, recipe)
+    batches = SeededBatches(data_root, recipe, distributed.shard(recipe.batch_size, world))
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
     model = hooks.build_model(config).to(mode.device)
     maybe_load_pretrained(model, config, resuming=state is not None)  # recipe.pretrained
+    if recipe.sync_bn and world.active:
+        model = distributed.convert_sync_bn(model, mode.device.type)
     if mode.channels_last:
         model = model.to(memory_format=torch.channels_last)
     model.train()
@@ -367,7 +469,14 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
         start = int(state["iteration"])
         _restore_rng(state["rng"], batches)
         hooks.load_state_dict(state.get("hooks", {}))
-    return _Loop(model, recipe, mode, opt, sched, scaler, hooks), batches, total, start
+    net = None
+    if world.active:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = [mode.device.index] if mode.device.type == "cuda" else None
+        net = DistributedDataParallel(model, device_ids=ids)  # broadcasts rank 0's weights
+    loop = _Loop(model, recipe, mode, opt, sched, scaler, hooks, world=world, net=net)
+    return loop, batches, total, start
 
 
 def _save(loop: _Loop, config: TrainConfig, batches: SeededBatches, iteration: int, path: Path) -> None:
@@ -392,30 +501,55 @@ def train(
     checkpoint_every: int | None = None,
     fp32: bool = False,
     hooks: TrainHooks | None = None,
+    log_every: int = LOG_EVERY,
+    fault: Any = None,
 ) -> TrainResult:
     """Train `config` on the train split of `data_root` into `out_dir` (see module docstring).
 
     max_iterations stops early (the schedule still spans the whole recipe, so a later
     `resume=True` continues it); checkpoint_every defaults to a tenth of the run (<= 500
     iterations); fp32 forces fp32 NCHW instead of the device's fastest mode. Raises
-    TrainingDiverged on a NaN/inf loss and UserError for bad inputs. `hooks` (TrainHooks)
-    change what is trained and add work around each step (supernets, DARTS).
+    TrainingDiverged after NONFINITE_LIMIT consecutive non-finite steps and UserError for bad
+    inputs. `hooks` (TrainHooks) change what is trained and add work around each step
+    (supernets, DARTS). log_every: iterations between reads of the losses from the device.
+
+    Started by torchrun or `facenas train --nproc` (RANK, WORLD_SIZE, LOCAL_RANK set), each
+    process trains its shard of every global batch (recipe.batch_size) under
+    DistributedDataParallel and rank 0 alone writes out_dir; `fault` is a test hook
+    (fault(iteration, world) -> True: this process's loss is NaN at that iteration).
     """
     hooks = hooks or TrainHooks()
     out_dir, data_root = Path(out_dir), Path(data_root)
     if not data_root.is_dir():
         raise UserError(f"dataset root not found: {data_root}")
+    if log_every < 1:
+        raise UserError(f"log_every must be >= 1, not {log_every}")
+    world = distributed.env_world()
+    check_world(config.recipe, world.size, hooks)
+    if world.active and hasattr(hooks.build_model(config), "training_loss"):
+        raise UserError("models trained on their own objective (training_loss, e.g. RSA stages) "
+                        "train in one process")
     threads = set_threads(num_threads)
-    state = _prepare_out_dir(out_dir, config, resume, hooks)
-    loop, batches, total, start = _setup(config, data_root, state, device, fp32, hooks)
-    if state is None:
-        info = {**config.to_dict(), "run": _provenance(config, data_root, loop.mode, threads)}
-        _write_text(out_dir / CONFIG, yaml.safe_dump(info, sort_keys=False, default_flow_style=None))
-    metrics = out_dir / METRICS
-    _truncate_metrics(metrics, start)
-    stop = total if max_iterations is None else min(total, max(start, max_iterations))
-    every = checkpoint_every or max(1, min(500, total // 10))
-    result = _run(loop, config, batches, out_dir, range(start, stop), total, every, progress)
+    state = _prepare_out_dir(out_dir, config, resume, hooks, world)
+    # joined after every process has checked the run directory, so no rank sees rank 0's
+    # first checkpoint as an old run
+    world = distributed.init(select_device(device).type)
+    try:
+        loop, batches, total, start = _setup(config, data_root, state, device, fp32, hooks, world)
+        loop.fault = fault
+        if state is None and world.main:
+            info = {**config.to_dict(), "run": _provenance(config, data_root, loop.mode, threads)}
+            info["run"]["processes"] = world.size
+            _write_text(out_dir / CONFIG, yaml.safe_dump(info, sort_keys=False, default_flow_style=None))
+        metrics = out_dir / METRICS
+        if world.main:
+            _truncate_metrics(metrics, start)
+        stop = total if max_iterations is None else min(total, max(start, max_iterations))
+        every = checkpoint_every or max(1, min(500, total // 10))
+        result = _run(loop, config, batches, out_dir, range(start, stop), total, every,
+                      progress and world.main, log_every)
+    finally:
+        distributed.teardown(world)
     if result.status == "diverged":
         raise TrainingDiverged(result)
     return result
@@ -433,41 +567,94 @@ def total_iterations(config: TrainConfig, data_root: str | os.PathLike) -> int:
 def _diverged(it: int, total: int, values: dict, lr: float, out_dir: Path) -> TrainResult:
     ckpt = out_dir / CHECKPOINT
     last = ckpt if ckpt.exists() else None
-    message = (f"training diverged at iteration {it + 1}: loss parts {values} (lr {lr:.3g}); "
-               f"last good checkpoint: {last or 'none'}")
+    message = (f"training diverged at iteration {it + 1}: {NONFINITE_LIMIT} consecutive non-finite "
+               f"steps, last loss parts {values} (lr {lr:.3g}); last good checkpoint: {last or 'none'}")
     return TrainResult("diverged", it, total, values, last, out_dir / METRICS, out_dir, message)
 
 
+def _finite_weights(model: torch.nn.Module) -> bool:
+    """Every floating weight and buffer finite (one host read; checkpoints only): a finite
+    loss can still step the weights to inf, and a checkpoint must stay a good one."""
+    tensors = [t for t in model.state_dict().values() if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
+
+
+@dataclass
+class _Pending:
+    """One iteration's record whose values are still on the device."""
+
+    it: int
+    values: dict
+    num_pos: torch.Tensor
+    skipped: torch.Tensor
+    lr: float
+    images: int
+    seconds: float
+
+
+def _read(pending: list[_Pending]) -> list[tuple[_Pending, dict, int, bool]]:
+    """The pending records' values read from the device in one transfer: (record, loss
+    parts as floats, positives, skipped)."""
+    tensors = [t for p in pending for t in (*[v for v in p.values.values() if torch.is_tensor(v)],
+                                             p.num_pos, p.skipped)]
+    flat = iter(torch.stack([t.detach().float().reshape(()) for t in tensors]).tolist()) if tensors else iter(())
+    out = []
+    for p in pending:
+        values = {k: next(flat) if torch.is_tensor(v) else float(v) for k, v in p.values.items()}
+        out.append((p, values, int(round(next(flat))), bool(next(flat))))
+    return out
+
+
 def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path,
-         iterations: range, total: int, every: int, progress: bool) -> TrainResult:
-    """Iterations `iterations` of the loop: log, checkpoint, stop at a non-finite loss."""
+         iterations: range, total: int, every: int, progress: bool,
+         log_every: int = LOG_EVERY) -> TrainResult:
+    """Iterations `iterations` of the loop: log, checkpoint, stop after NONFINITE_LIMIT
+    consecutive non-finite steps. Values stay on the device between flushes (every
+    `log_every` iterations, at a checkpoint and at the end); a flush reads them in one
+    transfer and rank 0 writes their metrics.jsonl lines, each line once."""
     ckpt = out_dir / CHECKPOINT
+    main = loop.world.main
     bar = tqdm(total=total, initial=iterations.start, desc="train", unit="it", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
     values: dict[str, float] = {}
     done, seen, t_run = iterations.start, 0, time.perf_counter()
+    bad_run = 0  # consecutive non-finite steps so far
+    pending: list[_Pending] = []
     stream = batches.iterate(iterations.start)
+    log = (out_dir / METRICS).open("a") if main else None
     try:
-        with (out_dir / METRICS).open("a") as log:
-            for it in iterations:
-                t0 = time.perf_counter()
-                batch = next(stream)
-                lr = loop.opt.param_groups[0]["lr"]
-                values, num_pos, finite = loop.iteration(batch, it)
-                n = int(batch["image"].shape[0])
-                log.write(json.dumps({"iteration": it + 1, **values, "lr": lr, "num_pos": num_pos,
-                                      "images_per_s": n / max(time.perf_counter() - t0, 1e-9)}) + "\n")
+        for it in iterations:
+            t0 = time.perf_counter()
+            batch = next(stream)
+            lr = loop.opt.param_groups[0]["lr"]
+            parts, num_pos, skipped = loop.iteration(batch, it)
+            n = int(batch["image"].shape[0]) * loop.world.size
+            pending.append(_Pending(it, parts, num_pos, skipped, lr, n, time.perf_counter() - t0))
+            last = it + 1 == iterations.stop
+            if not ((it + 1) % log_every == 0 or (it + 1) % every == 0 or last):
+                continue
+            for p, values, positives, was_skipped in _read(pending):
+                bad_run = bad_run + 1 if was_skipped else 0
+                if log is not None:
+                    log.write(json.dumps({"iteration": p.it + 1, **values, "lr": p.lr, "num_pos": positives,
+                                          "skipped": was_skipped,
+                                          "images_per_s": p.images / max(p.seconds, 1e-9)}) + "\n")
+                if bad_run >= NONFINITE_LIMIT:
+                    log is not None and log.flush()
+                    return _diverged(p.it, total, values, p.lr, out_dir)
+                done, seen = p.it + 1, seen + p.images
+            pending.clear()
+            if log is not None:
                 log.flush()
-                if not finite:
-                    return _diverged(it, total, values, lr, out_dir)
-                done, seen = it + 1, seen + n
-                bar.update(1)
-                bar.set_postfix(loss=f"{values['total']:.3f}", refresh=False)
-                if done % every == 0 or done == iterations.stop:
-                    _save(loop, config, batches, done, ckpt)
+            bar.update(done - bar.n)
+            bar.set_postfix(loss=f"{values.get('total', float('nan')):.3f}", refresh=False)
+            if main and (done % every == 0 or last) and _finite_weights(loop.model):
+                _save(loop, config, batches, done, ckpt)  # else the last good one stays
     finally:
         bar.close()
         batches.close()
+        if log is not None:
+            log.close()
     rate = seen / max(time.perf_counter() - t_run, 1e-9)
     return TrainResult("ok", done, total, values, ckpt if ckpt.exists() else None, out_dir / METRICS,
                        out_dir, f"trained {done}/{total} iterations", rate)

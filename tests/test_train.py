@@ -166,8 +166,12 @@ def test_resume_refuses_another_recipe_and_fresh_run_refuses_old_dir(widerface_m
 
 
 def test_diverging_loss_stops_with_status(widerface_mini, tmp_path):
-    """An absurd learning rate blows the weights up; the run stops at the first non-finite
-    loss with status 'diverged', and the last checkpoint holds finite weights."""
+    """An absurd learning rate blows the weights up. A non-finite step is skipped (no update);
+    NONFINITE_LIMIT consecutive ones stop the run with status 'diverged'. Every line before
+    the skipped run is finite, each skipped line is non-finite, and the last checkpoint holds
+    finite weights (a checkpoint is written only when they are)."""
+    from detectors.train import NONFINITE_LIMIT
+
     config = _config(TINY, train_size=64, batch_size=2, workers=0,
                      schedule={"lr": 1e12, "unit": "iterations", "total": 20, "milestones": [],
                                "warmup_iters": 0})
@@ -177,9 +181,12 @@ def test_diverging_loss_stops_with_status(widerface_mini, tmp_path):
     assert err.value.status == result.status == "diverged"
     assert "diverged at iteration" in str(err.value)
     lines = [json.loads(l) for l in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
-    assert not math.isfinite(lines[-1]["total"]) and all(math.isfinite(m["total"]) for m in lines[:-1])
+    assert [m["iteration"] for m in lines] == list(range(1, len(lines) + 1)) and len(lines) < 20
+    tail = lines[-NONFINITE_LIMIT:]
+    assert all(m["skipped"] and not math.isfinite(m["total"]) for m in tail)
+    assert not any(m["skipped"] for m in lines[:-NONFINITE_LIMIT] if math.isfinite(m["total"]))
     state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
-    assert state["iteration"] == len(lines) - 1
+    assert 1 <= state["iteration"] < len(lines)
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
 
 

@@ -53,14 +53,15 @@ def drmc_loss(inputs: LossInputs, weights) -> dict[str, Tensor]:
     pos, keep = inputs.positive, ~inputs.ignored
     per_anchor = margin_classification_loss(logits, pos, weights.margin)
     negs = hard_negatives(per_anchor, keep & ~pos, pos, weights.neg_pos_ratio)
-    num_pos = max(int(pos.sum()), 1)
+    # the normaliser stays on the device, averaged over the processes of a distributed step;
+    # no `if any positives` branch: the box outputs join the graph on every process (DDP)
+    local = pos.sum().float()
+    num_pos = (local if inputs.reduce_mean is None else inputs.reduce_mean(local)).clamp(min=1)
     loss_cls = (per_anchor[pos].sum() + per_anchor[negs].sum()) / num_pos
-    loss_box = logits.new_zeros(())
-    if bool(pos.any()):
-        t = inputs.targets
-        dists = inputs.box_dists.float()[pos] * t.strides[:, None]
-        pred = torch.cat([t.points - dists[:, :2], t.points + dists[:, 2:]], 1)
-        loss_box = distance_box_iou_loss(pred, t.boxes, reduction="sum") / num_pos
+    t = inputs.targets
+    dists = inputs.box_dists.float()[pos] * t.strides[:, None]
+    pred = torch.cat([t.points - dists[:, :2], t.points + dists[:, 2:]], 1)
+    loss_box = distance_box_iou_loss(pred, t.boxes, reduction="sum") / num_pos
     parts = {"cls": weights.cls_weight * loss_cls, "box": weights.box_weight * loss_box}
     parts["total"] = parts["cls"] + parts["box"]
     return parts

@@ -1,5 +1,10 @@
 """`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]
-[--set KEY=VALUE ...]`.
+[--nproc N [--port P]] [--log-every K] [--set KEY=VALUE ...]`.
+
+`--nproc N` trains on N local processes (one per GPU on CUDA, gloo on CPU) started through
+torch's elastic launcher; under `torchrun --nnodes M --nproc_per_node N -m nas.cli train
+CONFIG --out RUN_DIR ...` each process started by torchrun runs this command and trains its
+share (detectors.distributed). recipe.batch_size is the global batch either way.
 
 Trains a retraining config (spec + recipe) scaled to a budget preset (the global override of
 detectors.config, then the config's own `budgets:` section); without --data it uses the
@@ -32,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
     parser.add_argument("--fp32", action="store_true", help="force fp32 NCHW instead of the device's fastest mode")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--nproc", type=int, default=1,
+                        help="local training processes (one per GPU on CUDA; CPU: at most the CPUs "
+                             "this process may use); recipe.batch_size is split over them")
+    parser.add_argument("--port", type=int, help="rendezvous port of --nproc (default: a free one)")
+    parser.add_argument("--log-every", type=int, default=10, dest="log_every",
+                        help="iterations between reads of the losses from the device (default 10)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a key of the config, after the budget scaled it (repeatable; "
                              "dotted keys, YAML values), e.g. --set recipe.schedule.lr=0.01")
@@ -69,26 +80,84 @@ def recorded_data_root(config_path: str) -> Path | None:
 
 def run(args: argparse.Namespace) -> int:
     from detectors.config import apply_budget, budget_synthetic, load_config
+    from detectors.distributed import under_launcher
     from detectors.errors import UserError
     from detectors.overrides import override_config
-    from detectors.train import TrainingDiverged, train
 
     loaded = load_config(args.config)
     config = override_config(apply_budget(loaded, args.budget), args.overrides)
     if args.resume and not args.out:
         raise UserError("--resume needs --out RUN_DIR (the run to continue)")
+    if under_launcher() and not args.out:
+        raise UserError("under torchrun every process must write the same run: pass --out RUN_DIR")
     out = Path(args.out) if args.out else Path("runs") / (
         f"{Path(args.config).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}")
     root = resolve_data_root(args.data, budget_synthetic(loaded, args.budget))
-    try:
-        result = train(config, root, out, resume=args.resume, device=args.device,
-                       num_threads=args.threads, progress=not args.quiet, fp32=args.fp32)
-    except TrainingDiverged as err:
-        print(f"facenas train: {err}", file=sys.stderr)
+    options = dict(resume=args.resume, device=args.device, num_threads=args.threads,
+                   progress=not args.quiet, fp32=args.fp32, log_every=args.log_every)
+    if args.nproc > 1 and not under_launcher():
+        summary = _launch(args, config, root, out, options)
+    else:
+        if args.nproc < 1:
+            raise UserError(f"--nproc must be >= 1, not {args.nproc}")
+        summary = worker(config, root, out, options)
+        if summary is None:  # a rank other than 0 under torchrun: rank 0 reports
+            return 0
+    if summary["status"] in ("diverged", "failed"):
+        print(f"facenas train: {summary['message']}", file=sys.stderr)
         return 1
-    losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
+    losses = " ".join(f"{k}={v:.4f}" for k, v in summary["losses"].items())
     # a resumed run that was already complete trains nothing: no losses or speed to report
-    print("; ".join([result.message] + ([losses, f"{result.images_per_s:.1f} images/s"]
-                                        if losses else ["nothing left to train"])))
-    print(f"run directory: {result.out_dir}  (weights: {result.checkpoint})")
+    print("; ".join([summary["message"]] + ([losses, f"{summary['images_per_s']:.1f} images/s"]
+                                            if losses else ["nothing left to train"])))
+    print(f"run directory: {summary['out_dir']}  (weights: {summary['checkpoint']})")
     return 0
+
+
+def worker(config, root: Path, out: Path, options: dict[str, Any]) -> dict[str, Any] | None:
+    """One training process (alone, or one rank of --nproc / torchrun): train, and return
+    rank 0's summary as plain data (None on the other ranks)."""
+    from detectors.distributed import env_world
+    from detectors.train import TrainingDiverged, train
+
+    try:
+        result = train(config, root, out, **options)
+    except TrainingDiverged as err:
+        result = err.result
+    if not env_world().main:
+        return None
+    return {"status": result.status, "message": result.message, "losses": result.losses,
+            "images_per_s": result.images_per_s, "out_dir": str(result.out_dir),
+            "checkpoint": str(result.checkpoint)}
+
+
+def _launch(args: argparse.Namespace, config, root: Path, out: Path, options: dict[str, Any]) -> dict:
+    """--nproc N: check everything a worker would refuse, then start N processes."""
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    from detectors import distributed
+    from detectors.device import select_device
+    from detectors.errors import UserError
+    from detectors.train import check_run_dir, check_world
+
+    kind = select_device(args.device).type
+    slots = distributed.available_slots(kind)
+    if args.nproc > slots:
+        what = "CUDA devices" if kind == "cuda" else "CPUs this process may use"
+        raise UserError(f"--nproc {args.nproc}: only {slots} {what} here")
+    check_world(config.recipe, args.nproc)
+    check_run_dir(config, out, args.resume)
+    if args.port is not None:
+        distributed.check_port_free(args.port)
+    port = args.port if args.port is not None else distributed.free_port()
+    if kind == "cpu" and args.threads is None:  # share the CPUs instead of oversubscribing
+        options = {**options, "num_threads": max(1, slots // args.nproc)}
+    try:
+        results = distributed.launch(args.nproc, port, worker, config, root, out, options)
+    except ChildFailedError as err:
+        # a killed rank first: the others then fail on the broken collective, sometimes first
+        rank, failure = min(err.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[0]))
+        cause = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+        return {"status": "failed", "message": f"training process of rank {rank} failed ({cause}); "
+                f"the others were stopped; continue with --resume --out {out}"}
+    return results[0]
