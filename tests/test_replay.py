@@ -114,6 +114,7 @@ def test_asha_matches_ray_tune_scheduler_driven_iteration_by_iteration():
             self.trial_id = trial_id
 
     rng = np.random.default_rng(0)
+    stops = 0
     for case in range(30):
         rf = [2, 3, 4][case % 3]
         sched_ = Schedule(grace=1, reduction_factor=rf, max_t=rf ** 2 * (1 + case % 2))
@@ -143,6 +144,8 @@ def test_asha_matches_ray_tune_scheduler_driven_iteration_by_iteration():
                     theirs[name] = it
                     running.remove(slot)
         assert mine == theirs, (case, order, workers, mode)
+        stops += sum(t < end for t in mine.values())
+    assert stops > 50  # the cases do exercise stopping, at every kind of rung
 
 
 def test_bad_input_is_one_line():
@@ -157,3 +160,36 @@ def test_bad_input_is_one_line():
         replay(good, S139, mode="best")
     with pytest.raises(AnalysisError, match="max_t"):
         Schedule(grace=10, reduction_factor=3, max_t=9)
+
+
+def _bench():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "asha_replay.py"
+    spec = importlib.util.spec_from_file_location("asha_replay", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_cli_reads_the_curves_csv_contract(tmp_path, capsys):
+    bench = _bench()
+    v = _vals(A=(0.5, 0.6), B=(0.3, 0.2), C=(0.7, 0.8))
+    t = _table(v).rename(columns={"metric": "ap_hard"})
+    t = t.assign(ap_easy=0.0, ap_medium=0.0, loss=-t["ap_hard"])[list(bench.CURVES_COLUMNS)]
+    csv = tmp_path / "ranking_curves.csv"
+    t.to_csv(csv, index=False)
+    # grace 1/9 as a fraction of max_t 9 -> iteration 1; SH keeps C: savings 1 - 11/27
+    assert bench.main(["--curves", str(csv), "--grace", str(1 / 9), "--orders", "20",
+                       "--workers", "1", "--k", "1", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "| sh | 1 | 0.59 [0.59, 0.59] | 1.00 [1.00, 1.00]" in out
+    # the loss column (mode min by its name) makes the same decisions here
+    summ, _ = bench.replay(csv, metric="loss", grace=1, orders=20, workers=1, k=[1, 2])
+    summ_ap, _ = bench.replay(csv, metric="ap_hard", grace=1, orders=20, workers=1, k=[1, 2])
+    pd.testing.assert_frame_equal(summ, summ_ap)
+    assert bench.main(["--curves", str(csv), "--metric", "ap_tiny"]) == 2
+    assert bench.main(["--curves", str(tmp_path / "none.csv")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "ap_tiny" in err[0] and "none.csv" in err[1]
