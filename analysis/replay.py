@@ -302,7 +302,9 @@ def _sh_makespan(trained: dict[str, int], schedule: Schedule, workers: int) -> i
 
 def summarize(per_order: pd.DataFrame, k: Sequence[int] | None = None) -> pd.DataFrame:
     """Per method and k: median and 5-95 % range over orders of savings and recall@k, the
-    mean recall, and how often the true best survived (recall@1 = 1)."""
+    mean recall, and pick_in_top_k: the share of orders whose pick (the survivor with the best
+    final value) is one of the true top k (comparable between methods that keep different
+    numbers of survivors, where recall@k is capped at survivors / k)."""
     ks = k or sorted(int(c.rsplit("_", 1)[1]) for c in per_order if c.startswith("recall_at_"))
     rows = []
     for method, g in per_order.groupby("method", sort=False):
@@ -317,5 +319,6 @@ def summarize(per_order: pd.DataFrame, k: Sequence[int] | None = None) -> pd.Dat
                          "recall_p5": float(np.percentile(r, 5)),
                          "recall_p95": float(np.percentile(r, 95)),
                          "recall_mean": float(r.mean()),
+                         "pick_in_top_k": float((g["best_rank"] <= x).mean()),
                          "survivors_median": float(g["n_survivors"].median())})
     return pd.DataFrame(rows)

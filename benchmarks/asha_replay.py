@@ -112,11 +112,12 @@ def replay(curves: pd.DataFrame | str | Path = CURVES_CSV, metric: str = "ap_har
 
 def format_table(summary: pd.DataFrame) -> str:
     lines = ["| method | k | savings median [5-95 %] | recall@k median [5-95 %] | mean recall | "
-             "survivors |", "|---|---|---|---|---|---|"]
+             "pick in top k | survivors |", "|---|---|---|---|---|---|---|"]
     for _, r in summary.iterrows():
         lines.append(f"| {r.method} | {r.k} | {r.savings_median:.2f} [{r.savings_p5:.2f}, "
                      f"{r.savings_p95:.2f}] | {r.recall_median:.2f} [{r.recall_p5:.2f}, "
-                     f"{r.recall_p95:.2f}] | {r.recall_mean:.2f} | {r.survivors_median:g} |")
+                     f"{r.recall_p95:.2f}] | {r.recall_mean:.2f} | {r.pick_in_top_k:.2f} | "
+                     f"{r.survivors_median:g} |")
     return "\n".join(lines)
 
 

@@ -89,6 +89,9 @@ def test_replay_cost_and_recall_arithmetic():
     summ = summarize(per)
     row = summ[(summ.method == "sh") & (summ.k == 1)].iloc[0]
     assert row.savings_median == pytest.approx(1 - 11 / 27) and row.recall_median == 1.0
+    # ASHA's pick is C whenever C survives, and C is stopped in no order (hand list above)
+    assert set(per[per.method == "asha"].best_rank) == {1}
+    assert (summ[summ.method == "asha"].pick_in_top_k == 1.0).all()
 
 
 def test_seeds_random_draws_one_seed_per_spec_and_mean_averages():
@@ -184,7 +187,7 @@ def test_cli_reads_the_curves_csv_contract(tmp_path, capsys):
     assert bench.main(["--curves", str(csv), "--grace", str(1 / 9), "--orders", "20",
                        "--workers", "1", "--k", "1", "2"]) == 0
     out = capsys.readouterr().out
-    assert "| sh | 1 | 0.59 [0.59, 0.59] | 1.00 [1.00, 1.00]" in out
+    assert "| sh | 1 | 0.59 [0.59, 0.59] | 1.00 [1.00, 1.00] | 1.00 | 1.00 | 1 |" in out
     # the loss column (mode min by its name) makes the same decisions here
     summ, _ = bench.replay(csv, metric="loss", grace=1, orders=20, workers=1, k=[1, 2])
     summ_ap, _ = bench.replay(csv, metric="ap_hard", grace=1, orders=20, workers=1, k=[1, 2])
