@@ -29,6 +29,7 @@ rung_t = fraction / grace, so grace 1 and max-t 1/G replay the ASHA that `--sche
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -107,6 +108,7 @@ def replay(curves: pd.DataFrame | str | Path = CURVES_CSV, metric: str = "ap_har
     mode = mode or ("min" if "loss" in metric else "max")
     per = replay_curves(table, schedule, orders=orders, workers=workers, k=k, mode=mode,
                         seed=seed, seeds=seeds)
+    per.attrs["schedule"] = schedule
     return summarize(per, list(k)), per
 
 
@@ -152,8 +154,11 @@ def main(argv: list[str] | None = None) -> int:
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{per['order'].nunique()} arrival orders, {args.workers} workers, metric "
-          f"{args.metric}; savings = 1 - trial-iterations / (all trials to max_t)")
+    sch = per.attrs["schedule"]
+    rungs = ", ".join(str(math.ceil(m - 1e-9)) for m in sch.decision_rungs)
+    print(f"{int(per['baseline'].iloc[0] // sch.end)} specs, rungs at iteration(s) {rungs}, "
+          f"max_t {sch.end}; {per['order'].nunique()} arrival orders, {args.workers} workers, "
+          f"metric {args.metric}; savings = 1 - trial-iterations / (all trials to max_t)")
     print(format_table(summary))
     if args.out:
         from analysis.tables import atomic_path
