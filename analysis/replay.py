@@ -222,13 +222,17 @@ def _curves(df: pd.DataFrame) -> dict[str, dict[object, dict[int, float]]]:
 
 def replay(curves: pd.DataFrame, schedule: Schedule, orders: int = 1000, workers: int = 4,
            k: Sequence[int] = (1, 3, 5), mode: str = "max", seed: int = 0,
-           seeds: str = "random") -> pd.DataFrame:
+           seeds: str = "random", truth: str | None = None) -> pd.DataFrame:
     """One row per (order, method): cost, baseline, savings, makespan, survivors, recall@k.
 
     Columns: order, method ('asha' | 'sh'), arrival (';'-joined spec ids), cost (trial-iterations), baseline (every trial to
     max_t), savings = 1 - cost/baseline, makespan (time units with `workers` slots; sh: its
     rounds), survivors (';'-joined spec ids), n_survivors, best_rank (the true rank, 1 = best,
-    of the survivor with the best final value in this order), recall_at_<k> per k."""
+    of the survivor with the best final value in this order), recall_at_<k> per k.
+
+    truth: a column of `curves` (higher is better, e.g. ap_hard) whose value at max_t, mean
+    over seeds, defines the k best specs; default the replayed metric itself (e.g. to replay
+    ASHA on the rung loss but score it against the final AP)."""
     sign = _sign(mode)
     if orders < 1 or workers < 1:
         raise AnalysisError(f"orders and workers must be >= 1, got {orders} and {workers}")
@@ -236,14 +240,23 @@ def replay(curves: pd.DataFrame, schedule: Schedule, orders: int = 1000, workers
         raise AnalysisError(f"seeds must be 'random' or 'mean', got {seeds!r}")
     df = _check(curves, schedule)
     per_seed = _curves(df)
+    if truth is not None:
+        if truth not in curves.columns:
+            raise AnalysisError(f"truth column {truth!r} is not in the curves table")
+        end_rows = curves[curves["iteration"].astype(int) == schedule.end]
+        final = end_rows.groupby(end_rows["spec_id"].astype(str))[truth].mean()
     specs = sorted(per_seed)
     n = len(specs)
     ks = [int(x) for x in k]
     if any(x < 1 or x > n for x in ks):
         raise AnalysisError(f"k must be in 1..{n} (the number of specs), got {ks}")
     end = schedule.end
-    truth = {s: float(np.nanmean([c[end] for c in per_seed[s].values()])) for s in specs}
-    ranked = sorted(specs, key=lambda s: -_key(sign * truth[s]))  # ties: spec_id order
+    if truth is None:
+        score = {s: sign * float(np.nanmean([c[end] for c in per_seed[s].values()]))
+                 for s in specs}
+    else:
+        score = {s: float(final[s]) for s in specs}
+    ranked = sorted(specs, key=lambda s: -_key(score[s]))  # ties: spec_id order
     rank = {s: i + 1 for i, s in enumerate(ranked)}
     mean_curve = {s: pd.DataFrame(per_seed[s]).mean(axis=1).to_dict() for s in specs}
     rng = np.random.default_rng(seed)

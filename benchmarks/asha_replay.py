@@ -16,7 +16,8 @@ Curves CSV contract (benchmarks/ranking_truth.py records the long runs' rungs th
 was tested: columns spec_id, seed, iteration, ap_easy, ap_medium, ap_hard, loss (loss = the mean
 training total loss over the last tenth of the iterations so far, nas.fidelity.rung_loss). Any
 metric column can be replayed with `--metric`; `--mode` defaults to min for a column named
-*loss*, else max. The table must hold every rung iteration and the last one for each run.
+*loss*, else max; `--truth COLUMN` ranks the specs by that column's final value
+(higher is better) instead, e.g. `--metric loss --truth ap_hard`. The table must hold every rung iteration and the last one for each run.
 
 Schedule: `--grace` in iterations (a value below 1 is a fraction of `--max-t`, as facenas's
 `--grace`); `--max-t` defaults to the table's largest iteration; rungs grace * rf^k as Ray's.
@@ -82,8 +83,8 @@ def curves_from_run(run_dir: str | Path) -> tuple[pd.DataFrame, float, float]:
 def replay(curves: pd.DataFrame | str | Path = CURVES_CSV, metric: str = "ap_hard",
            grace: float | None = None, reduction_factor: float = 3.0, max_t: float | None = None,
            orders: int = 1000, workers: int = 4, k: Sequence[int] = (1, 3, 5),
-           mode: str | None = None, seed: int = 0, seeds: str = "random"
-           ) -> tuple[pd.DataFrame, pd.DataFrame]:
+           mode: str | None = None, seed: int = 0, seeds: str = "random",
+           truth: str | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(summary per method and k, one row per order and method) of a curves table or CSV
     (the contract above). ranking_truth.py --report calls this on ranking_curves.csv.
     grace None: the table's smallest iteration."""
@@ -107,7 +108,7 @@ def replay(curves: pd.DataFrame | str | Path = CURVES_CSV, metric: str = "ap_har
     schedule = Schedule(g, float(reduction_factor), top)
     mode = mode or ("min" if "loss" in metric else "max")
     per = replay_curves(table, schedule, orders=orders, workers=workers, k=k, mode=mode,
-                        seed=seed, seeds=seeds)
+                        seed=seed, seeds=seeds, truth=truth)
     per.attrs["schedule"] = schedule
     return summarize(per, list(k)), per
 
@@ -131,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     src.add_argument("--run", help="a facenas run searched with --scheduler fifo --grace G")
     p.add_argument("--metric", default="ap_hard")
     p.add_argument("--mode", choices=("max", "min"))
+    p.add_argument("--truth", help="column whose final value (higher is better) ranks the "
+                   "specs (default: --metric; e.g. --metric loss --truth ap_hard)")
     p.add_argument("--grace", type=float)
     p.add_argument("--reduction-factor", type=float)
     p.add_argument("--max-t", type=float)
@@ -150,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             curves, grace, max_t = args.curves or CURVES_CSV, args.grace, args.max_t
         summary, per = replay(curves, args.metric, grace, rf or 3.0, max_t, args.orders,
-                              args.workers, args.k, args.mode, args.seed, args.seeds)
+                              args.workers, args.k, args.mode, args.seed, args.seeds, args.truth)
     except AnalysisError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -192,6 +192,11 @@ def test_cli_reads_the_curves_csv_contract(tmp_path, capsys):
     summ, _ = bench.replay(csv, metric="loss", grace=1, orders=20, workers=1, k=[1, 2])
     summ_ap, _ = bench.replay(csv, metric="ap_hard", grace=1, orders=20, workers=1, k=[1, 2])
     pd.testing.assert_frame_equal(summ, summ_ap)
+    # a truth column ranks the specs instead: with truth = ap_easy (0 for all, ties by spec_id)
+    # the "best" is A, so SH (keeping C) has recall@1 = 0
+    _, per = bench.replay(csv, metric="ap_hard", grace=1, orders=5, k=[1],
+                          truth="ap_easy")
+    assert set(per[per.method == "sh"].recall_at_1) == {0.0}
     assert bench.main(["--curves", str(csv), "--metric", "ap_tiny"]) == 2
     assert bench.main(["--curves", str(tmp_path / "none.csv")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
