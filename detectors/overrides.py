@@ -113,7 +113,7 @@ def override_config(config: "TrainConfig", items: Sequence[str] | None) -> "Trai
     pairs = parse_overrides(items)
     if not pairs:
         return config
-    data = config.to_dict()
+    data = {**config.to_dict(), "recipe": config.recipe.to_dict(full=True)}  # every key settable
     for key, value in pairs:
         set_dotted(data, key, value)
     try:
