@@ -121,7 +121,7 @@ def predict_split(
                                          max_det=max_det, **extra)
                     for i, det in zip(idx, dets):
                         sx, sy = prepared[i][1]
-                        boxes = det.boxes.float().cpu().double() / boxes_scale(sx, sy)
+                        boxes = det.boxes.float().cpu().double() / _scale_divisor(sx, sy)
                         if mirrored:
                             boxes = mirror_boxes(boxes, images[i].shape[1])
                         found[i].append((boxes, det.scores.float().cpu().double()))
@@ -135,7 +135,7 @@ def predict_split(
     return out
 
 
-def boxes_scale(sx: float, sy: float) -> torch.Tensor:
+def _scale_divisor(sx: float, sy: float) -> torch.Tensor:
     """The divisor of xyxy boxes in network pixels that gives original pixels."""
     return torch.tensor([sx, sy, sx, sy], dtype=torch.float64)
 
