@@ -43,7 +43,8 @@ if TYPE_CHECKING:  # imported lazily so recipes work without building anything
     from detectors.spec import DetectorSpec
 
 __all__ = [
-    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "Pretrained", "Recipe",
+    "Schedule", "Augmentation", "LossWeights", "AssignerConfig", "TestConfig", "TEST_RESIZE",
+    "TEST_MERGE", "Pretrained", "Recipe",
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
     "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
@@ -156,15 +157,68 @@ class AssignerConfig:
             raise UserError(f"assigner.pos_iou must be in (0, 1], not {self.pos_iou}")
 
 
+TEST_RESIZE = ("long", "short")
+TEST_MERGE = ("nms", "vote")
+
+
 @dataclass(frozen=True)
 class TestConfig:
-    """Test-time settings: long side resized to `size`, score threshold, NMS IoU, detections
-    kept per image (None: all, as SCRFD's max_per_img=-1)."""
+    """Test-time settings (docs/evaluation.md, "Test protocols"). The default is SCRFD's: one
+    pass with the long side resized to `size`, score threshold, NMS IoU, detections kept per
+    image (None: all, as SCRFD's max_per_img=-1).
+
+    sizes: the test sizes of a multi-scale test (one or more; None: [size]); resize: which
+    side becomes the size ('long': padded to size x size, SCRFD; 'short': FANet's "shorter
+    size"); flip: also test each size on the mirrored image; pre_nms_top_k: boxes kept per
+    pass before NMS, by score (ASFD: 5000); merge: how the passes' detections are combined
+    ('nms', or 'vote': S3FD / DSFD box voting), at iou_thresh, keeping max_det (ASFD: 750).
+    """
 
     size: int = 640
     score_thresh: float = 0.02
     iou_thresh: float = 0.45
     max_det: int | None = None
+    # added after the first release: written only when not at their default (Recipe.to_dict),
+    # so earlier recipes and checkpoints stay equal
+    sizes: tuple[int, ...] | None = None
+    resize: str = "long"
+    flip: bool = False
+    pre_nms_top_k: int | None = None
+    merge: str = "nms"
+
+    def __post_init__(self) -> None:
+        if self.size < 1:
+            raise UserError(f"recipe.test.size must be a positive integer, not {self.size}")
+        if self.sizes is not None:
+            if len(self.sizes) == 0:
+                raise UserError("recipe.test.sizes is empty: list one or more test sizes "
+                                "(or null for [recipe.test.size])")
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in self.sizes):
+                raise UserError(f"recipe.test.sizes must be positive integers, not {list(self.sizes)}")
+        if self.resize not in TEST_RESIZE:
+            raise UserError(f"recipe.test.resize must be one of {', '.join(TEST_RESIZE)}, not {self.resize!r}")
+        if self.merge not in TEST_MERGE:
+            raise UserError(f"recipe.test.merge must be one of {', '.join(TEST_MERGE)}, not {self.merge!r}")
+        for key in ("pre_nms_top_k", "max_det"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise UserError(f"recipe.test.{key} must be >= 1 (or null: no cap), not {value}")
+
+    @property
+    def scales(self) -> tuple[int, ...]:
+        """The sizes tested: `sizes`, or (size,)."""
+        return tuple(self.sizes) if self.sizes is not None else (self.size,)
+
+    @property
+    def single_pass(self) -> bool:
+        """One size and no flip: the detections are one pass's, with nothing to merge."""
+        return len(self.scales) == 1 and not self.flip
+
+
+# The test keys added after the first release (TestConfig), omitted from Recipe.to_dict at
+# their default; smoke and quick budgets reset them: a CPU proxy tests one pass.
+_TEST_ADDED = ("sizes", "resize", "flip", "pre_nms_top_k", "merge")
+_SINGLE_PASS = {"sizes": None, "resize": "long", "flip": False, "merge": "nms"}
 
 
 @dataclass(frozen=True)
@@ -222,6 +276,10 @@ class Recipe:
         for key in () if full else EXECUTION_KEYS:
             if d[key] == getattr(Recipe, key):
                 d.pop(key)
+        if not full:
+            for key in _TEST_ADDED:
+                if getattr(self.test, key) == getattr(TestConfig, key):
+                    d["test"].pop(key)
         return d
 
     def identity(self) -> dict:
@@ -385,11 +443,11 @@ _BUDGET_OVERRIDES: dict[str, dict[str, Any]] = {
     "smoke": {"train_size": 128, "batch_size": 2, "workers": 0,
               "schedule": {"unit": "iterations", "total": 4, "milestones": (3,),
                            "warmup_iters": 1},
-              "test": {"size": 256}},
+              "test": {"size": 256, **_SINGLE_PASS}},
     "quick": {"train_size": 320, "batch_size": 8, "workers": 1,
               "schedule": {"unit": "iterations", "total": 600, "milestones": (450, 550),
                            "warmup_iters": 50},
-              "test": {"size": 640}},
+              "test": {"size": 640, **_SINGLE_PASS}},
     "paper": {},
 }
 BUDGETS = tuple(_BUDGET_OVERRIDES)

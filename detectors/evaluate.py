@@ -65,6 +65,9 @@ __all__ = [
     "overlaps_matlab_int",
     "normalise_scores",
     "voc_ap",
+    "MIN_PRECISION",
+    "ap_at_precision",
+    "precision_cut",
     "plot_pr",
     "read_predictions",
     "write_predictions",
@@ -75,13 +78,17 @@ THRESH_NUM = 1000
 # Computed as the official code does (1 - t/thresh_num in double), so comparisons are identical.
 THRESHOLDS = 1.0 - (np.arange(THRESH_NUM, dtype=np.float64) + 1.0) / THRESH_NUM
 PROTOCOLS = ("matlab", "python")
+# SCRFD Table 1 / Fig. 10(d): AP once the score threshold is raised to keep precision >= 98%
+# (docs/evaluation.md, "AP at precision >= 98%").
+MIN_PRECISION = 0.98
 
 
 @dataclass(frozen=True, eq=False)
 class EvalResult:
     """AP and PR curves per setting.
 
-    ap: {'easy', 'medium', 'hard'} -> float. precision / recall: setting -> float64 (1000,), one
+    ap: {'easy', 'medium', 'hard'} -> float. ap_at_p98: the same subsets -> AP at precision
+    >= 98% (ap_at_precision; SCRFD Table 1). precision / recall: setting -> float64 (1000,), one
     point per threshold in THRESHOLDS order (descending threshold, so recall ascending;
     precision is NaN where no proposal passes). faces: kept boxes per setting. images: ground
     truth images; boxes: predicted boxes on them. missing: ground-truth images with no
@@ -98,9 +105,16 @@ class EvalResult:
     missing: list[str]
     extra: list[str]
     protocol: str
+    ap_at_p98: dict[str, float]
 
     def as_dict(self) -> dict[str, float]:
         return {s: float(self.ap[s]) for s in SETTINGS}
+
+    def metrics(self) -> dict[str, float]:
+        """AP and AP at precision >= 98% per subset, flat: easy, medium, hard,
+        ap_at_p98_easy, ap_at_p98_medium, ap_at_p98_hard (the keys `facenas test --json`,
+        `facenas evaluate --json` and detectors.test.test return)."""
+        return {**self.as_dict(), **{f"ap_at_p98_{s}": float(self.ap_at_p98[s]) for s in SETTINGS}}
 
 
 def overlaps_plus_one(pred_xyxy: np.ndarray, gt_xyxy: np.ndarray) -> np.ndarray:
@@ -157,6 +171,28 @@ def voc_ap(recall: np.ndarray, precision: np.ndarray) -> float:
     mpre = np.fmax.accumulate(mpre[::-1])[::-1]
     i = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[i + 1] - mrec[i]) * mpre[i + 1]))
+
+
+def precision_cut(precision: np.ndarray, min_precision: float = MIN_PRECISION) -> int | None:
+    """Index of the lowest threshold (highest recall) whose precision is still >= min_precision,
+    or None when no threshold reaches it (NaN precision never does)."""
+    with np.errstate(invalid="ignore"):
+        idx = np.flatnonzero(np.asarray(precision) >= min_precision)
+    return int(idx[-1]) if len(idx) else None
+
+
+def ap_at_precision(recall: np.ndarray, precision: np.ndarray, min_precision: float = MIN_PRECISION) -> float:
+    """AP with the score threshold raised until precision >= min_precision (SCRFD Table 1,
+    "AP@Precision > 98%"): the curve (points in THRESHOLDS order) is cut at precision_cut,
+    the last point at or above min_precision (recall R*), and the cut curve gets the VOC
+    all-point area. That is the area under the precision envelope over recall [0, R*]; the
+    recall beyond R* (reachable only below 98% precision) adds nothing. 0 if no point reaches
+    min_precision.
+    """
+    k = precision_cut(precision, min_precision)
+    if k is None:
+        return 0.0
+    return voc_ap(np.asarray(recall)[: k + 1], np.asarray(precision)[: k + 1])
 
 
 def _round_half_away(x: np.ndarray) -> np.ndarray:
@@ -307,21 +343,25 @@ def _per_image_flags(gt: EvalGroundTruth, ranked: dict, norm, integer: bool, pro
 
 
 def _result(gt, parts, ranked, missing, extra, protocol) -> EvalResult:
-    precision, recall, ap, faces = {}, {}, {}, {}
+    precision, recall, ap, ap98, faces = {}, {}, {}, {}, {}
     for s in SETTINGS:
         faces[s] = gt.faces(s)
         scores, prop, tp = (np.concatenate(v) if v else np.zeros(0) for v in parts[s])
         precision[s], recall[s] = _pr(scores, prop.astype(bool), tp.astype(bool), faces[s])
         ap[s] = voc_ap(recall[s], precision[s])
+        ap98[s] = ap_at_precision(recall[s], precision[s])
     if all(np.isnan(p).all() for p in precision.values()):
         warnings.warn("all prediction scores are equal: min-max normalisation is undefined and "
                       "the official protocol then scores nothing", stacklevel=3)
     n_boxes = sum(len(p) for p in ranked.values())
-    return EvalResult(ap, precision, recall, faces, len(gt.image_ids), n_boxes, missing, extra, protocol)
+    return EvalResult(ap, precision, recall, faces, len(gt.image_ids), n_boxes, missing, extra, protocol,
+                      ap98)
 
 
 def plot_pr(result: EvalResult, out_png: str | os.PathLike) -> Path:
-    """Precision-recall curves of the three settings in one PNG (written atomically)."""
+    """Precision-recall curves of the three settings in one PNG (written atomically); a dotted
+    line marks precision 98% and a dot each curve's last point at or above it (the cut of
+    ap_at_precision)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -331,9 +371,14 @@ def plot_pr(result: EvalResult, out_png: str | os.PathLike) -> Path:
     if not out.parent.is_dir():
         raise UserError(f"cannot write {out}: directory {out.parent} does not exist")
     fig, ax = plt.subplots(figsize=(5, 4.5))
+    ax.axhline(MIN_PRECISION, color="grey", linestyle=":", linewidth=1)
     for s in SETTINGS:
         ok = ~np.isnan(result.precision[s])
-        ax.plot(result.recall[s][ok], result.precision[s][ok], label=f"{s}  AP {result.ap[s]:.4f}")
+        line, = ax.plot(result.recall[s][ok], result.precision[s][ok],
+                        label=f"{s}  AP {result.ap[s]:.4f}  @P98 {result.ap_at_p98[s]:.4f}")
+        k = precision_cut(result.precision[s])
+        if k is not None:
+            ax.plot([result.recall[s][k]], [result.precision[s][k]], "o", color=line.get_color(), markersize=5)
     ax.set(xlabel="recall", ylabel="precision", xlim=(0, 1), ylim=(0, 1.01), title="WIDER FACE val")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower left")

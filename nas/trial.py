@@ -3,7 +3,8 @@
 The driver hands each planned spec to a trial function as a `TrialRequest` (plain data, all
 paths absolute: Ray runs trials in a working directory of its own). The function returns the
 metric part of a results-table row (`status`, `error`, `wall_time_s`, `ap_easy`, `ap_medium`,
-`ap_hard`) or raises; a raising or diverging trial is retried by the driver up to
+`ap_hard`, and AP at precision >= 98%: `ap_at_p98_easy/_medium/_hard`, `ap_at_p98` = hard) or
+raises; a raising or diverging trial is retried by the driver up to
 `--max-failures` times and then recorded as failed.
 """
 
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TrialDiverged", "TrialFn", "TrialRequest", "merge", "run_trial", "trial_config",
            "run_job", "budget_scaled_recipe", "is_cuda_oom", "grad_accumulation",
-           "with_grad_accumulation", "cuda_problem"]
+           "with_grad_accumulation", "cuda_problem", "p98_columns"]
 
 
 class TrialDiverged(RuntimeError):
@@ -154,6 +155,13 @@ def budget_scaled_recipe(search: dict[str, Any]) -> "Recipe":
     return recipe_from_dict(merge(scaled.to_dict(), search["recipe_overrides"]), "recipe_overrides")
 
 
+def p98_columns(metrics: dict[str, float]) -> dict[str, float]:
+    """A row's AP at precision >= 98% (detectors.test's metrics): ap_at_p98_easy / _medium /
+    _hard, and ap_at_p98 = the hard subset's (the figure SCRFD Fig. 10(d) quotes)."""
+    cols = {f"ap_at_p98_{s}": float(metrics[f"ap_at_p98_{s}"]) for s in ("easy", "medium", "hard")}
+    return {**cols, "ap_at_p98": cols["ap_at_p98_hard"]}
+
+
 def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, Any]:
     """Train and test one spec; returns the metric columns of its results row.
 
@@ -191,7 +199,7 @@ def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, 
                   progress=False)
         metrics.update({"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
                         "ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
-                        "ap_hard": float(ap["hard"])})
+                        "ap_hard": float(ap["hard"]), **p98_columns(ap)})
         if request.rungs:
             loss = rung_loss(train_dir / "metrics.jsonl", stop)
             metrics.update({"fidelity": fractions[k - 1], f"ap_hard_r{k}": float(ap["hard"]),

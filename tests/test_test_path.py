@@ -95,7 +95,8 @@ def test_train_then_test_cli_on_embedded_data(repo_root, tmp_path):
                       "--json", "--quiet", "--out", str(tmp_path / "preds"))
     assert tested.returncode == 0, tested.stderr
     ap = json.loads(tested.stdout)
-    assert set(ap) == {"easy", "medium", "hard"} and all(0.0 <= v <= 1.0 for v in ap.values())
+    assert set(ap) == {"easy", "medium", "hard", "ap_at_p98_easy", "ap_at_p98_medium", "ap_at_p98_hard"}
+    assert all(0.0 <= v <= 1.0 for v in ap.values()) and all(ap[f"ap_at_p98_{s}"] <= ap[s] for s in ("easy", "hard"))
     assert len(list((tmp_path / "preds").rglob("*.txt"))) == 100  # every synthetic val image
 
 

@@ -110,12 +110,12 @@ class RSADetector(FaceDetector):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor, score_thresh: float = 0.02, iou_thresh: float = 0.45,
-                max_det: int | None = None) -> list[Detections]:
+                max_det: int | None = None, pre_nms_top_k: int | None = None) -> list[Detections]:
         """The Fig. 2 pipeline per image (module docstring); boxes xyxy in input pixels."""
-        return [self._predict_one(images[i:i + 1], score_thresh, iou_thresh, max_det)
+        return [self._predict_one(images[i:i + 1], score_thresh, iou_thresh, max_det, pre_nms_top_k)
                 for i in range(images.shape[0])]
 
-    def _predict_one(self, image, score_thresh, iou_thresh, max_det) -> Detections:
+    def _predict_one(self, image, score_thresh, iou_thresh, max_det, pre_nms_top_k=None) -> Detections:
         h, w = image.shape[-2:]
         sizes = self.forecast(image)
         if sizes.size == 0:
@@ -126,7 +126,7 @@ class RSADetector(FaceDetector):
         resized = F.interpolate(image, size=size, mode="bilinear", align_corners=False,
                                 antialias=factor < 1)
         out = self(resized, depth)
-        det = decode_outputs(out, self.spec, size, score_thresh, iou_thresh, max_det)[0]
+        det = decode_outputs(out, self.spec, size, score_thresh, iou_thresh, max_det, pre_nms_top_k)[0]
         fx, fy = size[1] / w, size[0] / h
         back = det.boxes.new_tensor([fx, fy])
         return Detections(det.boxes / back.repeat(2), det.scores, det.keypoints / back)

@@ -95,13 +95,16 @@ def image_batches(data_root: str | os.PathLike, split: str, image_ids, size: int
 def evaluate_path(supernet, space: BFBoxSpace, path: BFBoxPath, data_root: str | os.PathLike,
                   subsets: EvalSubsets, test_size: int, recal_batches: Callable[[], Iterable],
                   ground_truth=None, score_thresh: float = 0.02, iou_thresh: float = 0.45) -> dict:
-    """Inherit -> recalibrate BN -> test one path; returns ap_easy/medium/hard, wall_time_s.
+    """Inherit -> recalibrate BN -> test one path; returns ap_easy/medium/hard, the AP at
+    precision >= 98% columns (nas.trial.p98_columns), wall_time_s.
 
     `recal_batches()`: the recalibration batches (e.g. image_batches over
     subsets.recalibration, or a cached list of them); `ground_truth`: the val
     EvalGroundTruth restricted to subsets.validation (loaded here when None)."""
     from detectors.data.widerface import load_eval_ground_truth
     from detectors.test import evaluate_predictions, predict_split
+
+    from nas.trial import p98_columns
 
     start = time.perf_counter()
     model = build(space.template(path))
@@ -112,7 +115,7 @@ def evaluate_path(supernet, space: BFBoxSpace, path: BFBoxPath, data_root: str |
                           iou_thresh=iou_thresh, image_ids=list(subsets.validation), progress=False)
     ap = evaluate_predictions(preds, gt, progress=False)
     return {"ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
-            "ap_hard": float(ap["hard"]), "wall_time_s": time.perf_counter() - start}
+            "ap_hard": float(ap["hard"]), **p98_columns(ap), "wall_time_s": time.perf_counter() - start}
 
 
 @functools.lru_cache(maxsize=2)
