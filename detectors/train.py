@@ -10,7 +10,8 @@ prediction sets -> SGD step with linear warm-up and step decay. `TrainHooks` ext
 
 - config.yaml: the resolved config (spec inline + recipe) and, under `run:`, provenance
   (package versions, git revision, device mode, data root); `load_config` reads it back;
-- metrics.jsonl: one JSON line per iteration (iteration, loss parts, lr, images/s, positives);
+- metrics.jsonl: one JSON line per iteration (iteration, loss parts, lr, images/s, positives,
+  data_wait_s: seconds waiting for the batch, step_s: the whole iteration; data_figures());
 - checkpoint.pt: model + optimiser + scheduler + iteration + RNG (detectors.checkpoint),
   written atomically every `checkpoint_every` iterations and at the end.
 
@@ -22,6 +23,7 @@ computes the same losses as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -41,16 +43,17 @@ from tqdm import tqdm
 
 from detectors.anchors import anchor_boxes, anchor_points, anchor_strides
 from detectors.assign import Assignment
-from detectors.batches import SeededBatches
+from detectors.batches import SeededBatches, resolve_workers
 from detectors.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detectors.config import Recipe, TrainConfig, schedule_in_iterations
+from detectors.data.device_transforms import device_images
 from detectors.device import TrainingMode, select_device, set_threads, training_mode
 from detectors.errors import UserError
 from detectors.losses import LossInputs, Targets
 from detectors.model import HeadOutputs, build
 
 __all__ = ["train", "total_iterations", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor", "CHECKPOINT",
-           "METRICS", "CONFIG"]
+           "METRICS", "CONFIG", "data_figures"]
 
 
 class TrainHooks:
@@ -103,6 +106,7 @@ class TrainResult:
     out_dir: Path
     message: str = ""
     images_per_s: float = float("nan")
+    data_wait_frac: float = float("nan")  # share of step time spent waiting for the next batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -182,9 +186,9 @@ def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict) -
     their parts are logged as aux<k>_<part>. A model with a `training_loss(images, batch,
     recipe) -> (parts with 'total', positives)` method is trained on that instead of the
     recipe's assigner + loss (stages that are not detection, e.g. RSA's scale forecast)."""
-    images = batch["image"].to(mode.device, non_blocking=True)
-    if mode.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    # uint8 from the loader: flip, photometric and normalisation on the training device
+    images = device_images(batch, mode.device, memory_format=torch.channels_last if mode.channels_last
+                           else torch.contiguous_format)
     own_loss = getattr(model, "training_loss", None)
     if own_loss is not None:  # models trained with another objective (e.g. RSA's stages)
         with mode.autocast():
@@ -250,13 +254,19 @@ def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
     if not ckpt.exists():
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = load_checkpoint(ckpt)
-    if state.get("spec") != config.spec.to_dict() or state.get("recipe") != config.recipe.to_dict():
+    if state.get("spec") != config.spec.to_dict() or _without_workers(state.get("recipe")) != \
+            _without_workers(config.recipe.to_dict()):
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with a different "
                         f"spec or recipe than this config (see {out_dir / CONFIG})")
     if state.get("hooks_identity", {}) != hooks.identity():
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with another "
                         "supernet or search setting than this run")
     return state
+
+
+def _without_workers(recipe: dict | None) -> dict | None:
+    # loader processes change the speed, not the batches: a run resumes under any --workers
+    return None if recipe is None else {k: v for k, v in recipe.items() if k != "workers"}
 
 
 def _rng_state(batches: SeededBatches) -> dict:
@@ -339,7 +349,7 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
     recipe = config.recipe
     mode = training_mode(select_device(device), fp32=fp32)
     _seed_everything(recipe.seed)
-    batches = SeededBatches(data_root, recipe)
+    batches = SeededBatches(data_root, recipe, pin_memory=mode.device.type == "cuda")
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
     model = hooks.build_model(config).to(mode.device)
     if mode.channels_last:
@@ -382,6 +392,7 @@ def train(
     checkpoint_every: int | None = None,
     fp32: bool = False,
     hooks: TrainHooks | None = None,
+    workers: int | None = None,
 ) -> TrainResult:
     """Train `config` on the train split of `data_root` into `out_dir` (see module docstring).
 
@@ -389,17 +400,22 @@ def train(
     `resume=True` continues it); checkpoint_every defaults to a tenth of the run (<= 500
     iterations); fp32 forces fp32 NCHW instead of the device's fastest mode. Raises
     TrainingDiverged on a NaN/inf loss and UserError for bad inputs. `hooks` (TrainHooks)
-    change what is trained and add work around each step (supernets, DARTS).
+    change what is trained and add work around each step (supernets, DARTS). `workers`
+    (--workers) overrides recipe.workers; without either, one loader process per thread.
     """
     hooks = hooks or TrainHooks()
     out_dir, data_root = Path(out_dir), Path(data_root)
     if not data_root.is_dir():
         raise UserError(f"dataset root not found: {data_root}")
     threads = set_threads(num_threads)
+    if workers is not None:
+        resolve_workers(workers, None, threads)  # a negative count: one line, before anything runs
+        config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, workers=workers))
     state = _prepare_out_dir(out_dir, config, resume, hooks)
     loop, batches, total, start = _setup(config, data_root, state, device, fp32, hooks)
     if state is None:
-        info = {**config.to_dict(), "run": _provenance(config, data_root, loop.mode, threads)}
+        info = {**config.to_dict(), "run": {**_provenance(config, data_root, loop.mode, threads),
+                                            "workers": batches.workers}}
         _write_text(out_dir / CONFIG, yaml.safe_dump(info, sort_keys=False, default_flow_style=None))
     metrics = out_dir / METRICS
     _truncate_metrics(metrics, start)
@@ -436,17 +452,22 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
                disable=not progress, dynamic_ncols=True)
     values: dict[str, float] = {}
     done, seen, t_run = iterations.start, 0, time.perf_counter()
+    waited = stepped = 0.0
     stream = batches.iterate(iterations.start)
     try:
         with (out_dir / METRICS).open("a") as log:
             for it in iterations:
                 t0 = time.perf_counter()
                 batch = next(stream)
+                wait = time.perf_counter() - t0  # the loader was behind by this much
                 lr = loop.opt.param_groups[0]["lr"]
                 values, num_pos, finite = loop.iteration(batch, it)
                 n = int(batch["image"].shape[0])
+                step = max(time.perf_counter() - t0, 1e-9)
+                waited, stepped = waited + wait, stepped + step
                 log.write(json.dumps({"iteration": it + 1, **values, "lr": lr, "num_pos": num_pos,
-                                      "images_per_s": n / max(time.perf_counter() - t0, 1e-9)}) + "\n")
+                                      "images_per_s": n / step, "data_wait_s": wait,
+                                      "step_s": step}) + "\n")
                 log.flush()
                 if not finite:
                     return _diverged(it, total, values, lr, out_dir)
@@ -460,4 +481,19 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
         batches.close()
     rate = seen / max(time.perf_counter() - t_run, 1e-9)
     return TrainResult("ok", done, total, values, ckpt if ckpt.exists() else None, out_dir / METRICS,
-                       out_dir, f"trained {done}/{total} iterations", rate)
+                       out_dir, f"trained {done}/{total} iterations", rate,
+                       waited / stepped if stepped else float("nan"))
+
+
+def data_figures(metrics: str | os.PathLike) -> tuple[float, float]:
+    """(images/s, data-wait fraction) of a whole run from its metrics.jsonl (every segment of
+    a resumed or rung-by-rung run): images over step time, waiting over step time. NaN when
+    the file has no timed step."""
+    images = wait = step = 0.0
+    path = Path(metrics)
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line) if line.strip() else {}
+        if "step_s" in row:
+            images += row["images_per_s"] * row["step_s"]
+            wait, step = wait + row["data_wait_s"], step + row["step_s"]
+    return (images / step, wait / step) if step else (float("nan"), float("nan"))

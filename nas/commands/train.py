@@ -4,7 +4,7 @@
 Trains a retraining config (spec + recipe) scaled to a budget preset (the global override of
 detectors.config, then the config's own `budgets:` section); without --data it uses the
 embedded synthetic dataset (the budget section's `synthetic:` variant, else the default set;
-generated once into the cache). `--set recipe.schedule.lr=0.01` overrides a key of the scaled
+generated once into the cache). `--workers N` sets the data-loading processes (docs/data.md). `--set recipe.schedule.lr=0.01` overrides a key of the scaled
 config (recorded in RUN_DIR/config.yaml). Prints the run directory and the final losses; a diverged run
 exits 1 with one line naming the iteration.
 """
@@ -30,6 +30,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading processes (default: recipe.workers if the config sets it, "
+                             "else one per thread; 0: load in the training process)")
     parser.add_argument("--fp32", action="store_true", help="force fp32 NCHW instead of the device's fastest mode")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -73,6 +76,8 @@ def run(args: argparse.Namespace) -> int:
     from detectors.overrides import override_config
     from detectors.train import TrainingDiverged, train
 
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: load in the training process), not {args.workers}")
     loaded = load_config(args.config)
     config = override_config(apply_budget(loaded, args.budget), args.overrides)
     if args.resume and not args.out:
@@ -82,13 +87,15 @@ def run(args: argparse.Namespace) -> int:
     root = resolve_data_root(args.data, budget_synthetic(loaded, args.budget))
     try:
         result = train(config, root, out, resume=args.resume, device=args.device,
-                       num_threads=args.threads, progress=not args.quiet, fp32=args.fp32)
+                       num_threads=args.threads, progress=not args.quiet, fp32=args.fp32,
+                       workers=args.workers)
     except TrainingDiverged as err:
         print(f"facenas train: {err}", file=sys.stderr)
         return 1
     losses = " ".join(f"{k}={v:.4f}" for k, v in result.losses.items())
     # a resumed run that was already complete trains nothing: no losses or speed to report
-    print("; ".join([result.message] + ([losses, f"{result.images_per_s:.1f} images/s"]
+    print("; ".join([result.message] + ([losses, f"{result.images_per_s:.1f} images/s",
+                                         f"{100 * result.data_wait_frac:.0f}% of step time waiting for data"]
                                         if losses else ["nothing left to train"])))
     print(f"run directory: {result.out_dir}  (weights: {result.checkpoint})")
     return 0
