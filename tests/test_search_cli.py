@@ -62,8 +62,9 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
                       "--max-failures", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(out / "trials.parquet")
-    # the contract's columns, then where each trial ran
-    assert list(table.columns) == COLUMNS + ["node_id", "host"]
+    # the contract's columns, the trial's data-path figures, then where each trial ran
+    assert list(table.columns) == COLUMNS + ["images_per_s", "data_wait_frac", "node_id", "host"]
+    assert table["images_per_s"].gt(0).all() and table["data_wait_frac"].between(0, 1).all()
     assert table["node_id"].str.len().gt(0).all()
     assert len(table) == 2 and table["spec_id"].nunique() == 2
     assert sorted(table["step"]) == [1, 2]

@@ -1,11 +1,12 @@
 """`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]
-[--set KEY=VALUE ...]`.
+[--workers N] [--set KEY=VALUE ...]`.
 
 Trains a retraining config (spec + recipe) scaled to a budget preset (the global override of
 detectors.config, then the config's own `budgets:` section); without --data it uses the
 embedded synthetic dataset (the budget section's `synthetic:` variant, else the default set;
-generated once into the cache). `--workers N` sets the data-loading processes (docs/data.md). `--set recipe.schedule.lr=0.01` overrides a key of the scaled
-config (recorded in RUN_DIR/config.yaml). Prints the run directory and the final losses; a diverged run
+generated once into the cache). `--workers N` sets the data-loading processes (docs/data.md).
+`--set recipe.schedule.lr=0.01` overrides a key of the scaled config (recorded in
+RUN_DIR/config.yaml). Prints the run directory and the final losses; a diverged run
 exits 1 with one line naming the iteration.
 """
 
