@@ -5,7 +5,9 @@
 
 For each input size, times `--iters` steps after `--warmup` untimed ones on a fixed synthetic
 batch (random images, 6 random faces per image; no data loading, so the model step alone is
-measured) in fp32 NCHW and in the mode the trainer picks for this device
+measured, with the photometric distortion and normalisation the step does on its device when
+the checkout has detectors/data/device_transforms.py: run it with PYTHONPATH at an older
+checkout for the before figure) in fp32 NCHW and in the mode the trainer picks for this device
 (detectors.device.training_mode); prints the median images/s of each and the ratio.
 `--all-modes` also times channels_last fp32 and channels_last + bf16 autocast on CPU, whatever
 the trainer would pick.
@@ -24,14 +26,31 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _images(n: int, size: int, gen: torch.Generator) -> dict:
+    """What the loader hands the trainer: uint8 images and each one's photometric numbers
+    (applied and normalised in the step, on its device) where the checkout has
+    detectors.data.device_transforms; normalised float32 images before it."""
+    try:
+        import numpy as np
+
+        from detectors.data.device_transforms import device_images  # noqa: F401
+        from detectors.data.transforms import PhotoMetricDistortion
+    except ImportError:
+        return {"image": torch.randn((n, 3, size, size), generator=gen)}
+    rng = np.random.default_rng(0)
+    params = torch.from_numpy(np.stack([PhotoMetricDistortion().draw(rng) for _ in range(n)]))
+    return {"image": torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8),
+            "photometric": params}
+
+
 def _batch(n: int, size: int, gen: torch.Generator) -> dict:
-    """n normalised random images with 6 random square-ish faces each (8..size/3 px)."""
+    """n random images (_images) with 6 random square-ish faces each (8..size/3 px)."""
     boxes = []
     for _ in range(n):
         wh = 8 + torch.rand((6, 1), generator=gen) * (size / 3 - 8)
         xy = torch.rand((6, 2), generator=gen) * (size - wh)
         boxes.append(torch.cat([xy, xy + wh.expand(-1, 2)], 1))
-    return {"image": torch.randn((n, 3, size, size), generator=gen), "boxes": boxes,
+    return {**_images(n, size, gen), "boxes": boxes,
             "ignore": [torch.zeros(6, dtype=torch.bool)] * n,
             "keypoints": [torch.zeros((6, 5, 2))] * n, "keypoints_valid": [torch.zeros(6, dtype=torch.bool)] * n}
 

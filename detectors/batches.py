@@ -12,6 +12,13 @@ Transforms (detectors.data.transforms): the recipe's SCRFD pipeline (square crop
 `crop_choices`, resize, photometric, flip, small faces ignored); an empty `crop_choices` means
 no crop: the image is resized keeping its aspect ratio (long side = train size) and padded,
 the geometry of the test path (used e.g. to memorise a few images).
+
+Workers hand over uint8 images with each image's photometric numbers (drawn from the sample's
+generator, not applied); the trainer applies them and normalises on its device
+(detectors.data.device_transforms.device_images). `device_side=False` is the former path
+(photometric and normalisation in the worker, float32 batches), kept for the equivalence
+test and benchmarks/data_speed.py. Loader processes: `workers` (see resolve_workers), pinned
+memory when the trainer's device is CUDA, two batches prefetched per worker.
 """
 
 from __future__ import annotations
@@ -29,10 +36,22 @@ from detectors.config import Recipe
 from detectors.data.loader import WiderFaceDataset, collate
 from detectors.data.transforms import (Compose, DataAnchorSampling, MarkSmallIgnore, Normalize,
                                        PhotoMetricDistortion, RandomFlip, ResizeLongSide,
-                                       build_train_transform)
+                                       ToUint8Tensor, build_train_transform)
 from detectors.errors import UserError
 
-__all__ = ["SeededBatches", "batch_indices"]
+__all__ = ["SeededBatches", "batch_indices", "resolve_workers"]
+
+
+def resolve_workers(flag: int | None, recipe_workers: int | None, threads: int) -> int:
+    """Loader worker processes: an explicit --workers flag, else the recipe's `workers` key
+    when it is set (a config or a budget preset), else one per CPU thread the training was
+    given (`threads`: --threads / --cpus-per-trial)."""
+    for value, where in ((flag, "--workers"), (recipe_workers, "recipe.workers")):
+        if value is not None:
+            if value < 0:
+                raise UserError(f"{where} must be >= 0 (0: load in the training process), not {value}")
+            return int(value)
+    return max(1, int(threads))
 
 
 def _seed_of(*parts: int) -> int:
@@ -80,12 +99,19 @@ class SeededBatches:
     stops worker processes. iters_per_epoch = ceil(train images / batch size). `part` = (lo,
     hi): load only positions [lo, hi) of each global batch (a distributed rank's shard,
     detectors.distributed.shard); the global batches stay those of recipe.batch_size.
+    `workers`: loader processes (default: recipe.workers, or when unset this process's torch
+    threads); `pin_memory` for a CUDA trainer (page-locked batches copy to the GPU
+    asynchronously).
     """
 
-    def __init__(self, root: str | Path, recipe: Recipe, part: tuple[int, int] | None = None) -> None:
+    def __init__(self, root: str | Path, recipe: Recipe, part: tuple[int, int] | None = None, *,
+                 workers: int | None = None, pin_memory: bool = False,
+                 device_side: bool = True) -> None:
         self.part = part
-        self.dataset = _train_dataset(Path(root), recipe)
+        self.dataset = _train_dataset(Path(root), recipe, device_side)
         self.recipe = recipe
+        self.workers = resolve_workers(workers, recipe.workers, torch.get_num_threads())
+        self.pin_memory = pin_memory
         self.num_samples = len(self.dataset)
         self.iters_per_epoch = math.ceil(self.num_samples / recipe.batch_size)
         self._iterator: Iterator | None = None
@@ -93,9 +119,12 @@ class SeededBatches:
     def iterate(self, start: int) -> Iterator[dict]:
         self.close()
         sampler = _Batches(self.recipe.batch_size, self.num_samples, self.recipe.seed, start, self.part)
-        workers = self.recipe.workers
+        workers = self.workers
+        # The sampler is endless, so one iterator (and its workers) serves the whole run:
+        # persistent_workers only matters to a loader iterated epoch by epoch, set for clarity.
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
-                            collate_fn=collate, prefetch_factor=2 if workers else None)
+                            collate_fn=collate, pin_memory=self.pin_memory,
+                            persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
         self._iterator = iter(loader)
         return self._iterator
 
@@ -116,20 +145,22 @@ class SeededBatches:
         self._iterator = None
 
 
-def _transform(recipe: Recipe) -> Compose:
+def _transform(recipe: Recipe, device_side: bool = True) -> Compose:
     aug = recipe.augmentation
     if aug.crop_choices:
         return build_train_transform(recipe.train_size, aug.crop_choices, aug.min_face,
                                      aug.flip, aug.photometric,
-                                     data_anchor_sampling=aug.data_anchor_sampling)
+                                     data_anchor_sampling=aug.data_anchor_sampling,
+                                     device_side=device_side)
     steps: list = [ResizeLongSide(recipe.train_size)]
     if aug.data_anchor_sampling > 0:  # no crop: the sampling, else the long-side resize
         steps = [DataAnchorSampling(recipe.train_size, aug.data_anchor_sampling, otherwise=steps[0])]
-    steps += [PhotoMetricDistortion()] if aug.photometric else []
+    steps += [PhotoMetricDistortion(deferred=device_side)] if aug.photometric else []
     steps += [RandomFlip(0.5)] if aug.flip else []
-    return Compose(steps + [MarkSmallIgnore(aug.min_face), Normalize(pad_to=recipe.train_size)])
+    last = ToUint8Tensor(pad_to=recipe.train_size) if device_side else Normalize(pad_to=recipe.train_size)
+    return Compose(steps + [MarkSmallIgnore(aug.min_face), last])
 
 
-def _train_dataset(root: Path, recipe: Recipe) -> WiderFaceDataset:
+def _train_dataset(root: Path, recipe: Recipe, device_side: bool = True) -> WiderFaceDataset:
     """The train split with landmarks when the root has them (retinaface_gt/train/label.txt)."""
-    return WiderFaceDataset(root, "train", _transform(recipe), landmarks="auto")
+    return WiderFaceDataset(root, "train", _transform(recipe, device_side), landmarks="auto")

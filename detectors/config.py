@@ -235,7 +235,9 @@ class Recipe:
 
     train_size: int = 640
     batch_size: int = 32  # total per optimiser step (SCRFD: 8 per GPU x 4 GPUs)
-    workers: int = 2  # data-loading processes (0: load in the training process)
+    # data-loading processes (0: load in the training process); None: one per CPU thread the
+    # training was given. `--workers` on train and search overrides it (detectors.batches)
+    workers: int | None = None
     seed: int = 0
     schedule: Schedule = field(default_factory=Schedule)
     augmentation: Augmentation = field(default_factory=Augmentation)
@@ -254,8 +256,10 @@ class Recipe:
     def __post_init__(self) -> None:
         if self.train_size < 32 or self.train_size % 32:
             raise UserError(f"recipe.train_size must be a multiple of 32 (>= 32), not {self.train_size}")
-        if self.batch_size < 1 or self.workers < 0:
-            raise UserError("recipe.batch_size must be >= 1 and recipe.workers >= 0")
+        if self.batch_size < 1:
+            raise UserError(f"recipe.batch_size must be >= 1, not {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise UserError(f"recipe.workers must be >= 0 (0: load in the training process), not {self.workers}")
         if isinstance(self.grad_accumulation, bool) or not isinstance(self.grad_accumulation, int) \
                 or self.grad_accumulation < 1 or self.batch_size % self.grad_accumulation:
             raise UserError(f"recipe.grad_accumulation must be an integer >= 1 dividing recipe.batch_size "
@@ -438,13 +442,15 @@ def schedule_in_iterations(schedule: Schedule, iters_per_epoch: int) -> tuple[in
 
 # Budget presets: what each one overrides in any recipe (everything else is kept).
 # quick: minutes on a 2-core CPU (scrfd_0.5g at 320 px: ~10 img/s -> 8 x 600 its ~ 8 min).
-# smoke: seconds, for tests (a handful of tiny iterations, no worker processes).
+# smoke: seconds, for tests (a handful of tiny iterations, no worker processes). Neither
+# quick nor paper sets `workers`: loader processes then follow the CPUs given (--threads,
+# --cpus-per-trial) unless the config or --workers says otherwise.
 _BUDGET_OVERRIDES: dict[str, dict[str, Any]] = {
     "smoke": {"train_size": 128, "batch_size": 2, "workers": 0,
               "schedule": {"unit": "iterations", "total": 4, "milestones": (3,),
                            "warmup_iters": 1},
               "test": {"size": 256, **_SINGLE_PASS}},
-    "quick": {"train_size": 320, "batch_size": 8, "workers": 1,
+    "quick": {"train_size": 320, "batch_size": 8,
               "schedule": {"unit": "iterations", "total": 600, "milestones": (450, 550),
                            "warmup_iters": 50},
               "test": {"size": 640, **_SINGLE_PASS}},

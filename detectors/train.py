@@ -10,7 +10,8 @@ prediction sets -> SGD step with linear warm-up and step decay. `TrainHooks` ext
 
 - config.yaml: the resolved config (spec inline + recipe) and, under `run:`, provenance
   (package versions, git revision, device mode, data root); `load_config` reads it back;
-- metrics.jsonl: one JSON line per iteration (iteration, loss parts, lr, images/s, positives);
+- metrics.jsonl: one JSON line per iteration (iteration, loss parts, lr, images/s, positives,
+  data_wait_s: seconds waiting for the batch, step_s: the whole iteration; data_figures());
 - checkpoint.pt: model + optimiser + scheduler + iteration + RNG (detectors.checkpoint),
   written atomically every `checkpoint_every` iterations and at the end.
 
@@ -28,6 +29,7 @@ computes the same losses as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -47,10 +49,11 @@ from tqdm import tqdm
 
 from detectors.anchors import anchor_boxes, anchor_points, anchor_strides
 from detectors.assign import Assignment
-from detectors.batches import SeededBatches
+from detectors.batches import SeededBatches, resolve_workers
 from detectors.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
 from detectors.config import EXECUTION_KEYS, Recipe, TrainConfig, schedule_in_iterations
 from detectors.device import TrainingMode, select_device, set_threads, training_mode, tune_cuda
+from detectors.data.device_transforms import device_images
 from detectors import distributed
 from detectors.distributed import World
 from detectors.errors import UserError
@@ -59,7 +62,8 @@ from detectors.model import HeadOutputs, build
 from detectors.pretrained import maybe_load_pretrained
 
 __all__ = ["train", "total_iterations", "batch_loss", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor",
-           "CHECKPOINT", "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world", "check_run_dir"]
+           "CHECKPOINT", "METRICS", "CONFIG", "NONFINITE_LIMIT", "LOG_EVERY", "check_world", "check_run_dir",
+           "data_figures"]
 
 # A non-finite loss skips its step (on every process); this many consecutive skipped steps
 # stop the run as diverged (a loss that stays non-finite will not recover by itself).
@@ -119,6 +123,7 @@ class TrainResult:
     out_dir: Path
     message: str = ""
     images_per_s: float = float("nan")
+    data_wait_frac: float = float("nan")  # share of step time spent waiting for the next batch
 
 
 class TrainingDiverged(RuntimeError):
@@ -204,9 +209,9 @@ def _step(model, batch: dict, recipe: Recipe, mode: TrainingMode, cache: dict, n
     their parts are logged as aux<k>_<part>. A model with a `training_loss(images, batch,
     recipe) -> (parts with 'total', positives)` method is trained on that instead of the
     recipe's assigner + loss (stages that are not detection, e.g. RSA's scale forecast)."""
-    images = batch["image"].to(mode.device, non_blocking=True)
-    if mode.channels_last:
-        images = images.contiguous(memory_format=torch.channels_last)
+    # uint8 from the loader: flip, photometric and normalisation on the training device
+    images = device_images(batch, mode.device, memory_format=torch.channels_last if mode.channels_last
+                           else torch.contiguous_format)
     own_loss = getattr(model, "training_loss", None)
     if own_loss is not None:  # models trained with another objective (e.g. RSA's stages)
         with mode.autocast():
@@ -274,9 +279,11 @@ def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
     if not ckpt.exists():
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = load_checkpoint(ckpt)
-    # grad_accumulation / sync_bn (EXECUTION_KEYS) may change, as the number of processes may
-    recorded = {k: v for k, v in (state.get("recipe") or {}).items() if k not in EXECUTION_KEYS}
-    if state.get("spec") != config.spec.to_dict() or recorded != config.recipe.identity():
+    # grad_accumulation / sync_bn (EXECUTION_KEYS) may change, as the number of processes may;
+    # loader processes (workers) change the speed, not the batches
+    recorded = _without_workers({k: v for k, v in (state.get("recipe") or {}).items()
+                                 if k not in EXECUTION_KEYS})
+    if state.get("spec") != config.spec.to_dict() or recorded != _without_workers(config.recipe.identity()):
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with a different "
                         f"spec or recipe than this config (see {out_dir / CONFIG})")
     if state.get("hooks_identity", {}) != hooks.identity():
@@ -291,6 +298,11 @@ def check_run_dir(config: TrainConfig, out_dir: str | os.PathLike, resume: bool,
     resume, or a checkpoint of another spec / recipe (what train() checks first; the
     launcher of several processes checks it before starting them)."""
     _prepare_out_dir(Path(out_dir), config, resume, hooks or TrainHooks())
+
+
+def _without_workers(recipe: dict | None) -> dict | None:
+    # loader processes change the speed, not the batches: a run resumes under any --workers
+    return None if recipe is None else {k: v for k, v in recipe.items() if k != "workers"}
 
 
 def _rng_state(batches: SeededBatches) -> dict:
@@ -448,7 +460,8 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
     mode = training_mode(chosen, fp32=fp32)
     tune_cuda(mode, fp32=fp32)
     _seed_everything(recipe.seed)
-    batches = SeededBatches(data_root, recipe, distributed.shard(recipe.batch_size, world))
+    batches = SeededBatches(data_root, recipe, distributed.shard(recipe.batch_size, world),
+                            pin_memory=mode.device.type == "cuda")
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
     model = hooks.build_model(config).to(mode.device)
     maybe_load_pretrained(model, config, resuming=state is not None)  # recipe.pretrained
@@ -503,6 +516,7 @@ def train(
     hooks: TrainHooks | None = None,
     log_every: int = LOG_EVERY,
     fault: Any = None,
+    workers: int | None = None,
 ) -> TrainResult:
     """Train `config` on the train split of `data_root` into `out_dir` (see module docstring).
 
@@ -511,7 +525,8 @@ def train(
     iterations); fp32 forces fp32 NCHW instead of the device's fastest mode. Raises
     TrainingDiverged after NONFINITE_LIMIT consecutive non-finite steps and UserError for bad
     inputs. `hooks` (TrainHooks) change what is trained and add work around each step
-    (supernets, DARTS). log_every: iterations between reads of the losses from the device.
+    (supernets, DARTS). `workers`
+    (--workers) overrides recipe.workers; without either, one loader process per thread. log_every: iterations between reads of the losses from the device.
 
     Started by torchrun or `facenas train --nproc` (RANK, WORLD_SIZE, LOCAL_RANK set), each
     process trains its shard of every global batch (recipe.batch_size) under
@@ -530,6 +545,9 @@ def train(
         raise UserError("models trained on their own objective (training_loss, e.g. RSA stages) "
                         "train in one process")
     threads = set_threads(num_threads)
+    if workers is not None:
+        resolve_workers(workers, None, threads)  # a negative count: one line, before anything runs
+        config = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, workers=workers))
     state = _prepare_out_dir(out_dir, config, resume, hooks, world)
     # joined after every process has checked the run directory, so no rank sees rank 0's
     # first checkpoint as an old run
@@ -540,6 +558,7 @@ def train(
         if state is None and world.main:
             info = {**config.to_dict(), "run": _provenance(config, data_root, loop.mode, threads)}
             info["run"]["processes"] = world.size
+            info["run"]["workers"] = batches.workers
             _write_text(out_dir / CONFIG, yaml.safe_dump(info, sort_keys=False, default_flow_style=None))
         metrics = out_dir / METRICS
         if world.main:
@@ -590,6 +609,7 @@ class _Pending:
     lr: float
     images: int
     seconds: float
+    wait: float  # seconds waiting for the batch (data_wait_s)
 
 
 def _read(pending: list[_Pending]) -> list[tuple[_Pending, dict, int, bool]]:
@@ -620,16 +640,20 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
     done, seen, t_run = iterations.start, 0, time.perf_counter()
     bad_run = 0  # consecutive non-finite steps so far
     pending: list[_Pending] = []
+    waited = stepped = 0.0
     stream = batches.iterate(iterations.start)
     log = (out_dir / METRICS).open("a") if main else None
     try:
         for it in iterations:
             t0 = time.perf_counter()
             batch = next(stream)
+            wait = time.perf_counter() - t0  # the loader was behind by this much
             lr = loop.opt.param_groups[0]["lr"]
             parts, num_pos, skipped = loop.iteration(batch, it)
             n = int(batch["image"].shape[0]) * loop.world.size
-            pending.append(_Pending(it, parts, num_pos, skipped, lr, n, time.perf_counter() - t0))
+            step = max(time.perf_counter() - t0, 1e-9)
+            waited, stepped = waited + wait, stepped + step
+            pending.append(_Pending(it, parts, num_pos, skipped, lr, n, step, wait))
             last = it + 1 == iterations.stop
             if not ((it + 1) % log_every == 0 or (it + 1) % every == 0 or last):
                 continue
@@ -638,7 +662,8 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
                 if log is not None:
                     log.write(json.dumps({"iteration": p.it + 1, **values, "lr": p.lr, "num_pos": positives,
                                           "skipped": was_skipped,
-                                          "images_per_s": p.images / max(p.seconds, 1e-9)}) + "\n")
+                                          "images_per_s": p.images / max(p.seconds, 1e-9),
+                                          "data_wait_s": p.wait, "step_s": p.seconds}) + "\n")
                 if bad_run >= NONFINITE_LIMIT:
                     log is not None and log.flush()
                     return _diverged(p.it, total, values, p.lr, out_dir)
@@ -657,4 +682,19 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
             log.close()
     rate = seen / max(time.perf_counter() - t_run, 1e-9)
     return TrainResult("ok", done, total, values, ckpt if ckpt.exists() else None, out_dir / METRICS,
-                       out_dir, f"trained {done}/{total} iterations", rate)
+                       out_dir, f"trained {done}/{total} iterations", rate,
+                       waited / stepped if stepped else float("nan"))
+
+
+def data_figures(metrics: str | os.PathLike) -> tuple[float, float]:
+    """(images/s, data-wait fraction) of a whole run from its metrics.jsonl (every segment of
+    a resumed or rung-by-rung run): images over step time, waiting over step time. NaN when
+    the file has no timed step."""
+    images = wait = step = 0.0
+    path = Path(metrics)
+    for line in path.read_text().splitlines() if path.exists() else []:
+        row = json.loads(line) if line.strip() else {}
+        if "step_s" in row:
+            images += row["images_per_s"] * row["step_s"]
+            wait, step = wait + row["data_wait_s"], step + row["step_s"]
+    return (images / step, wait / step) if step else (float("nan"), float("nan"))

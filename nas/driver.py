@@ -174,14 +174,14 @@ def _unfinished(store: RunStore, phase: Phase, specs: list[DetectorSpec]) -> lis
 
 
 def _request(store: RunStore, search: dict[str, Any], step: int, spec: DetectorSpec,
-             threads: int) -> dict[str, Any]:
+             threads: int, workers: int | None = None) -> dict[str, Any]:
     return TrialRequest(
         spec_id=spec.id, spec_yaml=spec.to_yaml(), step=step, seed=search["seed"],
         budget=search["budget"], data_root=search["data"],
         out_dir=str(store.trial_dir(step, spec.id)), recipe=search["recipe"],
         recipe_overrides={**search["recipe_overrides"], "seed": search["seed"]},
         max_iterations=search["max_iterations"],
-        num_threads=threads, search=search,
+        num_threads=threads, workers=workers, search=search,
         rungs=_rungs(search)).to_dict()
 
 
@@ -699,7 +699,7 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
         progress.close()
         return []
     resources = _resources(opts, phase.whole_node)
-    requests = {s.id: _request(store, search, phase.step, s, resources.threads) for s in todo}
+    requests = {s.id: _request(store, search, phase.step, s, resources.threads, opts.workers) for s in todo}
     trainable = tune.with_resources(
         tune.with_parameters(_ray_trainable, requests=requests, trial_fn=trial_fn,
                              rows=phase.rows), resources.request())

@@ -21,6 +21,7 @@ class SearchOptions:
     data: str | None = None
     out: str | None = None
     cpus_per_trial: float = 1.0
+    workers: int | None = None  # loader processes per trial (None: recipe.workers, else CPUs)
     gpus_per_trial: float | None = None
     max_concurrent: int | None = None
     address: str | None = None

@@ -48,6 +48,7 @@ class TrialRequest:
     recipe_overrides: dict[str, Any] = field(default_factory=dict)  # per budget, after scaling
     max_iterations: int | None = None
     num_threads: int | None = None
+    workers: int | None = None  # --workers: loader processes (None: recipe.workers, else threads)
     split: str = "val"
     rungs: list[float] = field(default_factory=list)  # fractions of the schedule to test at
     # (nas.fidelity); [] = test once, at the end
@@ -171,7 +172,7 @@ def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, 
     and the hard AP of every rung (ap_hard_r1, ...)."""
     from detectors.device import set_threads
     from detectors.test import test
-    from detectors.train import CHECKPOINT, total_iterations, train
+    from detectors.train import CHECKPOINT, METRICS, data_figures, total_iterations, train
 
     from nas.fidelity import rung_iterations, rung_loss
 
@@ -192,7 +193,7 @@ def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, 
         # A retried or resumed trial continues from its last checkpoint instead of starting over.
         result = train(config, request.data_root, train_dir,
                        resume=(train_dir / CHECKPOINT).is_file(), num_threads=request.num_threads,
-                       progress=False, max_iterations=stop)
+                       progress=False, max_iterations=stop, workers=request.workers)
         if result.status != "ok" or result.checkpoint is None:  # train raises TrainingDiverged
             raise TrialDiverged(f"training {result.status} after {result.iterations} iterations")
         ap = test(config, result.checkpoint, request.data_root, split=request.split,
@@ -200,6 +201,7 @@ def run_trial(request: TrialRequest, report: Report | None = None) -> dict[str, 
         metrics.update({"status": "ok", "error": "", "wall_time_s": time.perf_counter() - start,
                         "ap_easy": float(ap["easy"]), "ap_medium": float(ap["medium"]),
                         "ap_hard": float(ap["hard"]), **p98_columns(ap)})
+        metrics["images_per_s"], metrics["data_wait_frac"] = data_figures(train_dir / METRICS)
         if request.rungs:
             loss = rung_loss(train_dir / "metrics.jsonl", stop)
             metrics.update({"fidelity": fractions[k - 1], f"ap_hard_r{k}": float(ap["hard"]),

@@ -11,6 +11,7 @@ import torch
 from detectors.data import synthetic
 from detectors.batches import SeededBatches
 from detectors.config import recipe_from_dict
+from detectors.data.device_transforms import device_images
 from detectors.data.loader import WiderFaceDataset, collate
 from detectors.data.transforms import build_test_transform, build_train_transform
 from detectors.data.widerface import load_split
@@ -98,4 +99,6 @@ def test_loader_reproducible_across_worker_counts_and_resume(syn_root):
     assert len(set(ids[:8])) == 8
     other = _batches(syn_root, 1, workers=0, batch_size=3, train_size=128, seed=12)
     assert not torch.equal(other[0]["image"], serial[0]["image"])
-    _check_batch(serial[0], 128, 3)
+    # the loader hands over uint8; the trainer's device step gives the float contract
+    assert serial[0]["image"].dtype == torch.uint8
+    _check_batch({**serial[0], "image": device_images(serial[0], "cpu")}, 128, 3)

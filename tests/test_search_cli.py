@@ -64,12 +64,14 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
                       "--max-failures", "0")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_parquet(out / "trials.parquet")
-    # the contract's columns, then the trial's further metrics (AP at precision >= 98%) and
-    # where each trial ran
+    # the contract's columns, then the trial's further metrics (AP at precision >= 98%, the
+    # data-path figures) and where each trial ran
     p98 = ["ap_at_p98_easy", "ap_at_p98_medium", "ap_at_p98_hard", "ap_at_p98"]
-    assert list(table.columns) == COLUMNS + ["gflops_mmcv"] + p98 + ["node_id", "host"]
+    assert list(table.columns) == (COLUMNS + ["gflops_mmcv"] + p98 + ["images_per_s", "data_wait_frac"]
+                                   + ["node_id", "host"])
     assert table["ap_at_p98"].equals(table["ap_at_p98_hard"])
     assert (table["ap_at_p98_hard"] <= table["ap_hard"] + 1e-12).all()
+    assert table["images_per_s"].gt(0).all() and table["data_wait_frac"].between(0, 1).all()
     assert table["node_id"].str.len().gt(0).all()
     assert len(table) == 2 and table["spec_id"].nunique() == 2
     assert sorted(table["step"]) == [1, 2]

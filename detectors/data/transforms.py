@@ -7,7 +7,8 @@ nose, left mouth corner, right mouth corner), `keypoints_valid` bool (K,), plus 
 keys (`image_id`). Every transform is a callable `t(sample, rng=None) -> sample`; random ones
 draw from `rng` (a numpy Generator) or, when it is None, from a Generator seeded from NumPy's
 global state, so seeding the global RNGs per sample (detectors.batches) makes them exact.
-The last step, `Normalize`, gives the contract of docs/architecture.md ("Data samples").
+The last step is `Normalize` (float32, the contract of docs/architecture.md, "Data samples")
+or, for training batches, `ToUint8Tensor` (uint8; the trainer's device finishes it: docs/data.md).
 
 The square crop follows SCRFD (Guo et al. 2021, sec. 3.1; its RandomSquareCrop): a side of
 `scale * short edge`, scale drawn from the crop choices; baseline [0.3, 0.45, 0.6, 0.8, 1.0],
@@ -26,11 +27,17 @@ from PIL import Image
 __all__ = ["BASELINE_CROPS", "SR_CROPS", "FLIP_ORDER", "Compose", "RandomSquareCrop", "RandomSquareCropResize",
            "DataAnchorSampling", "PYRAMIDBOX_ANCHORS", "Resize",
            "ResizeLongSide", "RandomFlip", "PhotoMetricDistortion", "colour_matrix", "MarkSmallIgnore", "Normalize",
-           "build_train_transform", "build_test_transform"]
+           "ToUint8Tensor", "build_train_transform", "build_test_transform", "PHOTOMETRIC_PARAMS", "PAD_VALUE",
+           "MEAN", "STD"]
 
 BASELINE_CROPS: tuple[float, ...] = (0.3, 0.45, 0.6, 0.8, 1.0)
 SR_CROPS: tuple[float, ...] = BASELINE_CROPS + (1.2, 1.4, 1.6, 1.8, 2.0)
 FLIP_ORDER = (1, 0, 2, 4, 3)  # keypoints after a horizontal flip: eyes and mouth corners swap
+PHOTOMETRIC_PARAMS = 13  # numbers per image of PhotoMetricDistortion.draw
+# The uint8 image pads with 128 (nearest to the normalised zero, 127.5); the device step then
+# zeroes the padding from `image_hw`, so the normalised padding is exactly 0 as before.
+PAD_VALUE = 128
+MEAN, STD = 127.5, 128.0  # normalisation: (RGB - MEAN) / STD
 
 Sample = dict[str, Any]
 
@@ -169,10 +176,11 @@ class RandomSquareCropResize(RandomSquareCrop):
         h, w = img.shape[:2]
         f = size / side
         out = np.empty((size, size, 3), np.uint8)
-        out[:] = _mean_colour(img)
         sx = RandomSquareCropResize.paste_span(int(left), int(side), int(w), int(size))
         sy = RandomSquareCropResize.paste_span(int(top), int(side), int(h), int(size))
         x0, x1, y0, y1 = int(sx[0]), int(sx[1]), int(sy[0]), int(sy[1])
+        if (x0, y0, x1, y1) != (0, 0, size, size):  # some output shows no image: mean fill
+            out[:] = _mean_colour(img)
         if x1 > x0 and y1 > y0:
             box = (float(sx[2]), float(sy[2]), float(sx[3]), float(sy[3]))
             part = Image.fromarray(img).resize((x1 - x0, y1 - y0), Image.BILINEAR, box=box, reducing_gap=3.0)
@@ -306,25 +314,32 @@ class ResizeLongSide:
 
 
 class RandomFlip:
-    """Horizontal flip with probability p: x -> W - x, keypoint left/right order swapped."""
+    """Horizontal flip with probability p: x -> W - x, keypoint left/right order swapped.
 
-    def __init__(self, p: float = 0.5) -> None:
+    `deferred=True` flips the boxes and keypoints but not the image, and records `flip` (bool)
+    in the sample: the training device mirrors the batch's images (device_transforms). Only
+    for unpadded images (the mirror is of the whole width)."""
+
+    def __init__(self, p: float = 0.5, deferred: bool = False) -> None:
         self.p = p
+        self.deferred = deferred
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        if _rng(rng).random() >= self.p:
-            return sample
-        return self.flip(sample)
+        flip = _rng(rng).random() < self.p
+        if self.deferred:
+            return _with(self.flip(sample, image=False) if flip else sample, flip=flip)
+        return self.flip(sample) if flip else sample
 
     @staticmethod
-    def flip(sample: Sample) -> Sample:
+    def flip(sample: Sample, image: bool = True) -> Sample:
         img = _image(sample)
         w = img.shape[1]
         boxes = np.asarray(sample["boxes"], np.float32).copy()
         boxes[:, [0, 2]] = w - boxes[:, [2, 0]]
         kps = np.asarray(sample["keypoints"], np.float32)[:, list(FLIP_ORDER)].copy()
         kps[..., 0] = w - kps[..., 0]
-        return _with(sample, image=np.ascontiguousarray(img[:, ::-1]), boxes=boxes, keypoints=kps)
+        return _with(sample, image=np.ascontiguousarray(img[:, ::-1]) if image else img, boxes=boxes,
+                     keypoints=kps)
 
 
 _LUMA = np.array([0.299, 0.587, 0.114], np.float32)
@@ -348,28 +363,56 @@ class PhotoMetricDistortion:
     Saturation and hue act as one linear colour matrix (chroma scaling around luma, YIQ hue
     rotation) instead of mmdet's HSV round trip: the same kind and range of colour change, about
     10x cheaper on a 640x640 image (the HSV conversion dominated the whole pipeline).
+
+    `draw(rng)` takes the random draws (always in the same order, so the rest of the sample's
+    augmentation sees the same stream) as PHOTOMETRIC_PARAMS plain numbers; `apply` is the
+    distortion they describe. `deferred=True` only records the numbers under the sample's
+    `photometric` key and leaves the image alone: the training device applies them to the
+    whole batch (detectors.data.device_transforms.photometric, equal to `apply`).
     """
 
     def __init__(self, brightness_delta: float = 32, contrast_range: tuple[float, float] = (0.5, 1.5),
-                 saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18) -> None:
+                 saturation_range: tuple[float, float] = (0.5, 1.5), hue_delta: float = 18,
+                 deferred: bool = False) -> None:
         self.brightness_delta, self.hue_delta = brightness_delta, hue_delta
         self.contrast_range, self.saturation_range = contrast_range, saturation_range
+        self.deferred = deferred
 
-    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
-        rng = _rng(rng)
-        img = _image(sample).astype(np.float32)
+    def draw(self, rng: np.random.Generator) -> np.ndarray:
+        """float32 (13,): brightness offset, contrast factor before the colour step, colour
+        flag (1: clip to [0, 255] then apply the matrix), the 3x3 colour matrix (row-major),
+        contrast factor after it. Steps not drawn are neutral (0, 1, 0, identity, 1)."""
+        p = np.zeros(PHOTOMETRIC_PARAMS, np.float32)
+        p[1], p[3:12], p[12] = 1.0, np.eye(3, dtype=np.float32).ravel(), 1.0
         if rng.random() < 0.5:
-            img += rng.uniform(-self.brightness_delta, self.brightness_delta)
+            p[0] = rng.uniform(-self.brightness_delta, self.brightness_delta)
         contrast_first = rng.random() < 0.5
         if contrast_first and rng.random() < 0.5:
-            img *= rng.uniform(*self.contrast_range)
+            p[1] = rng.uniform(*self.contrast_range)
         sat = rng.uniform(*self.saturation_range) if rng.random() < 0.5 else 1.0
         hue = rng.uniform(-self.hue_delta, self.hue_delta) if rng.random() < 0.5 else 0.0
         if sat != 1.0 or hue != 0.0:
-            img = np.clip(img, 0, 255) @ colour_matrix(sat, hue).T
+            p[2], p[3:12] = 1.0, colour_matrix(sat, hue).ravel()
         if not contrast_first and rng.random() < 0.5:
-            img *= rng.uniform(*self.contrast_range)
-        return _with(sample, image=np.clip(np.round(img), 0, 255).astype(np.uint8))
+            p[12] = rng.uniform(*self.contrast_range)
+        return p
+
+    @staticmethod
+    def apply(image: np.ndarray, p: np.ndarray) -> np.ndarray:
+        """uint8 (H, W, 3) distorted by the numbers of `draw` (float32 arithmetic, rounded)."""
+        img = np.asarray(image).astype(np.float32)
+        img += p[0]
+        img *= p[1]
+        if p[2]:
+            img = np.clip(img, 0, 255) @ p[3:12].reshape(3, 3).T
+        img *= p[12]
+        return np.clip(np.round(img), 0, 255).astype(np.uint8)
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        params = self.draw(_rng(rng))
+        if self.deferred:
+            return _with(sample, photometric=params)
+        return _with(sample, image=self.apply(_image(sample), params))
 
 
 class MarkSmallIgnore:
@@ -384,10 +427,18 @@ class MarkSmallIgnore:
         return _with(sample, ignore=np.asarray(sample["ignore"], bool) | small)
 
 
+def _targets(sample: Sample) -> dict[str, torch.Tensor]:
+    return {"boxes": torch.as_tensor(np.asarray(sample["boxes"], np.float32).reshape(-1, 4)),
+            "ignore": torch.as_tensor(np.asarray(sample["ignore"], bool)),
+            "keypoints": torch.as_tensor(np.asarray(sample["keypoints"], np.float32).reshape(-1, 5, 2)),
+            "keypoints_valid": torch.as_tensor(np.asarray(sample["keypoints_valid"], bool))}
+
+
 class Normalize:
     """To the sample contract: image float32 (3, H, W) = (RGB - 127.5) / 128, targets as tensors.
 
-    `pad_to` pads the image bottom/right with zeros (the normalised mean) to a square.
+    `pad_to` pads the image bottom/right with zeros (the normalised mean) to a square. The
+    test path's last step; training batches normalise on the device (ToUint8Tensor).
     """
 
     def __init__(self, pad_to: int | None = None) -> None:
@@ -395,30 +446,54 @@ class Normalize:
 
     def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
         img = torch.from_numpy(np.array(_image(sample), np.uint8)).permute(2, 0, 1).float()
-        img = (img - 127.5) / 128.0
+        img = (img - MEAN) / STD
         if self.pad_to is not None:
             img = torch.nn.functional.pad(img, (0, self.pad_to - img.shape[2], 0, self.pad_to - img.shape[1]))
-        return _with(sample, image=img,
-                     boxes=torch.as_tensor(np.asarray(sample["boxes"], np.float32).reshape(-1, 4)),
-                     ignore=torch.as_tensor(np.asarray(sample["ignore"], bool)),
-                     keypoints=torch.as_tensor(np.asarray(sample["keypoints"], np.float32).reshape(-1, 5, 2)),
-                     keypoints_valid=torch.as_tensor(np.asarray(sample["keypoints_valid"], bool)))
+        return _with(sample, image=img, **_targets(sample))
+
+
+class ToUint8Tensor:
+    """The training sample a loader worker hands over: image uint8 (3, H, W) (a quarter of
+    float32's bytes through shared memory; a view of the (H, W, 3) pixels: the transposing
+    copy is left to the device), `image_hw` int64 (2,) its content's height and width,
+    targets as tensors. `pad_to` pads bottom/right with PAD_VALUE to a square; the
+    device step (detectors.data.device_transforms.normalise) applies any deferred photometric
+    distortion, normalises as Normalize and zeroes the padding, giving Normalize's output."""
+
+    def __init__(self, pad_to: int | None = None) -> None:
+        self.pad_to = pad_to
+
+    def __call__(self, sample: Sample, rng: np.random.Generator | None = None) -> Sample:
+        img = np.asarray(_image(sample), np.uint8)
+        h, w = img.shape[:2]
+        if self.pad_to is not None:
+            out = np.full((self.pad_to, self.pad_to, 3), PAD_VALUE, np.uint8)
+            out[:h, :w] = img
+            img = out
+        elif not (img.flags.writeable and img.flags.c_contiguous):
+            img = np.ascontiguousarray(img).copy() if not img.flags.writeable else np.ascontiguousarray(img)
+        image = torch.from_numpy(img).permute(2, 0, 1)
+        return _with(sample, image=image, image_hw=torch.tensor([h, w]), **_targets(sample))
 
 
 def build_train_transform(train_size: int = 640, crop_choices: Sequence[float] = SR_CROPS,
                           min_face: float = 0.0, flip: bool = True, photometric: bool = True,
-                          max_tries: int = 50, data_anchor_sampling: float = 0.0) -> Compose:
+                          max_tries: int = 50, data_anchor_sampling: float = 0.0,
+                          device_side: bool = False) -> Compose:
     """SCRFD training pipeline: square crop -> resize to train_size -> photometric -> flip ->
-    mark faces under `min_face` px as ignore -> normalise. Output image (3, S, S).
-    `data_anchor_sampling` p > 0: PyramidBox's sampling replaces the crop with probability p."""
+    mark faces under `min_face` px as ignore -> normalise. Output image (3, S, S): float32
+    normalised, or with `device_side` uint8 with the photometric numbers and the flip drawn but
+    not applied to the image (ToUint8Tensor; the trainer finishes it on its device). Both draw
+    the same numbers. `data_anchor_sampling` p > 0: PyramidBox's sampling replaces the crop
+    with probability p."""
     steps: list[Callable] = [RandomSquareCropResize(train_size, crop_choices, max_tries)]
     if data_anchor_sampling > 0:
         steps = [DataAnchorSampling(train_size, data_anchor_sampling, otherwise=steps[0])]
     if photometric:
-        steps.append(PhotoMetricDistortion())
+        steps.append(PhotoMetricDistortion(deferred=device_side))
     if flip:
-        steps.append(RandomFlip(0.5))
-    steps += [MarkSmallIgnore(min_face), Normalize()]
+        steps.append(RandomFlip(0.5, deferred=device_side))
+    steps += [MarkSmallIgnore(min_face), ToUint8Tensor() if device_side else Normalize()]
     return Compose(steps)
 
 

@@ -2,7 +2,7 @@
 computation-redistribution search by default.
 
     facenas search --space scrfd --gflops 2.5 [--budget smoke|quick|paper] [--num-samples N]
-                   [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--gpus-per-trial G]
+                   [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--workers W] [--gpus-per-trial G]
                    [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
                    [--reduction-factor RF] [--keep-checkpoints N|all] [--preset FILE]
@@ -62,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None,
                         help="run directory (default runs/<space>-<gflops>g-<timestamp>)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="default 1")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading processes per trial (default: the preset's recipe.workers "
+                             "if set, else one per CPU of the trial; 0: load in the trial's process)")
     parser.add_argument("--gpus-per-trial", type=float, default=None,
                         help="GPUs per trial (default: 1 when the cluster has GPUs, else 0; "
                              "0.5 packs two trials on a GPU)")
@@ -114,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_space_arguments(parser)  # each space's own options, in its own group
 
 
-_COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial",
+_COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial", "workers",
            "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
            "resume", "verbose", "keep_checkpoints", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
            "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
@@ -122,16 +125,19 @@ _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_
 
 
 def run(args: argparse.Namespace) -> int:
+    from detectors.errors import UserError
     from nas.driver import run_search
     from nas.options import SearchOptions
 
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: load in the trial's process), not {args.workers}")
     opts = SearchOptions(
         space=args.space, gflops=args.gflops, preset=args.preset, overrides=list(args.overrides),
         gflops_band=not args.no_flops_band and (args.gflops is not None or args.latency_ms is None),
         latency_ms=args.latency_ms, latency_table=args.latency_table,
         latency_tolerance=args.latency_tolerance, latency_runtime=args.latency_runtime,
         latency_device=args.latency_device, budget=args.budget, num_samples=args.num_samples,
-        data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial,
+        data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
         gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
         resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,

@@ -1,5 +1,5 @@
 """`facenas train CONFIG [--data ROOT] [--budget smoke|quick|paper] [--out RUN_DIR] [--resume]
-[--nproc N [--port P]] [--log-every K] [--set KEY=VALUE ...]`.
+[--nproc N [--port P]] [--log-every K] [--workers N] [--set KEY=VALUE ...]`.
 
 `--nproc N` trains on N local processes (one per GPU on CUDA, gloo on CPU) started through
 torch's elastic launcher; under `torchrun --nnodes M --nproc_per_node N -m nas.cli train
@@ -9,8 +9,9 @@ share (detectors.distributed). recipe.batch_size is the global batch either way.
 Trains a retraining config (spec + recipe) scaled to a budget preset (the global override of
 detectors.config, then the config's own `budgets:` section); without --data it uses the
 embedded synthetic dataset (the budget section's `synthetic:` variant, else the default set;
-generated once into the cache). `--set recipe.schedule.lr=0.01` overrides a key of the scaled
-config (recorded in RUN_DIR/config.yaml). Prints the run directory and the final losses; a diverged run
+generated once into the cache). `--workers N` sets the data-loading processes (docs/data.md).
+`--set recipe.schedule.lr=0.01` overrides a key of the scaled config (recorded in
+RUN_DIR/config.yaml). Prints the run directory and the final losses; a diverged run
 exits 1 with one line naming the iteration.
 """
 
@@ -35,6 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda if present)")
     parser.add_argument("--threads", type=int, help="CPU threads (default: $FACENAS_THREADS or the CPUs this process may use)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data-loading processes (default: recipe.workers if the config sets it, "
+                             "else one per thread; 0: load in the training process)")
     parser.add_argument("--fp32", action="store_true", help="force fp32 NCHW instead of the device's fastest mode")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--nproc", type=int, default=1,
@@ -84,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
     from detectors.errors import UserError
     from detectors.overrides import override_config
 
+    if args.workers is not None and args.workers < 0:
+        raise UserError(f"--workers must be >= 0 (0: load in the training process), not {args.workers}")
     loaded = load_config(args.config)
     config = override_config(apply_budget(loaded, args.budget), args.overrides)
     if args.resume and not args.out:
@@ -94,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
         f"{Path(args.config).stem}-{args.budget}-{time.strftime('%Y%m%d-%H%M%S')}")
     root = resolve_data_root(args.data, budget_synthetic(loaded, args.budget))
     options = dict(resume=args.resume, device=args.device, num_threads=args.threads,
-                   progress=not args.quiet, fp32=args.fp32, log_every=args.log_every)
+                   progress=not args.quiet, fp32=args.fp32, log_every=args.log_every,
+                   workers=args.workers)
     if args.nproc > 1 and not under_launcher():
         summary = _launch(args, config, root, out, options)
     else:
@@ -108,7 +115,8 @@ def run(args: argparse.Namespace) -> int:
         return 1
     losses = " ".join(f"{k}={v:.4f}" for k, v in summary["losses"].items())
     # a resumed run that was already complete trains nothing: no losses or speed to report
-    print("; ".join([summary["message"]] + ([losses, f"{summary['images_per_s']:.1f} images/s"]
+    print("; ".join([summary["message"]] + ([losses, f"{summary['images_per_s']:.1f} images/s",
+                                             f"{100 * summary['data_wait_frac']:.0f}% of step time waiting for data"]
                                             if losses else ["nothing left to train"])))
     print(f"run directory: {summary['out_dir']}  (weights: {summary['checkpoint']})")
     return 0
@@ -127,7 +135,8 @@ def worker(config, root: Path, out: Path, options: dict[str, Any]) -> dict[str, 
     if not env_world().main:
         return None
     return {"status": result.status, "message": result.message, "losses": result.losses,
-            "images_per_s": result.images_per_s, "out_dir": str(result.out_dir),
+            "images_per_s": result.images_per_s, "data_wait_frac": result.data_wait_frac,
+            "out_dir": str(result.out_dir),
             "checkpoint": str(result.checkpoint)}
 
 

@@ -195,7 +195,8 @@ def check(cfg: dict[str, Any]) -> None:
 
 def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str | Path, *,
              base: DetectorSpec | None = None, resume: bool = False,
-             num_threads: int | None = None, progress: bool = False) -> DetectorSpec:
+             num_threads: int | None = None, progress: bool = False,
+             workers: int | None = None) -> DetectorSpec:
     """One bilevel search with `seed` (recipe, Gumbel sampling, data split); returns the
     derived spec (also written to out_dir/derived_spec.yaml)."""
     from nas.strategies.darts import DartsSettings, run_search
@@ -210,7 +211,8 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
     supernet = SupernetConfig(**(cfg.get("supernet") or {}))
     settings = DartsSettings(**{**(cfg.get("darts") or {}), "seed": seed})
     return run_search(config, data_root, out / "search", supernet, settings, resume=resume,
-                      num_threads=num_threads, progress=progress, derived=out / DERIVED)
+                      num_threads=num_threads, progress=progress, derived=out / DERIVED,
+                      workers=workers)
 
 
 def search_trial(request: "TrialRequest", report: Callable | None = None) -> dict[str, Any]:
@@ -224,7 +226,7 @@ def search_trial(request: "TrialRequest", report: Callable | None = None) -> dic
         out = Path(request.out_dir)
         spec = run_seed(request.search, seed_of(base), request.data_root, out, base=base,
                         resume=(out / "search" / CHECKPOINT).is_file(),
-                        num_threads=request.num_threads)
+                        num_threads=request.num_threads, workers=request.workers)
         return {"derived_spec_id": spec.id}
 
     return run_job(request, search)

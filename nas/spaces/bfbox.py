@@ -170,7 +170,8 @@ def planner(search: dict[str, Any]) -> "RandomSearch | Evolution":
 
 
 def run_supernet(search: dict[str, Any], out_dir: str | os.PathLike, data_root: str | os.PathLike,
-                 *, num_threads: int | None = None, max_iterations: int | None = None) -> Path:
+                 *, num_threads: int | None = None, max_iterations: int | None = None,
+                 workers: int | None = None) -> Path:
     """Phase 0: the supernet checkpoint (the given --supernet, or trained / resumed here)."""
     from detectors.config import recipe_from_dict
     from detectors.train import CHECKPOINT
@@ -181,7 +182,7 @@ def run_supernet(search: dict[str, Any], out_dir: str | os.PathLike, data_root: 
     out_dir = Path(out_dir)
     result = train_supernet(space_of(search), recipe_from_dict(search["recipe"]), data_root,
                             out_dir, seed=search["seed"], resume=(out_dir / CHECKPOINT).is_file(),
-                            num_threads=num_threads, max_iterations=max_iterations)
+                            num_threads=num_threads, max_iterations=max_iterations, workers=workers)
     if result.checkpoint is None:
         raise RuntimeError(f"supernet training wrote no checkpoint ({result.message})")
     return result.checkpoint
@@ -242,7 +243,7 @@ def supernet_trial(request: "TrialRequest") -> dict[str, Any]:
 
     return run_job(request, lambda: {"checkpoint": str(run_supernet(
         request.search, Path(request.out_dir) / "supernet", request.data_root,
-        num_threads=request.num_threads))})
+        num_threads=request.num_threads, workers=request.workers))})
 
 
 def candidate_trial(request: "TrialRequest") -> dict[str, Any]:

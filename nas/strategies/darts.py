@@ -159,7 +159,8 @@ def _total_iterations(config: TrainConfig, root: Path) -> int:
 def run_search(config: TrainConfig, data_root: str | Path, out_dir: str | Path,
                supernet: SupernetConfig, settings: DartsSettings, *, resume: bool = False,
                progress: bool = False, num_threads: int | None = None,
-               max_iterations: int | None = None, derived: Path | None = None) -> DetectorSpec:
+               max_iterations: int | None = None, derived: Path | None = None,
+               workers: int | None = None) -> DetectorSpec:
     """Search, derive and write the derived spec (default RUN/derived_spec.yaml) and the
     history plot; returns the spec. config.spec is the base spec (backbone, head, anchors,
     neck channels and levels)."""
@@ -173,7 +174,7 @@ def run_search(config: TrainConfig, data_root: str | Path, out_dir: str | Path,
     if not resume and not (out / CHECKPOINT).exists():
         (out / HISTORY).unlink(missing_ok=True)  # a fresh start keeps no earlier history
     train(config, weights_root, out, resume=resume, progress=progress, hooks=hooks,
-          num_threads=num_threads, max_iterations=max_iterations)
+          num_threads=num_threads, max_iterations=max_iterations, workers=workers)
     spec = derive_from_checkpoint(out / CHECKPOINT, name=f"{config.spec.name}-autofem")
     derived = Path(derived) if derived is not None else out / DERIVED
     derived.parent.mkdir(parents=True, exist_ok=True)

@@ -75,11 +75,11 @@ def supernet_config(space: BFBoxSpace, recipe: Recipe) -> TrainConfig:
 def train_supernet(space: BFBoxSpace, recipe: Recipe, data_root: str | os.PathLike,
                    out_dir: str | os.PathLike, *, seed: int = 0, resume: bool = False,
                    max_iterations: int | None = None, num_threads: int | None = None,
-                   progress: bool = False, fp32: bool = False) -> TrainResult:
+                   progress: bool = False, fp32: bool = False, workers: int | None = None) -> TrainResult:
     """Train the space's supernet with the recipe (checkpointed, exactly resumable)."""
     return train(supernet_config(space, recipe), data_root, out_dir, resume=resume,
                  max_iterations=max_iterations, num_threads=num_threads, progress=progress,
-                 fp32=fp32, hooks=SPOSHooks(space, seed))
+                 fp32=fp32, hooks=SPOSHooks(space, seed), workers=workers)
 
 
 def load_supernet(path: str | os.PathLike, space: BFBoxSpace) -> BFBoxSupernet:
