@@ -40,14 +40,15 @@ that gives ranking_truth.csv's row, so the two agree.
 
 `--proxies` scores the truth's specs (same settings, same sample) with every zero-cost proxy of
 nas.proxies on batch 0 of the truth recipe's training stream (model initialised from seed 0)
-into proxies.csv (spec_id, proxy, value, cost_s). Other proxies (short recipes, ASHA rungs)
-may append rows of their own names there: the report reads any.
+into proxies.csv (spec_id, proxy, value, cost_s). Other proxies (short recipes) may append rows
+of their own names there: the report reads any. ASHA's rung proxies come from the curves.
 
-`--report` reads ranking_truth.csv and proxies.csv only: Kendall tau (scipy.stats.kendalltau,
-tau-b) of hard AP between every pair of seeds; per proxy, tau between its value and the mean
-hard AP over seeds, with a bootstrap 95% interval (specs resampled with replacement), and its
-median cost per spec as a fraction of the truth's (median over specs of the mean train_s over
-seeds: one long training). When ranking_curves.csv exists, also (issue 25, 3.2 and 3.4):
+`--report` reads ranking_truth.csv, proxies.csv and ranking_curves.csv only: Kendall tau
+(scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per proxy, tau between
+its value and the mean hard AP over seeds, with a bootstrap 95% interval (specs resampled with
+replacement), and its median cost per spec as a fraction of the truth's (median over specs of
+the mean train_s over seeds: one long training). When ranking_curves.csv exists, also (issue
+25, items 3.2 and 3.4):
 - the rung AP (`--metric`) and the rung loss (negated: lower loss predicts higher AP) at each
   recorded iteration as proxies: as in a search, one run per spec, so for each seed in turn
   its value against the truth; `tau` is the mean over seeds of tau against the mean final
@@ -242,11 +243,12 @@ def _run(request: dict[str, Any], batch_size: int, points: list[int]) -> dict[st
     for stop in points:
         if any(p["iteration"] == stop for p in curve):
             continue
-        result = train(config, req.data_root, train_dir, resume=(train_dir / CHECKPOINT).is_file(),
-                       num_threads=req.num_threads, progress=False, max_iterations=stop)
+        result = train(config, req.data_root, train_dir,
+                       resume=(train_dir / CHECKPOINT).is_file(), num_threads=req.num_threads,
+                       progress=False, max_iterations=stop)
         if result.status != "ok" or result.checkpoint is None:
-            raise TrialDiverged(f"{req.spec_id} seed {req.seed}: training {result.status} after "
-                                f"{result.iterations} iterations")
+            raise TrialDiverged(f"{req.spec_id} seed {req.seed}: training {result.status} "
+                                f"after {result.iterations} iterations")
         if result.iterations != stop:  # its checkpoint is past this rung: cannot test it there
             print(f"{req.spec_id} seed {req.seed}: checkpoint at iteration {result.iterations}, "
                   f"past {stop}; that point is not recorded", flush=True)
@@ -269,7 +271,8 @@ def collect_curves(out: Path, specs: list, seeds: list[int]) -> list[dict[str, A
     rows = []
     for spec in specs:
         for seed in seeds:
-            rows += sorted(read_curve(out / spec.id / f"seed{seed}"), key=lambda p: p["iteration"])
+            curve = read_curve(out / spec.id / f"seed{seed}")
+            rows += sorted(curve, key=lambda p: p["iteration"])
     return rows
 
 
@@ -321,8 +324,8 @@ def run_truth(args: argparse.Namespace) -> int:
     if recipe.schedule.unit != "iterations":
         from detectors.errors import UserError
 
-        raise UserError(f"--recipe: the truth's schedule must count iterations (its rungs do), "
-                        f"not {recipe.schedule.unit}")
+        raise UserError("--recipe: the truth's schedule must count iterations (its rungs "
+                        f"do), not {recipe.schedule.unit}")
     points = curve_points(args.rungs, recipe.schedule.total)
     record_setup(results, setting, search, specs, _versions(), points)
     batch = recipe.batch_size
@@ -477,7 +480,8 @@ def rung_proxies(curves, by_seed, metric: str, n_boot: int = BOOTSTRAP) -> list[
         for name, column, sign in ((f"rung_{metric}", metric, 1.0), ("rung_loss", "loss", -1.0)):
             values = at.pivot(index="spec_id", columns="seed", values=column)
             values = values.reindex(columns=seeds).dropna()
-            common = [s for s in values.index if s in by_seed.index and by_seed.loc[s].notna().all()]
+            common = [s for s in values.index
+                      if s in by_seed.index and by_seed.loc[s].notna().all()]
             if len(common) < 2:
                 continue
             xs = sign * values.loc[common].to_numpy(float)
@@ -488,7 +492,8 @@ def rung_proxies(curves, by_seed, metric: str, n_boot: int = BOOTSTRAP) -> list[
             low, high = bootstrap_mean_tau(xs, y, n_boot)
             out.append({"proxy": name, "iteration": int(it), "specs": len(common),
                         "seeds": len(seeds), "tau": _mean_tau(xs, y),
-                        "tau_other": (float(np.mean([_tau(xs[:, j], other[j]) for j in range(len(seeds))]))
+                        "tau_other": (float(np.mean([_tau(xs[:, j], other[j])
+                                                     for j in range(len(seeds))]))
                                       if other else float("nan")),
                         "ci_low": low, "ci_high": high, "cost_fraction": int(it) / final})
     return out
@@ -502,7 +507,8 @@ def replay_summary(curves, metric: str, grace: float = GRACE,
     metric, the schedule and one row per (method, k) of savings and recall@k."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("asha_replay", REPO / "benchmarks" / "asha_replay.py")
+    spec = importlib.util.spec_from_file_location("asha_replay",
+                                                  REPO / "benchmarks" / "asha_replay.py")
     asha_replay = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(asha_replay)
     from analysis.errors import AnalysisError
