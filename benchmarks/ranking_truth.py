@@ -4,6 +4,7 @@ against it (issue 25).
     python benchmarks/ranking_truth.py [--gflops 0.5] [--specs 16] [--seeds 0 1]
         [--data ../shared/data/widerface-mini] [--recipe FILE] [--workers 2] [--threads 1]
         [--out runs/ranking_truth] [--results benchmarks/results] [--stop-after MINUTES]
+        [--rungs 400 1200 2400]
     python benchmarks/ranking_truth.py --probe 50     # time the first 50 iterations, project
     python benchmarks/ranking_truth.py --proxies      # zero-cost proxies -> proxies.csv
     python benchmarks/ranking_truth.py --report       # every figure, from the CSVs alone
@@ -24,16 +25,42 @@ ranking_truth.csv is rewritten from every result.json (columns spec_id, seed, ap
 ap_medium, ap_hard, train_s; train_s sums the logged iteration times: no start-up,
 checkpoints or test). `--stop-after` starts no new run after that many minutes.
 
+Learning curves: every run is tested on val at each iteration of `--rungs` (default
+default_rungs: the iterations at which `facenas search --scheduler asha --grace 1/9
+--reduction-factor 3` tests a trial of the truth recipe's length, nas.fidelity's rung_fractions
++ rung_iterations, plus 2/3 of the schedule for the curve: 400, 1200, 2400 for 3600) and at its
+end: training goes from rung to rung by detectors.train.train(resume=True, max_iterations=rung),
+each point is tested by detectors.test.test (the trial's tester) and gets the rung loss of
+nas.fidelity.rung_loss (what ASHA's --rung-metric loss compares). Each run keeps its points in
+OUT/<spec_id>/seed<seed>/curve.json (rewritten atomically after each point); a resumed run
+does not recompute a recorded point. ranking_curves.csv (columns spec_id, seed, iteration,
+ap_easy, ap_medium, ap_hard, loss: benchmarks/asha_replay.py's contract) is rewritten from every
+curve.json at the start, after each finished run and at the end. The end point is the test
+that gives ranking_truth.csv's row, so the two agree.
+
 `--proxies` scores the truth's specs (same settings, same sample) with every zero-cost proxy of
 nas.proxies on batch 0 of the truth recipe's training stream (model initialised from seed 0)
-into proxies.csv (spec_id, proxy, value, cost_s). Other proxies (short recipes, ASHA rungs)
-may append rows of their own names there: the report reads any.
+into proxies.csv (spec_id, proxy, value, cost_s). Other proxies (short recipes) may append rows
+of their own names there: the report reads any. ASHA's rung proxies come from the curves.
 
-`--report` reads ranking_truth.csv and proxies.csv only: Kendall tau (scipy.stats.kendalltau,
-tau-b) of hard AP between every pair of seeds; per proxy, tau between its value and the mean
-hard AP over seeds, with a bootstrap 95% interval (specs resampled with replacement), and its
-median cost per spec as a fraction of the truth's (median over specs of the mean train_s over
-seeds: one long training).
+`--report` reads ranking_truth.csv, proxies.csv and ranking_curves.csv only: Kendall tau
+(scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per proxy, tau between
+its value and the mean hard AP over seeds, with a bootstrap 95% interval (specs resampled with
+replacement), and its median cost per spec as a fraction of the truth's (median over specs of
+the mean train_s over seeds: one long training). When ranking_curves.csv exists, also (issue
+25, items 3.2 and 3.4):
+- the rung AP (`--metric`) and the rung loss (negated: lower loss predicts higher AP) at each
+  recorded iteration as proxies: as in a search, one run per spec, so for each seed in turn
+  its value against the truth; `tau` is the mean over seeds of tau against the mean final
+  metric over all seeds (the issue's truth), `tau_other` the mean over seeds of tau against
+  the mean final metric of the *other* seeds (free of the run's own seed noise; at the end
+  it is the seed-against-seed tau), the 95% bootstrap interval of `tau` (specs resampled),
+  and the cost as a fraction iteration / final iteration;
+- ASHA and synchronous successive halving replayed (benchmarks/asha_replay.replay) over
+  `--orders` random arrival orders on the complete curves, with rungs grace 1/9,
+  reduction factor 3 (`--grace`, `--reduction-factor`), `--replay-workers` slots, each order
+  training every spec once with one of its seeds: on the rung AP, and on the rung loss scored
+  against the final AP; savings against top-k recall (median and 5-95 % over orders).
 """
 
 from __future__ import annotations
@@ -41,6 +68,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import multiprocessing
 import platform
 import sys
@@ -52,12 +80,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-TRUTH_CSV, PROXIES_CSV = "ranking_truth.csv", "proxies.csv"
+TRUTH_CSV, PROXIES_CSV, CURVES_CSV = "ranking_truth.csv", "proxies.csv", "ranking_curves.csv"
 SPECS_YAML, RECIPE_YAML = "ranking_truth_specs.yaml", "ranking_truth_recipe.yaml"
 VERSIONS_YAML = "ranking_truth_versions.yaml"
 TRUTH_COLUMNS = ["spec_id", "seed", "ap_easy", "ap_medium", "ap_hard", "train_s"]
 PROXY_COLUMNS = ["spec_id", "proxy", "value", "cost_s"]
-RESULT = "result.json"
+CURVE_COLUMNS = ["spec_id", "seed", "iteration", "ap_easy", "ap_medium", "ap_hard", "loss"]
+RESULT, CURVE = "result.json", "curve.json"
+# The search's ASHA rungs whose metrics the curves record (facenas search --scheduler asha
+# --grace 1/9 --reduction-factor 3; the replay's default schedule too).
+GRACE, REDUCTION_FACTOR = 1 / 9, 3.0
 # The long recipe's overrides of the regime preset's search recipe (budget paper: unscaled).
 # Issue 25's scrfd_0.5g run at these settings reached val hard AP 0.084 at 2400 iterations
 # (24 min on 2 threads) and was still rising; a later session tunes this until seeds agree.
@@ -129,12 +161,17 @@ def _versions() -> dict[str, Any]:
 
 
 def record_setup(results: Path, setting: dict[str, Any], search: dict[str, Any], specs: list,
-                 versions: dict[str, Any]) -> None:
-    """Write the specs, recipe and versions files (first run), or refuse other settings."""
+                 versions: dict[str, Any], points: list[int] | None = None) -> None:
+    """Write the specs, recipe and versions files (first run), or refuse other settings.
+    `points`: the curve iterations (recorded, not compared: a later session may add rungs)."""
     import yaml
 
     recipe_path = results / RECIPE_YAML
     recipe = {**setting, "recipe": truth_recipe(search).to_dict()}
+    if points is None and recipe_path.is_file():
+        points = yaml.safe_load(recipe_path.read_text()).get("curve_iterations")
+    if points is not None:
+        recipe["curve_iterations"] = list(points)
     if recipe_path.is_file():
         before = yaml.safe_load(recipe_path.read_text())
         if {k: before.get(k) for k in setting} != json.loads(json.dumps(setting)):
@@ -153,19 +190,99 @@ def _iteration_seconds(metrics_jsonl: Path, batch_size: int) -> list[float]:
                 if r.get("images_per_s", 0) > 0]
 
 
-def _run(request: dict[str, Any], batch_size: int) -> dict[str, Any]:
-    """One (spec, seed): train (resuming) + test, then its result.json (runs in a worker)."""
-    from nas.results import RunStore
-    from nas.trial import TrialRequest, run_trial
+def default_rungs(total: int) -> list[int]:
+    """The iterations at which a search's ASHA (grace 1/9, reduction factor 3) tests a trial
+    of `total` iterations, plus 2/3 of the schedule (one more point for the learning curve),
+    without the end."""
+    from nas.fidelity import rung_fractions, rung_iterations
+
+    its = set(rung_iterations(rung_fractions(GRACE, REDUCTION_FACTOR), total))
+    its.add(math.ceil(2 * total / 3))
+    return sorted(i for i in its if i < total)
+
+
+def curve_points(rungs: list[int] | None, total: int) -> list[int]:
+    """The iterations every run is tested at: `rungs` (default default_rungs) and the end."""
+    from detectors.errors import UserError
+
+    rungs = default_rungs(total) if rungs is None else [int(r) for r in rungs]
+    bad = [r for r in rungs if not 1 <= r <= total]
+    if bad:
+        raise UserError(f"--rungs {' '.join(map(str, bad))}: outside 1..{total} (the truth "
+                        "recipe's iterations)")
+    return sorted(set(rungs) | {total})
+
+
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """The points a run has recorded (curve.json; [] before the first)."""
+    path = Path(run_dir) / CURVE
+    return json.loads(path.read_text()) if path.is_file() else []
+
+
+def _run(request: dict[str, Any], batch_size: int, points: list[int]) -> dict[str, Any]:
+    """One (spec, seed), in a worker: from rung to rung, train (resuming from the checkpoint)
+    up to it, test on val and record the point in curve.json, skipping recorded points; the
+    end point becomes its result.json. The trial's own pieces: nas.trial.trial_config,
+    detectors.train.train, detectors.test.test, nas.fidelity.rung_loss."""
+    from detectors.device import set_threads
+    from detectors.test import test
+    from detectors.train import CHECKPOINT, METRICS, train
+
+    from nas.fidelity import rung_loss
+    from nas.results import RunStore, atomic_write_text
+    from nas.trial import TrialDiverged, TrialRequest, trial_config
 
     req = TrialRequest(**request)
-    metrics = run_trial(req)
+    set_threads(req.num_threads)
     out = Path(req.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    config = trial_config(req.spec_yaml, req.recipe, req.budget, req.recipe_overrides,
+                          out / "trial_config.yaml")
+    train_dir = out / "train"
+    curve = read_curve(out)
+    for stop in points:
+        if any(p["iteration"] == stop for p in curve):
+            continue
+        result = train(config, req.data_root, train_dir,
+                       resume=(train_dir / CHECKPOINT).is_file(), num_threads=req.num_threads,
+                       progress=False, max_iterations=stop)
+        if result.status != "ok" or result.checkpoint is None:
+            raise TrialDiverged(f"{req.spec_id} seed {req.seed}: training {result.status} "
+                                f"after {result.iterations} iterations")
+        if result.iterations != stop:  # its checkpoint is past this rung: cannot test it there
+            print(f"{req.spec_id} seed {req.seed}: checkpoint at iteration {result.iterations}, "
+                  f"past {stop}; that point is not recorded", flush=True)
+            continue
+        ap = test(config, result.checkpoint, req.data_root, split=req.split, progress=False)
+        curve.append({"spec_id": req.spec_id, "seed": req.seed, "iteration": stop,
+                      **{f"ap_{k}": float(ap[k]) for k in ("easy", "medium", "hard")},
+                      "loss": rung_loss(train_dir / METRICS, stop)})
+        atomic_write_text(out / CURVE, json.dumps(curve))
+    end = next(p for p in curve if p["iteration"] == points[-1])
     row = {"spec_id": req.spec_id, "seed": req.seed,
-           **{k: float(metrics[k]) for k in ("ap_easy", "ap_medium", "ap_hard")},
-           "train_s": sum(_iteration_seconds(out / "train" / "metrics.jsonl", batch_size))}
+           **{k: float(end[k]) for k in ("ap_easy", "ap_medium", "ap_hard")},
+           "train_s": sum(_iteration_seconds(train_dir / METRICS, batch_size))}
     RunStore.write_result(out, row)
     return row
+
+
+def collect_curves(out: Path, specs: list, seeds: list[int]) -> list[dict[str, Any]]:
+    """Every recorded point of every run (finished or not), in (spec, seed, iteration) order."""
+    rows = []
+    for spec in specs:
+        for seed in seeds:
+            curve = read_curve(out / spec.id / f"seed{seed}")
+            rows += sorted(curve, key=lambda p: p["iteration"])
+    return rows
+
+
+def write_curves(results: Path, rows: list[dict[str, Any]]) -> None:
+    import pandas as pd
+
+    from nas.results import atomic_write_text
+
+    atomic_write_text(results / CURVES_CSV,
+                      pd.DataFrame(rows, columns=CURVE_COLUMNS).to_csv(index=False))
 
 
 def collect(out: Path, specs: list, seeds: list[int]) -> list[dict[str, Any]]:
@@ -203,14 +320,22 @@ def run_truth(args: argparse.Namespace) -> int:
     setting = settings(args)
     search, specs = sample(setting)
     results, out = Path(args.results), Path(args.out)
-    record_setup(results, setting, search, specs, _versions())
-    batch = truth_recipe(search).batch_size
+    recipe = truth_recipe(search)
+    if recipe.schedule.unit != "iterations":
+        from detectors.errors import UserError
+
+        raise UserError("--recipe: the truth's schedule must count iterations (its rungs "
+                        f"do), not {recipe.schedule.unit}")
+    points = curve_points(args.rungs, recipe.schedule.total)
+    record_setup(results, setting, search, specs, _versions(), points)
+    batch = recipe.batch_size
+    write_curves(results, collect_curves(out, specs, setting["seeds"]))
     todo = [r for r in _requests(search, specs, setting["seeds"], out, args.data, args.threads)
             if not (Path(r["out_dir"]) / RESULT).is_file()]
     done = len(specs) * len(setting["seeds"]) - len(todo)
     print(f"{len(specs)} specs x {len(setting['seeds'])} seeds at {setting['gflops']:g} GF: {done} "
-          f"finished, {len(todo)} to run in {out} ({args.workers} workers x {args.threads} threads)",
-          flush=True)
+          f"finished, {len(todo)} to run in {out} ({args.workers} workers x {args.threads} threads); "
+          f"tested at iterations {', '.join(map(str, points))}", flush=True)
     start, deadline = time.perf_counter(), (args.stop_after or float("inf")) * 60
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
@@ -218,20 +343,22 @@ def run_truth(args: argparse.Namespace) -> int:
         while pending or futures:
             while pending and len(futures) < args.workers and time.perf_counter() - start < deadline:
                 r = pending.pop(0)
-                futures[pool.submit(_run, r, batch)] = r
+                futures[pool.submit(_run, r, batch, points)] = r
             if not futures:
                 break
             fut = next(as_completed(futures))
             futures.pop(fut)
             row = fut.result()
             write_truth(results, collect(out, specs, setting["seeds"]))
+            write_curves(results, collect_curves(out, specs, setting["seeds"]))
             print(f"[{time.perf_counter() - start:7.0f}s] {row['spec_id']} seed {row['seed']}: AP "
                   f"hard {row['ap_hard']:.4f} medium {row['ap_medium']:.4f} easy "
                   f"{row['ap_easy']:.4f}, trained in {row['train_s'] / 60:.1f} min", flush=True)
     rows = collect(out, specs, setting["seeds"])
     write_truth(results, rows)
+    write_curves(results, collect_curves(out, specs, setting["seeds"]))
     left = len(specs) * len(setting["seeds"]) - len(rows)
-    print(f"{len(rows)} runs recorded in {results / TRUTH_CSV}"
+    print(f"{len(rows)} runs recorded in {results / TRUTH_CSV}, their curves in {results / CURVES_CSV}"
           + (f"; {left} left: run the same command again" if left else ""), flush=True)
     return 0
 
@@ -317,17 +444,101 @@ def bootstrap_tau(x, y, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float
     replacement (resamples where tau is undefined are skipped)."""
     import numpy as np
 
-    x, y = np.asarray(x, float), np.asarray(y, float)
+    return bootstrap_mean_tau(np.asarray(x, float)[:, None], y, n, seed)
+
+
+def bootstrap_mean_tau(xs, y, n: int = BOOTSTRAP, seed: int = 0) -> tuple[float, float]:
+    """The same for the mean over the columns of `xs` (one per seed: item i's proxy value in
+    that seed's run) of tau(column, y): the items (rows) resampled with replacement."""
+    import numpy as np
+
+    xs, y = np.asarray(xs, float), np.asarray(y, float)
     rng = np.random.default_rng(seed)
-    taus = np.array([_tau(x[i], y[i]) for i in rng.integers(0, len(x), (n, len(x)))])
+    taus = np.array([_mean_tau(xs[i], y[i]) for i in rng.integers(0, len(y), (n, len(y)))])
     taus = taus[np.isfinite(taus)]
     if not len(taus):  # e.g. every value tied: no ranking to resample
         return float("nan"), float("nan")
     return float(np.percentile(taus, 2.5)), float(np.percentile(taus, 97.5))
 
 
-def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP) -> dict[str, Any]:
-    """Every figure of the note from ranking_truth.csv and proxies.csv (module docstring)."""
+def _mean_tau(xs, y) -> float:
+    """Mean over the columns of xs of tau(column, y) (NaN when one is undefined)."""
+    return float(sum(_tau(xs[:, j], y) for j in range(xs.shape[1])) / xs.shape[1])
+
+
+def rung_proxies(curves, by_seed, metric: str, n_boot: int = BOOTSTRAP) -> list[dict[str, Any]]:
+    """Rung AP (`metric`) and rung loss at each recorded iteration, as proxies of the truth
+    (module docstring). curves: ranking_curves.csv; by_seed: the truth's final `metric`,
+    spec x seed (ranking_truth.csv). Only specs with a point in every seed count."""
+    import numpy as np
+
+    final = int(curves["iteration"].max())
+    seeds = [s for s in by_seed.columns if (curves["seed"] == s).any()]
+    out = []
+    for it in sorted(curves["iteration"].unique()):
+        at = curves[curves["iteration"] == it]
+        for name, column, sign in ((f"rung_{metric}", metric, 1.0), ("rung_loss", "loss", -1.0)):
+            values = at.pivot(index="spec_id", columns="seed", values=column)
+            values = values.reindex(columns=seeds).dropna()
+            common = [s for s in values.index
+                      if s in by_seed.index and by_seed.loc[s].notna().all()]
+            if len(common) < 2:
+                continue
+            xs = sign * values.loc[common].to_numpy(float)
+            truth = by_seed.loc[common].to_numpy(float)
+            y = truth.mean(axis=1)
+            other = [np.delete(truth, by_seed.columns.get_loc(s), axis=1).mean(axis=1)
+                     for s in seeds] if truth.shape[1] > 1 else []
+            low, high = bootstrap_mean_tau(xs, y, n_boot)
+            out.append({"proxy": name, "iteration": int(it), "specs": len(common),
+                        "seeds": len(seeds), "tau": _mean_tau(xs, y),
+                        "tau_other": (float(np.mean([_tau(xs[:, j], other[j])
+                                                     for j in range(len(seeds))]))
+                                      if other else float("nan")),
+                        "ci_low": low, "ci_high": high, "cost_fraction": int(it) / final})
+    return out
+
+
+def replay_summary(curves, metric: str, grace: float = GRACE,
+                   reduction_factor: float = REDUCTION_FACTOR, orders: int = 1000,
+                   workers: int = 4) -> dict[str, Any]:
+    """ASHA and synchronous SH replayed on the complete runs' curves (asha_replay.replay), on
+    the rung `metric` and on the rung loss (scored against the final `metric`): per replayed
+    metric, the schedule and one row per (method, k) of savings and recall@k."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("asha_replay",
+                                                  REPO / "benchmarks" / "asha_replay.py")
+    asha_replay = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(asha_replay)
+    from analysis.errors import AnalysisError
+
+    final = int(curves["iteration"].max())
+    done = curves.groupby(["spec_id", "seed"])["iteration"].transform("max") == final
+    complete = curves[done]
+    n = complete["spec_id"].nunique()
+    k = [x for x in (1, 3, 5) if x <= n]
+    out: dict[str, Any] = {"specs": int(n), "orders": orders, "workers": workers, "runs": []}
+    for replayed, truth in ((metric, None), ("loss", metric)):
+        try:
+            summary, per = asha_replay.replay(complete, replayed, grace, reduction_factor, final,
+                                              orders, workers, k, None, 0, "random", truth)
+        except AnalysisError as err:
+            out["runs"].append({"metric": replayed, "error": str(err)})
+            continue
+        sch = per.attrs["schedule"]
+        out["runs"].append({"metric": replayed, "truth": truth or metric,
+                            "rungs": [math.ceil(m - 1e-9) for m in sch.decision_rungs],
+                            "max_t": sch.end, "rows": summary.to_dict("records"),
+                            "table": asha_replay.format_table(summary)})
+    return out
+
+
+def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orders: int = 1000,
+           grace: float = GRACE, reduction_factor: float = REDUCTION_FACTOR,
+           workers: int = 4) -> dict[str, Any]:
+    """Every figure of the note from ranking_truth.csv, proxies.csv and ranking_curves.csv
+    (module docstring)."""
     import pandas as pd
 
     if not (results / TRUTH_CSV).is_file():
@@ -357,6 +568,12 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP) -> d
             out["proxies"].append({"proxy": name, "specs": len(common), "tau": _tau(x, y),
                                    "ci_low": low, "ci_high": high, "cost_s": cost,
                                    "cost_fraction": cost / truth_cost if truth_cost > 0 else float("nan")})
+    path = results / CURVES_CSV
+    if path.is_file():
+        curves = pd.read_csv(path, dtype={"spec_id": str})
+        if not curves.empty:
+            out["rung_proxies"] = rung_proxies(curves, by_seed, metric, n_boot)
+            out["replay"] = replay_summary(curves, metric, grace, reduction_factor, orders, workers)
     return out
 
 
@@ -371,7 +588,25 @@ def print_report(rep: dict[str, Any]) -> None:
         for p in rep["proxies"]:
             print(f"| {p['proxy']} | {p['specs']} | {p['tau']:.3f} | [{p['ci_low']:.3f}, "
                   f"{p['ci_high']:.3f}] | {p['cost_s']:.2f} | {p['cost_fraction']:.2e} |")
-    print(json.dumps(rep))
+    if rep.get("rung_proxies"):
+        print("rung proxies (one run per spec, each seed in turn; loss negated):")
+        print("| proxy | iteration | specs | tau vs mean | 95% CI | tau vs other seeds | cost / truth |")
+        print("|---|---|---|---|---|---|---|")
+        for p in rep["rung_proxies"]:
+            print(f"| {p['proxy']} | {p['iteration']} | {p['specs']} | {p['tau']:.3f} | "
+                  f"[{p['ci_low']:.3f}, {p['ci_high']:.3f}] | {p['tau_other']:.3f} | "
+                  f"{p['cost_fraction']:.3f} |")
+    if rep.get("replay"):
+        r = rep["replay"]
+        for run in r["runs"]:
+            if "error" in run:
+                print(f"replay on {run['metric']}: not possible: {run['error']}")
+                continue
+            print(f"replay on {run['metric']} (scored by final {run['truth']}): {r['specs']} specs, "
+                  f"rungs at {', '.join(map(str, run['rungs']))}, max_t {run['max_t']}; "
+                  f"{r['orders']} arrival orders, {r['workers']} workers")
+            print(run["table"])
+    print(json.dumps(rep, default=float))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -394,8 +629,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results", default=str(REPO / "benchmarks" / "results"))
     p.add_argument("--stop-after", type=float, metavar="MINUTES",
                    help="start no new run after this many minutes")
+    p.add_argument("--rungs", type=int, nargs="+", metavar="ITERATION",
+                   help="test every run at these iterations too (default: ASHA's at grace 1/9, "
+                   "rf 3, plus 2/3 of the schedule)")
     p.add_argument("--metric", default="ap_hard", choices=("ap_easy", "ap_medium", "ap_hard"))
     p.add_argument("--bootstrap", type=int, default=BOOTSTRAP)
+    p.add_argument("--orders", type=int, default=1000, help="--report: replay arrival orders")
+    p.add_argument("--grace", type=float, default=GRACE,
+                   help="--report: replay's first rung (fraction of the run, or iterations)")
+    p.add_argument("--reduction-factor", type=float, default=REDUCTION_FACTOR)
+    p.add_argument("--replay-workers", type=int, default=4, help="--report: ASHA's slots")
     args = p.parse_args(argv)
     from detectors.errors import UserError
 
@@ -408,7 +651,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.report:
-        print_report(report(Path(args.results), args.metric, args.bootstrap))
+        print_report(report(Path(args.results), args.metric, args.bootstrap, args.orders,
+                            args.grace, args.reduction_factor, args.replay_workers))
         return 0
     if args.proxies:
         return run_proxies(args)
