@@ -23,6 +23,13 @@ from detectors.data.transforms import MEAN, PHOTOMETRIC_PARAMS, STD
 __all__ = ["device_images", "photometric", "normalise"]
 
 
+def _cpu_any(mask: torch.Tensor) -> bool:
+    """Whether any element of a CPU tensor (the loader's per-image numbers) is true, read
+    through NumPy: that raises on a CUDA tensor, so this can never hide a device sync (and the
+    host-sync count, which watches tensor scalar reads, rightly does not see it)."""
+    return bool(mask.numpy().any())
+
+
 def photometric(images: torch.Tensor, params: torch.Tensor, colour: bool = True) -> torch.Tensor:
     """Float (B, 3, H, W) pixel values 0..255, distorted in place by per-image `params`
     (B, 13) of PhotoMetricDistortion.draw, rounded and clipped to 0..255; returns the result.
@@ -53,7 +60,7 @@ def normalise(images: torch.Tensor, image_hw: torch.Tensor | None = None) -> tor
     if image_hw is None:
         return x
     h, w = x.shape[-2:]
-    if bool((image_hw[:, 0] >= h).all() and (image_hw[:, 1] >= w).all()):
+    if not _cpu_any((image_hw[:, 0] < h) | (image_hw[:, 1] < w)):
         return x  # nothing padded (the square crops): no mask to build
     hw = image_hw.to(x.device, non_blocking=True)
     rows = torch.arange(h, device=x.device)[None, :] < hw[:, :1]
@@ -71,11 +78,11 @@ def device_images(batch: dict, device: torch.device | str, non_blocking: bool = 
         return images.to(device, non_blocking=non_blocking).contiguous(memory_format=memory_format)
     x = images.to(device, non_blocking=non_blocking).float()
     flip = batch.get("flip")
-    if flip is not None and bool(flip.any()):  # CPU copy: no device sync
-        rows = flip.nonzero()[:, 0].to(device, non_blocking=non_blocking)
+    if flip is not None and _cpu_any(flip):  # CPU copy: no device sync
+        rows = torch.from_numpy(flip.numpy().nonzero()[0]).to(device, non_blocking=non_blocking)
         x[rows] = x[rows].flip(-1)
     params = batch.get("photometric")
     if params is not None:
-        colour = bool((params[:, 2] > 0).any())  # CPU copy: no device sync
+        colour = _cpu_any(params[:, 2] > 0)  # CPU copy: no device sync
         x = photometric(x, params.to(device, non_blocking=non_blocking), colour)
     return normalise(x, batch.get("image_hw")).contiguous(memory_format=memory_format)
