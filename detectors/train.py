@@ -362,6 +362,27 @@ def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):
     return opt, sched
 
 
+def align_grads(opt: torch.optim.Optimizer) -> None:
+    """Give every gradient its weight's strides. Fused SGD (torch 2.14, CPU) reads a gradient
+    laid out unlike its weight (a channels_last conv weight with a contiguous gradient, as
+    conv backward may return) in the weight's order and steps wrongly, even to NaN;
+    metadata only, so no host sync."""
+    for group in opt.param_groups:
+        for p in group["params"]:
+            if p.grad is not None and p.grad.stride() != p.stride():
+                p.grad = torch.empty_like(p).copy_(p.grad)
+
+
+def fused_step(opt: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
+    """opt.step() skipped on the device where `found_inf` (0-d, nonzero: skip) says so."""
+    align_grads(opt)
+    opt.found_inf = found_inf
+    try:
+        opt.step()
+    finally:
+        del opt.found_inf
+
+
 def _micro_batches(batch: dict, k: int) -> list[dict]:
     """`batch` as k equal consecutive micro-batches (tensors and per-image lists sliced)."""
     if k == 1:
@@ -422,14 +443,11 @@ class _Loop:
                 sums[name] = v.detach().float() / k + sums.get(name, 0)
         bad = distributed.reduce_max(bad.float(), self.world)
         if self.scaler.is_enabled():  # fp16: the scaler's own found_inf (non-finite loss -> inf grads)
+            align_grads(self.opt)
             self.scaler.step(self.opt)
             self.scaler.update()
         else:
-            self.opt.found_inf = bad
-            try:
-                self.opt.step()
-            finally:
-                del self.opt.found_inf
+            fused_step(self.opt, bad)
         self.sched.step()
         names = list(sums)
         stacked = distributed.reduce_mean(torch.stack([sums[n] for n in names] + [positives.float()]), self.world)
