@@ -68,7 +68,7 @@ def test_smoke_search_with_real_trials_end_to_end(tmp_path, tiny_data):
     # data-path figures) and where each trial ran
     p98 = ["ap_at_p98_easy", "ap_at_p98_medium", "ap_at_p98_hard", "ap_at_p98"]
     assert list(table.columns) == (COLUMNS + ["gflops_mmcv"] + p98 + ["images_per_s", "data_wait_frac"]
-                                   + ["node_id", "host"])
+                                   + ["node_id", "host", "ray_cpus", "ray_gpus"])
     assert table["ap_at_p98"].equals(table["ap_at_p98_hard"])
     assert (table["ap_at_p98_hard"] <= table["ap_hard"] + 1e-12).all()
     assert table["images_per_s"].gt(0).all() and table["data_wait_frac"].between(0, 1).all()
