@@ -17,11 +17,13 @@ detectors.train + detectors.test). The recipe is the regime preset's search reci
 320 px, batch 8, 3600 iterations, tested at 640).
 
 Resumable across sessions: each (spec, seed) trains in OUT/<spec_id>/seed<seed>/ (the trainer
-resumes from its checkpoint there); a finished one has result.json and is skipped. The first
+resumes from its checkpoint there); a finished one has result.json, or a row in the committed
+ranking_truth.csv (a later session on a fresh clone has the CSVs, not OUT), and is skipped;
+rows and curve points already in the CSVs are kept when they are rewritten. The first
 run writes, beside the CSVs in `--results`: ranking_truth_specs.yaml (the specs),
 ranking_truth_recipe.yaml (sampling settings, overrides and the resolved recipe; a later run
 with other settings is refused) and ranking_truth_versions.yaml. After each finished run
-ranking_truth.csv is rewritten from every result.json (columns spec_id, seed, ap_easy,
+ranking_truth.csv is rewritten from every result.json and its committed rows (columns spec_id, seed, ap_easy,
 ap_medium, ap_hard, train_s; train_s sums the logged iteration times: no start-up,
 checkpoints or test). `--stop-after` starts no new run after that many minutes.
 
@@ -266,14 +268,31 @@ def _run(request: dict[str, Any], batch_size: int, points: list[int]) -> dict[st
     return row
 
 
-def collect_curves(out: Path, specs: list, seeds: list[int]) -> list[dict[str, Any]]:
-    """Every recorded point of every run (finished or not), in (spec, seed, iteration) order."""
-    rows = []
+def _committed(results: Path | None, name: str) -> list[dict[str, Any]]:
+    """The rows of results/<name> as plain dicts ([] without one). The committed CSVs are the
+    durable record: a later session (a fresh clone) has them but not the runs directory."""
+    import pandas as pd
+
+    path = None if results is None else results / name
+    if path is None or not path.is_file():
+        return []
+    return pd.read_csv(path, dtype={"spec_id": str}).to_dict("records")
+
+
+def collect_curves(out: Path, specs: list, seeds: list[int],
+                   results: Path | None = None) -> list[dict[str, Any]]:
+    """Every recorded point of every run (finished or not), in (spec, seed, iteration) order:
+    those in the runs directory, and those already in results/ranking_curves.csv (a point
+    recorded in both is the runs directory's)."""
+    wanted = {(spec.id, int(seed)) for spec in specs for seed in seeds}
+    points = {(p["spec_id"], int(p["seed"]), int(p["iteration"])): p
+              for p in _committed(results, CURVES_CSV) if (p["spec_id"], int(p["seed"])) in wanted}
     for spec in specs:
         for seed in seeds:
-            curve = read_curve(out / spec.id / f"seed{seed}")
-            rows += sorted(curve, key=lambda p: p["iteration"])
-    return rows
+            for p in read_curve(out / spec.id / f"seed{seed}"):
+                points[(spec.id, int(seed), int(p["iteration"]))] = p
+    order = {spec.id: k for k, spec in enumerate(specs)}
+    return [points[key] for key in sorted(points, key=lambda k: (order[k[0]], k[1], k[2]))]
 
 
 def write_curves(results: Path, rows: list[dict[str, Any]]) -> None:
@@ -285,14 +304,18 @@ def write_curves(results: Path, rows: list[dict[str, Any]]) -> None:
                       pd.DataFrame(rows, columns=CURVE_COLUMNS).to_csv(index=False))
 
 
-def collect(out: Path, specs: list, seeds: list[int]) -> list[dict[str, Any]]:
-    """Every finished run's row, in (spec, seed) order."""
+def collect(out: Path, specs: list, seeds: list[int], results: Path | None = None) -> list[dict[str, Any]]:
+    """Every finished run's row, in (spec, seed) order: its result.json in the runs directory,
+    else its row in results/ranking_truth.csv (finished in an earlier session)."""
+    committed = {(r["spec_id"], int(r["seed"])): r for r in _committed(results, TRUTH_CSV)}
     rows = []
     for spec in specs:
         for seed in seeds:
             path = out / spec.id / f"seed{seed}" / RESULT
             if path.is_file():
                 rows.append(json.loads(path.read_text()))
+            elif (spec.id, int(seed)) in committed:
+                rows.append(committed[(spec.id, int(seed))])
     return rows
 
 
@@ -329,9 +352,10 @@ def run_truth(args: argparse.Namespace) -> int:
     points = curve_points(args.rungs, recipe.schedule.total)
     record_setup(results, setting, search, specs, _versions(), points)
     batch = recipe.batch_size
-    write_curves(results, collect_curves(out, specs, setting["seeds"]))
+    write_curves(results, collect_curves(out, specs, setting["seeds"], results))
+    finished = {(r["spec_id"], int(r["seed"])) for r in collect(out, specs, setting["seeds"], results)}
     todo = [r for r in _requests(search, specs, setting["seeds"], out, args.data, args.threads)
-            if not (Path(r["out_dir"]) / RESULT).is_file()]
+            if (r["spec_id"], int(r["seed"])) not in finished]
     done = len(specs) * len(setting["seeds"]) - len(todo)
     print(f"{len(specs)} specs x {len(setting['seeds'])} seeds at {setting['gflops']:g} GF: {done} "
           f"finished, {len(todo)} to run in {out} ({args.workers} workers x {args.threads} threads); "
@@ -349,14 +373,14 @@ def run_truth(args: argparse.Namespace) -> int:
             fut = next(as_completed(futures))
             futures.pop(fut)
             row = fut.result()
-            write_truth(results, collect(out, specs, setting["seeds"]))
-            write_curves(results, collect_curves(out, specs, setting["seeds"]))
+            write_truth(results, collect(out, specs, setting["seeds"], results))
+            write_curves(results, collect_curves(out, specs, setting["seeds"], results))
             print(f"[{time.perf_counter() - start:7.0f}s] {row['spec_id']} seed {row['seed']}: AP "
                   f"hard {row['ap_hard']:.4f} medium {row['ap_medium']:.4f} easy "
                   f"{row['ap_easy']:.4f}, trained in {row['train_s'] / 60:.1f} min", flush=True)
-    rows = collect(out, specs, setting["seeds"])
+    rows = collect(out, specs, setting["seeds"], results)
     write_truth(results, rows)
-    write_curves(results, collect_curves(out, specs, setting["seeds"]))
+    write_curves(results, collect_curves(out, specs, setting["seeds"], results))
     left = len(specs) * len(setting["seeds"]) - len(rows)
     print(f"{len(rows)} runs recorded in {results / TRUTH_CSV}, their curves in {results / CURVES_CSV}"
           + (f"; {left} left: run the same command again" if left else ""), flush=True)

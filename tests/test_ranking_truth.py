@@ -73,3 +73,27 @@ def test_collect_and_write_truth_skip_unfinished_runs(tmp_path, ranking_truth):
     ranking_truth.write_truth(tmp_path, rows)
     table = pd.read_csv(tmp_path / ranking_truth.TRUTH_CSV, dtype={"spec_id": str})
     assert list(table.columns) == ranking_truth.TRUTH_COLUMNS and table.iloc[0]["train_s"] == 12.5
+
+
+def test_committed_rows_survive_a_fresh_runs_directory(tmp_path, ranking_truth):
+    """A later session (fresh clone) has benchmarks/results/ but no runs directory: the
+    committed rows and curve points stay in the rewritten CSVs and count as finished."""
+    from types import SimpleNamespace
+
+    specs = [SimpleNamespace(id="0a1b2c3d4e5f"), SimpleNamespace(id="00aa11bb22cc")]
+    old = {"spec_id": specs[0].id, "seed": 0, "ap_easy": 0.5, "ap_medium": 0.4, "ap_hard": 0.3,
+           "train_s": 99.0}
+    ranking_truth.write_truth(tmp_path, [old])
+    point = {"spec_id": specs[0].id, "seed": 0, "iteration": 400, "ap_easy": 0.1, "ap_medium": 0.1,
+             "ap_hard": 0.05, "loss": 2.5}
+    ranking_truth.write_curves(tmp_path, [point])
+    new = {"spec_id": specs[1].id, "seed": 1, "ap_easy": 0.3, "ap_medium": 0.2, "ap_hard": 0.1,
+           "train_s": 12.5}
+    done = tmp_path / "out" / specs[1].id / "seed1"
+    done.mkdir(parents=True)
+    (done / ranking_truth.RESULT).write_text(json.dumps(new))
+    rows = ranking_truth.collect(tmp_path / "out", specs, [0, 1], tmp_path)
+    assert rows == [old, new]  # (spec, seed) order: the committed one first
+    assert ranking_truth.collect(tmp_path / "out", specs, [0, 1]) == [new]  # without results/
+    curves = ranking_truth.collect_curves(tmp_path / "out", specs, [0, 1], tmp_path)
+    assert curves == [point]
