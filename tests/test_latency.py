@@ -523,3 +523,47 @@ def test_asfd_latency_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
         line = one_line_error(capsys)
         assert all(w in line for w in words), line
         assert not out.exists()
+
+
+def test_onnxruntime_rows_sum_every_node_but_the_layout_conversions():
+    """A format-3 onnxruntime row is the median over runs of its nodes' summed kernel times,
+    less ReorderInput/ReorderOutput (a model converts layouts once, at its edges), and less
+    the warm-up runs profiled before them."""
+    from detectors.latency.measure import _kernel_ms
+
+    def ev(name, op, ms):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": ms * 1e3,
+                "args": {"op_name": op}}
+
+    conv, add, reorder = [9.0, 1.0, 1.2, 0.9], [9.0, 0.1, 0.1, 0.3], [9.0, 5.0, 5.0, 5.0]
+    events = [{"cat": "Session", "name": "model_run", "dur": 1}]
+    for c, a, r in zip(conv, add, reorder):  # one warm-up run, then 3 timed runs
+        events += [ev("in", "ReorderInput", r), ev("conv", "FusedConv", c), ev("add", "Add", a),
+                   ev("out", "ReorderOutput", r)]
+    # per timed run: 1.1, 1.3, 1.2 -> median 1.2
+    assert _kernel_ms(events, 3) == pytest.approx(1.2)
+    assert _kernel_ms(events, 1) == pytest.approx(1.2)  # the last run only
+    assert _kernel_ms([], 3) == 0.0
+
+
+def test_onnxruntime_kernel_rows_time_a_real_layer():
+    from detectors.latency.measure import Timing, measure_layer
+
+    ms = measure_layer(Layer(16, 32, 3, 3, 1, 24, 32), "onnxruntime", "cpu", 1,
+                       Timing(warmup=1, min_reps=3, min_seconds=0.0, max_reps=3))
+    assert 0.0 < ms < 1e3
+
+
+def test_a_calibration_draw_spans_the_requested_regimes():
+    from nas.latency_specs import calibration_specs, sample_groups
+
+    # hand case: 7 of groups of 8, 8 and 4 -> 3, 2, 2, spread evenly over each group
+    groups = [list(range(8)), list(range(10, 18)), list(range(20, 24))]
+    assert calibration_specs(groups, 7) == [0, 2, 5, 10, 14, 20, 22]
+    assert calibration_specs(groups, 100) == groups[0] + groups[1] + groups[2]
+    assert calibration_specs([[1, 2]], 0) == [] and calibration_specs([], 3) == []
+    # scrfd at 0.5 and 34 GF: half the fit in each regime, none of the span corners
+    draw = calibration_specs(sample_groups("scrfd", [0.5, 34.0], 3, seed=0), 4)
+    gf = [cost(s, (480, 640)).macs / 1e9 for s in draw]
+    assert len(draw) == 4
+    assert all(0.4 < g < 0.6 for g in gf[:2]) and all(28 < g < 36 for g in gf[2:]), gf

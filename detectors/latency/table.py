@@ -29,7 +29,7 @@ __all__ = ["FORMAT", "LatencyTable", "Fit", "grid_below", "grid_above", "corners
 
 # 2: onnxruntime rows write into outputs allocated once (measure.py); format-1 rows paid a
 # fresh output allocation per call and mean something else, so format-1 tables are refused
-FORMAT = "facenas-latency/2"
+FORMAT = "facenas-latency/3"
 RUNTIMES = ("torch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
 
