@@ -2,6 +2,7 @@
 same layer's time inside the whole model (onnxruntime's per-node profiling).
 
     python benchmarks/latency_layers.py SPEC... --table T.json [--runs 5]
+        [--profile-rows kernel|wall [--threads 1] [--input 640x480]]
 
 For each spec: exports it as `facenas latency --measure` does, runs it `--runs` times under
 onnxruntime's profiler (the table's threads, all graph optimisations) and takes each node's
@@ -10,6 +11,9 @@ prices (its cin, cout, kernel, stride, groups, input size); everything else is g
 upsampling, concat, reshapes). Prints, per spec: wall time of a run, the sum of node times,
 the sum of conv nodes against the sum of their rows (less call_ms, as the model prices them),
 glue time, and the in-model / row ratio of convs binned by their output activation size.
+`--profile-rows` first measures the rows the specs need into T.json (created when absent):
+`kernel` as tables are now (format 3), `wall` as format 2 did (a one-layer session's wall
+time, outputs bound, less the per-call cost): the comparison that found what format 2 missed.
 """
 
 from __future__ import annotations
@@ -93,6 +97,51 @@ def _row_ms(table, ins, outs):
     return None
 
 
+def _profile_rows(specs, path: Path, how: str, threads: int, size: str,
+                  again: bool = False) -> None:
+    """Rows the specs need into the table at `path`; `again`: one more sample of every row
+    the specs need (a row is the minimum of its samples)."""
+    from detectors.latency.measure import Timing, measure_call, measure_module, layer_module
+    from detectors.latency.profile import needed_rows
+    from detectors.latency.table import LatencyTable, channel_block
+    from detectors.latency.trace import Layer
+    from nas.commands.cost import parse_input_size
+
+    table = LatencyTable.load(path) if path.exists() else LatencyTable(
+        "onnxruntime", "cpu", threads, parse_input_size(size),
+        channel_block=channel_block("onnxruntime", "cpu"))
+    timing = Timing(warmup=2, min_reps=5, min_seconds=0.1)
+
+    def row(layer: Layer) -> float:
+        import torch
+
+        torch.manual_seed(0)
+        return measure_module(layer_module(layer), (1, layer.cin, layer.h, layer.w),
+                              "onnxruntime", "cpu", threads, timing, bind_outputs=True,
+                              kernels=how == "kernel")
+
+    if not table.call_ms:
+        table.call_ms = row(Layer(1, 1, 1, 1, 1, 8, 8, norm="none", act=False)) \
+            if how == "wall" else measure_call("onnxruntime", "cpu", threads)
+    keys = needed_rows(specs, table)
+    block, table.channel_block = table.channel_block, 1  # the rows of both pricings
+    keys = sorted(set(keys) | set(needed_rows(specs, table)))
+    table.channel_block = block
+    if again:
+        keys = sorted(set(keys) | {key for spec in specs for key in _spec_rows(spec, table)})
+    for key in keys:
+        table.add_sample(key, row(Layer.from_key(key)))
+    table.save(path)
+
+
+def _spec_rows(spec, table) -> set[str]:
+    from detectors.latency.table import corners
+    from detectors.latency.trace import trace
+
+    return {c.key for comp in trace(spec, table.input_hw).values() for layer, _ in comp.layers
+            for b in {1, table.channel_block} for c, _ in corners(layer, b)}
+
+
 def main(argv: list[str] | None = None) -> int:
     from detectors.latency import latency
     from detectors.latency.table import LatencyTable
@@ -102,11 +151,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("specs", nargs="+")
     p.add_argument("--table", required=True)
     p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--profile-rows", choices=("kernel", "wall"))
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--input", default="640x480")
     args = p.parse_args(argv)
+    specs = [load_spec(Path(path)) for path in args.specs]
+    if args.profile_rows:
+        _profile_rows(specs, Path(args.table), args.profile_rows, args.threads, args.input)
     table = LatencyTable.load(args.table)
     out = {}
-    for path in args.specs:
-        spec = load_spec(Path(path))
+    for path, spec in zip(args.specs, specs):
         node_us, meta, wall = _profile(spec, table.input_hw, table.threads, args.runs)
         conv_model = conv_rows = glue = 0.0
         unpriced = 0

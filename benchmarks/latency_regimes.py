@@ -3,6 +3,7 @@ tables whose whole-model terms were fitted on sampled specs only.
 
     python benchmarks/latency_regimes.py --runtime onnxruntime [--threads 1] [--input 640x480]
         [--per-regime 2] [--rounds 3] [--passes 1] [--out DIR] [--reuse-measured]
+        [--rows kernel|wall]
 
 Profiles one table (DIR/<runtime>.json, resumable) with the rows that the published models
 (experiments/scrfd_{0.5g,2.5g,10g,34g}.yaml) and the calibration specs need, then measures
@@ -15,7 +16,10 @@ whole-model terms two ways, on sampled specs only:
                    `facenas latency profile --space scrfd --gflops 0.5 2.5 10 34` draws them
                    (nas/latency_specs.calibration_specs)
 
-and prints, per fit, each published model's predicted and measured ms and the median and
+`--rows wall` (onnxruntime) profiles DIR/onnxruntime_wall.json with rows timed as table
+format 2 did (a one-layer session's wall time, outputs bound; benchmarks/latency_layers.py),
+to compare on the same whole-model measurements (with --reuse-measured).
+It prints, per fit, each published model's predicted and measured ms and the median and
 worst absolute relative error. Bar (issue 27): median <= 10%, worst <= 20%; goal 5%.
 Each runtime in a process of its own (docs/latency.md: torch measured slower after onnxruntime).
 """
@@ -31,6 +35,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "benchmarks"))
 
 PUBLISHED = ("0.5g", "2.5g", "10g", "34g")
 REGIMES = (0.5, 2.5, 10.0, 34.0)
@@ -65,7 +70,7 @@ def _errors(table, specs, measured) -> tuple[list[float], list[float]]:
 def main(argv: list[str] | None = None) -> int:
     from detectors.latency.measure import Timing, runtime_versions
     from detectors.latency.profile import calibration_row, fit_terms, needed_rows, profile_layers
-    from detectors.latency.table import LatencyTable
+    from detectors.latency.table import LatencyTable, channel_block
     from nas.commands.cost import parse_input_size
     from nas.latency_specs import calibration_specs, sample_groups, space_specs
 
@@ -79,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
     p.add_argument("--reuse-measured", action="store_true")
+    p.add_argument("--rows", default="kernel", choices=("kernel", "wall"))
     args = p.parse_args(argv)
 
     hw = parse_input_size(args.input)
@@ -91,16 +97,29 @@ def main(argv: list[str] | None = None) -> int:
     calib = {"2.5 GF only": only25, "cross-regime": cross}
     everything = published + only25 + [s for s in cross if s not in only25]
 
-    path = out / f"{args.runtime}.json"
+    wall = args.rows == "wall"
+    path = out / f"{args.runtime}{'_wall' if wall else ''}.json"
     table = LatencyTable.load(path) if path.exists() else LatencyTable(
         args.runtime, "cpu", args.threads, hw, versions=runtime_versions(args.runtime),
         passes=args.passes)
     table.passes = args.passes
-    keys = needed_rows(everything, table)
+    block = channel_block(args.runtime, "cpu")
+    table.channel_block = block  # rows of both pricings are profiled: the fits compare them
     t0 = time.monotonic()
-    print(f"{len(keys)} rows to profile", file=sys.stderr, flush=True)
-    profile_layers(table, keys, path, Timing(warmup=2, min_reps=5, min_seconds=0.1),
-                   progress=False)
+    if wall:
+        from latency_layers import _profile_rows
+
+        for _ in range(args.passes):  # each pass adds a sample to every row: the minimum is kept
+            _profile_rows(everything, path, "wall", args.threads, args.input, again=True)
+        table = LatencyTable.load(path)
+    else:
+        keys = needed_rows(everything, table)
+        table.channel_block = 1
+        keys = sorted(set(keys) | set(needed_rows(everything, table)))
+        table.channel_block = block
+        print(f"{len(keys)} rows to profile", file=sys.stderr, flush=True)
+        profile_layers(table, keys, path, Timing(warmup=2, min_reps=5, min_seconds=0.1),
+                       progress=False)
     print(f"rows: {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
 
     mpath = out / f"{args.runtime}_measured.json"
@@ -114,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
 
     summary = {"runtime": args.runtime, "threads": args.threads, "input": args.input,
                "rows": len(table.layers), "call_ms": table.call_ms, "fits": {}}
-    for label, specs in calib.items():
+    fits = [(f"{label}, block {b}", specs, b) for b in sorted({1, block}) for label, specs in calib.items()]
+    for label, specs, b in fits:
+        table.channel_block = b
         rows = [calibration_row(s, table, med[s.id]) for s in specs]
         table.fit = fit_terms(rows)
         pred, err = _errors(table, published, [med[s.id] for s in published])

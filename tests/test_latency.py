@@ -37,8 +37,8 @@ class _MacsRows(dict):
         return True
 
 
-def _table(fit: Fit = Fit(), hw=(480, 640), rows=None) -> LatencyTable:
-    t = LatencyTable("onnxruntime", "cpu", 2, hw, fit=fit)
+def _table(fit: Fit = Fit(), hw=(480, 640), rows=None, block: int = 1) -> LatencyTable:
+    t = LatencyTable("onnxruntime", "cpu", 2, hw, fit=fit, channel_block=block)
     t.layers = _MacsRows() if rows is None else rows
     return t
 
@@ -149,7 +149,8 @@ def test_missing_rows_are_named_with_how_to_extend():
 
 def test_table_files_round_trip_and_bad_tables_are_one_line(tmp_path):
     t = LatencyTable("torch", "cpu", 1, (96, 128), versions={"torch": "x"},
-                     layers={Layer(3, 8, 3, 3, 2, 96, 128).key: 0.25}, fit=Fit(1.1, 0.0, 2.0, 3))
+                     layers={Layer(3, 8, 3, 3, 2, 96, 128).key: 0.25}, fit=Fit(1.1, 0.0, 2.0, 3),
+                     channel_block=16)
     path = t.save(tmp_path / "t.json")
     back = LatencyTable.load(path)
     assert back.to_dict() == t.to_dict()
@@ -203,11 +204,12 @@ def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
                       latency=latency_band, flops_band=flops_band, batch_size=1 << 14)
 
 
-@pytest.mark.parametrize("gflops", [0.5, 2.5, 10.0])
-def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops):
+@pytest.mark.parametrize("gflops,block", [(0.5, 1), (2.5, 1), (10.0, 1), (2.5, 16)])
+def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops, block):
     from search_spaces.scrfd.latency import ScrfdLatency
 
-    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4))
+    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4),
+                   block=block)
     space = _scrfd_space(gflops=gflops)
     fn = ScrfdLatency(space, table)
     specs = space.sample(6, seed=1, step=1) + space.sample(6, seed=2, step=2)
@@ -229,7 +231,8 @@ def test_scrfd_latency_band_alone_and_with_gflops():
         _scrfd_space((table, 1e-4, 2e-4), flops_band=False).check_feasible(1)
 
 
-def test_bfbox_latency_tables_equal_the_per_spec_model():
+@pytest.mark.parametrize("block", [1, 16])
+def test_bfbox_latency_tables_equal_the_per_spec_model(block):
     import dataclasses
 
     from nas.options import SearchOptions
@@ -237,7 +240,7 @@ def test_bfbox_latency_tables_equal_the_per_spec_model():
     from search_spaces.bfbox.space import BFBoxSpace
 
     table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3),
-                   hw=(256, 256))
+                   hw=(256, 256), block=block)
     space = BFBoxSpace.from_dict(resolve_config(SearchOptions(space="bfbox", budget="smoke"))["frame"])
     space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
     genes = space.random_genes(np.random.default_rng(0), 8)
@@ -567,3 +570,27 @@ def test_a_calibration_draw_spans_the_requested_regimes():
     gf = [cost(s, (480, 640)).macs / 1e9 for s in draw]
     assert len(draw) == 4
     assert all(0.4 < g < 0.6 for g in gf[:2]) and all(28 < g < 36 for g in gf[2:]), gf
+
+
+def test_layers_are_priced_at_channels_padded_to_the_runtime_block():
+    """onnxruntime on x86 computes convs in blocks of 16 (AVX-512) channels: measured here, a
+    3x3 conv of 56 channels costs what one of 64 does. A block-16 table prices 56 as 64."""
+    from detectors.latency.table import padded
+
+    assert [padded(c, 16) for c in (2, 16, 20, 56, 64, 80, 88)] == [16, 16, 32, 64, 64, 80, 96]
+    assert padded(3, 16, is_input=True) == 3 and padded(56, 1) == 56  # an image; no block
+    rows = {c.key: 1.0 + 0.01 * c.cin + 0.001 * c.cout
+            for layer in (Layer(64, 96, 3, 3, 1, 20, 20), Layer(3, 16, 3, 3, 2, 20, 20),
+                          Layer(64, 80, 3, 3, 1, 20, 20))
+            for c, _ in corners(layer)}
+    table = LatencyTable("onnxruntime", "cpu", 1, (20, 20), layers=rows, channel_block=16)
+    # 56 -> 64 and 88 -> 96: both grid rows, priced exactly
+    assert table.layer_ms(Layer(56, 88, 3, 3, 1, 20, 20)) == pytest.approx(1.0 + 0.64 + 0.096)
+    # the stem's 3 image channels stay 3; its 10 outputs pay for 16
+    assert table.layer_ms(Layer(3, 10, 3, 3, 2, 20, 20)) == pytest.approx(1.0 + 0.03 + 0.016)
+    # 80 is a multiple of 16: interpolated between the grid's 64 and 96, as without a block
+    assert table.layer_ms(Layer(64, 80, 3, 3, 1, 20, 20)) == pytest.approx(1.0 + 0.64 + 0.080)
+    dw = [(c.cin, c.groups) for c, _ in corners(Layer(40, 40, 3, 3, 1, 20, 20, groups=40), 16)]
+    assert dw == [(48, 48)]
+    table.channel_block = 1  # without the block, 56 interpolates between 48 and 64 rows: absent
+    assert table.layer_ms(Layer(56, 88, 3, 3, 1, 20, 20)) is None

@@ -42,7 +42,7 @@ def missing_layers(spec: DetectorSpec, table: LatencyTable) -> list[tuple[str, s
     out: dict[str, str] = {}
     for name, comp in trace(spec, table.input_hw).items():
         for layer, _ in comp.layers:
-            for corner, _ in corners(layer):
+            for corner, _ in corners(layer, table.channel_block):
                 if corner.key not in table.layers:
                     out.setdefault(corner.key, name)
     return [(name, key) for key, name in out.items()]

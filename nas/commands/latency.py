@@ -70,7 +70,7 @@ def _threads(n: int | None) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from detectors.latency.measure import runtime_versions
     from detectors.latency.profile import calibrate, fit_warning, needed_rows, profile_layers
-    from detectors.latency.table import LatencyTable
+    from detectors.latency.table import LatencyTable, channel_block
     from nas.commands.cost import load_spec, parse_input_size
     from nas.latency_specs import calibration_specs, sample_groups, space_specs
 
@@ -99,6 +99,7 @@ def _profile(args: argparse.Namespace) -> int:
                             "write another file")
     else:
         table = LatencyTable(args.runtime, args.device, threads, input_hw,
+                             channel_block=channel_block(args.runtime, args.device),
                              versions=runtime_versions(args.runtime))
     if args.passes < 1:
         raise UserError(f"--passes must be at least 1, got {args.passes}")
