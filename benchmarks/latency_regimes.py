@@ -85,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--reuse-measured", action="store_true")
     p.add_argument("--rows", default="kernel", choices=("kernel", "wall"))
+    p.add_argument("--block", type=int, help="channel block to compare with 1 (default: the "
+                   "runtime's, detectors/latency/table.channel_block)")
     args = p.parse_args(argv)
 
     hw = parse_input_size(args.input)
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         args.runtime, "cpu", args.threads, hw, versions=runtime_versions(args.runtime),
         passes=args.passes)
     table.passes = args.passes
-    block = channel_block(args.runtime, "cpu")
+    block = args.block or channel_block(args.runtime, "cpu")
     table.channel_block = block  # rows of both pricings are profiled: the fits compare them
     t0 = time.monotonic()
     if wall:
@@ -143,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         f = table.fit
         summary["fits"][label] = {
             "fit": {"scale": f.scale, "per_melem": f.per_melem, "per_mweight": f.per_mweight,
-                    "overhead_ms": f.overhead_ms, "per_mact": getattr(f, "per_mact", 0.0)},
+                    "overhead_ms": f.overhead_ms, "per_mact": f.per_mact},
             "calibration_gflops": [round(s_gf, 2) for s_gf in _gflops(specs, hw)],
             "models": {g: {"predicted_ms": pr, "measured_ms": med[s.id],
                            "runs_ms": saved[s.id], "error": e}

@@ -119,16 +119,18 @@ def test_a_table_proportional_to_macs_predicts_k_times_macs(name):
 def test_fit_recovers_known_terms_and_falls_back_to_an_overhead():
     rng = np.random.default_rng(0)
     raw, melems, mweights = rng.uniform(5, 50, 8), rng.uniform(0, 20, 8), rng.uniform(0.5, 9, 8)
-    rows = [{"layers_ms": r, "other_melems": e, "mweights": w,
-             "measured_ms": 1.3 * r + 0.2 * e + 0.7 * w + 4.0}
-            for r, e, w in zip(raw, melems, mweights)]
+    macts = rng.uniform(10, 160, 8)
+    rows = [{"layers_ms": r, "other_melems": e, "mweights": w, "macts": a,
+             "measured_ms": 1.3 * r + 0.2 * e + 0.7 * w + 0.05 * a + 4.0}
+            for r, e, w, a in zip(raw, melems, mweights, macts)]
     fit = fit_terms(rows)
-    assert (fit.scale, fit.per_melem, fit.per_mweight, fit.overhead_ms) == pytest.approx(
-        (1.3, 0.2, 0.7, 4.0), rel=1e-6)
-    # Calibration rows saved before the weights term (no "mweights") fit it as 0.
-    old = [{k: v for k, v in r.items() if k != "mweights"} | {"measured_ms": r["measured_ms"]
-           - 0.7 * r["mweights"]} for r in rows]
-    assert fit_terms(old).per_mweight == 0.0
+    assert (fit.scale, fit.per_melem, fit.per_mweight, fit.per_mact, fit.overhead_ms) == \
+        pytest.approx((1.3, 0.2, 0.7, 0.05, 4.0), rel=1e-6)
+    # Calibration rows saved before the weights and activation terms fit them as 0.
+    old = [{k: v for k, v in r.items() if k not in ("mweights", "macts")}
+           | {"measured_ms": r["measured_ms"] - 0.7 * r["mweights"] - 0.05 * r["macts"]}
+           for r in rows]
+    assert fit_terms(old).per_mweight == 0.0 and fit_terms(old).per_mact == 0.0
     assert fit_terms(old).scale == pytest.approx(1.3, rel=1e-6)
     assert fit_warning(fit) is None
     # rows timed while the machine was busy: models cost a quarter of their rows plus a constant
@@ -208,7 +210,8 @@ def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
 def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops, block):
     from search_spaces.scrfd.latency import ScrfdLatency
 
-    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4),
+    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4,
+                       per_mact=0.02),
                    block=block)
     space = _scrfd_space(gflops=gflops)
     fn = ScrfdLatency(space, table)
@@ -239,7 +242,8 @@ def test_bfbox_latency_tables_equal_the_per_spec_model(block):
     from nas.search_config import resolve_config
     from search_spaces.bfbox.space import BFBoxSpace
 
-    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3),
+    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3,
+                       per_mact=0.01),
                    hw=(256, 256), block=block)
     space = BFBoxSpace.from_dict(resolve_config(SearchOptions(space="bfbox", budget="smoke"))["frame"])
     space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
@@ -594,3 +598,17 @@ def test_layers_are_priced_at_channels_padded_to_the_runtime_block():
     assert dw == [(48, 48)]
     table.channel_block = 1  # without the block, 56 interpolates between 48 and 64 rows: absent
     assert table.layer_ms(Layer(56, 88, 3, 3, 1, 20, 20)) is None
+
+
+def test_activation_term_prices_conv_outputs_written():
+    """per_mact prices each conv's output elements: a 3x3 stride-2 conv of 3 -> 16 channels on
+    480x640 writes 16 x 240 x 320 = 1.2288 M elements; a 1x1 stride-1 conv keeps the size."""
+    assert Layer(3, 16, 3, 3, 2, 480, 640).out_elems == 16 * 240 * 320
+    assert Layer(64, 32, 1, 1, 1, 60, 80).out_elems == 32 * 60 * 80
+    assert Layer(8, 8, 3, 3, 2, 15, 20, groups=8).out_elems == 8 * 8 * 10  # odd size: ceil
+    spec = DetectorSpec.from_yaml(MODELS / "scrfd_0.5g.yaml")
+    acts = sum(t * layer.out_elems for c in trace(spec, (480, 640)).values()
+               for layer, t in c.layers)
+    base = latency(spec, _table(Fit(1.0, 0.0, 0.0, 9))).total_ms
+    assert latency(spec, _table(Fit(1.0, 0.0, 0.0, 9, per_mact=0.5))).total_ms == \
+        pytest.approx(base + 0.5 * acts / 1e6)

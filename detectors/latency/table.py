@@ -36,10 +36,12 @@ DEVICES = ("cpu", "cuda")
 
 
 def channel_block(runtime: str, device: str) -> int:
-    """The channel block a runtime computes convs in on this machine: onnxruntime on an x86
-    CPU uses NCHWc blocks of 16 channels with AVX-512F, 8 with AVX2 (its MLAS library);
-    anything else 1 (torch here showed no clean steps)."""
-    if runtime != "onnxruntime" or device != "cpu":
+    """The channel block a runtime computes convs in on this machine: on an x86 CPU both
+    onnxruntime (MLAS, NCHWc) and torch (oneDNN, nChw16c/nChw8c) block channels by 16 with
+    AVX-512F and by 8 with AVX2; anything else 1. Measured here (AVX-512): onnxruntime's
+    3x3 convs cost the same at 56 and 64 channels, and at 88 and 96; torch's steps alike,
+    less cleanly, and priced with the block its published-model error fell (docs/latency.md)."""
+    if device != "cpu":
         return 1
     try:
         flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
@@ -104,8 +106,9 @@ def corners(layer: Layer, block: int = 1) -> list[tuple[Layer, float]]:
 @dataclass(frozen=True)
 class Fit:
     """Whole-model terms fitted on measured models: total = scale * sum(layer ms)
-    + per_melem * (other elements / 1e6) + per_mweight * (conv weights / 1e6) + overhead_ms,
-    per model. (Tables fitted before per_mweight existed load with 0 for it.)"""
+    + per_melem * (other elements / 1e6) + per_mweight * (conv weights / 1e6)
+    + per_mact * (conv output elements / 1e6) + overhead_ms, per model. (Tables fitted before
+    per_mweight or per_mact existed load with 0 for them.)"""
 
     scale: float = 1.0
     per_melem: float = 0.0
@@ -115,6 +118,11 @@ class Fit:
     # layer's weights come from memory again (on onnxruntime here 0.6-0.7 ms per M fp32
     # weights, ~6 GB/s; on the same measurements the median error fell from 9.3% to 6.0%).
     per_mweight: float = 0.0
+    # Inside a model every layer's output is a fresh activation written to memory and read
+    # by the next; a row's loop rewrites one warm buffer. Priced per M conv output elements
+    # (detectors.latency.trace.Layer.out_elems); across the published SCRFD models the
+    # measured/rows ratio grew with activation size (docs/latency.md). 0 in older tables.
+    per_mact: float = 0.0
 
 
 @dataclass

@@ -111,7 +111,8 @@ def _profile(args: argparse.Namespace) -> int:
     if args.calibrate and (added or not table.fit.models):
         fit = calibrate(table, calibration_specs(groups, args.calibrate), out, _timing(args))
         print(f"fit on {fit.models} models: scale {fit.scale:.3f}, {fit.per_melem:.4f} ms per "
-              f"M other elements, {fit.per_mweight:.4f} ms per M weights, overhead "
+              f"M other elements, {fit.per_mweight:.4f} ms per M weights, {fit.per_mact:.4f} "
+              f"ms per M activations, overhead "
               f"{fit.overhead_ms:.3f} ms", file=sys.stderr)
         warning = fit_warning(fit)
         if warning:
