@@ -65,7 +65,9 @@ def _profile(spec, hw, threads: int, runs: int):
         t0 = time.perf_counter()
         sess.run(None, feed)
         walls.append((time.perf_counter() - t0) * 1e3)
-    events = json.loads(Path(sess.end_profiling()).read_text())
+    prof = Path(sess.end_profiling())
+    events = json.loads(prof.read_text())
+    prof.unlink()
     durs, meta = defaultdict(list), {}
     for ev in events:
         if ev.get("cat") == "Node" and ev["name"].endswith("_kernel_time"):
