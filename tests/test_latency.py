@@ -37,8 +37,8 @@ class _MacsRows(dict):
         return True
 
 
-def _table(fit: Fit = Fit(), hw=(480, 640), rows=None) -> LatencyTable:
-    t = LatencyTable("onnxruntime", "cpu", 2, hw, fit=fit)
+def _table(fit: Fit = Fit(), hw=(480, 640), rows=None, block: int = 1) -> LatencyTable:
+    t = LatencyTable("onnxruntime", "cpu", 2, hw, fit=fit, channel_block=block)
     t.layers = _MacsRows() if rows is None else rows
     return t
 
@@ -119,16 +119,18 @@ def test_a_table_proportional_to_macs_predicts_k_times_macs(name):
 def test_fit_recovers_known_terms_and_falls_back_to_an_overhead():
     rng = np.random.default_rng(0)
     raw, melems, mweights = rng.uniform(5, 50, 8), rng.uniform(0, 20, 8), rng.uniform(0.5, 9, 8)
-    rows = [{"layers_ms": r, "other_melems": e, "mweights": w,
-             "measured_ms": 1.3 * r + 0.2 * e + 0.7 * w + 4.0}
-            for r, e, w in zip(raw, melems, mweights)]
+    macts = rng.uniform(10, 160, 8)
+    rows = [{"layers_ms": r, "other_melems": e, "mweights": w, "macts": a,
+             "measured_ms": 1.3 * r + 0.2 * e + 0.7 * w + 0.05 * a + 4.0}
+            for r, e, w, a in zip(raw, melems, mweights, macts)]
     fit = fit_terms(rows)
-    assert (fit.scale, fit.per_melem, fit.per_mweight, fit.overhead_ms) == pytest.approx(
-        (1.3, 0.2, 0.7, 4.0), rel=1e-6)
-    # Calibration rows saved before the weights term (no "mweights") fit it as 0.
-    old = [{k: v for k, v in r.items() if k != "mweights"} | {"measured_ms": r["measured_ms"]
-           - 0.7 * r["mweights"]} for r in rows]
-    assert fit_terms(old).per_mweight == 0.0
+    assert (fit.scale, fit.per_melem, fit.per_mweight, fit.per_mact, fit.overhead_ms) == \
+        pytest.approx((1.3, 0.2, 0.7, 0.05, 4.0), rel=1e-6)
+    # Calibration rows saved before the weights and activation terms fit them as 0.
+    old = [{k: v for k, v in r.items() if k not in ("mweights", "macts")}
+           | {"measured_ms": r["measured_ms"] - 0.7 * r["mweights"] - 0.05 * r["macts"]}
+           for r in rows]
+    assert fit_terms(old).per_mweight == 0.0 and fit_terms(old).per_mact == 0.0
     assert fit_terms(old).scale == pytest.approx(1.3, rel=1e-6)
     assert fit_warning(fit) is None
     # rows timed while the machine was busy: models cost a quarter of their rows plus a constant
@@ -149,7 +151,8 @@ def test_missing_rows_are_named_with_how_to_extend():
 
 def test_table_files_round_trip_and_bad_tables_are_one_line(tmp_path):
     t = LatencyTable("torch", "cpu", 1, (96, 128), versions={"torch": "x"},
-                     layers={Layer(3, 8, 3, 3, 2, 96, 128).key: 0.25}, fit=Fit(1.1, 0.0, 2.0, 3))
+                     layers={Layer(3, 8, 3, 3, 2, 96, 128).key: 0.25}, fit=Fit(1.1, 0.0, 2.0, 3),
+                     channel_block=16)
     path = t.save(tmp_path / "t.json")
     back = LatencyTable.load(path)
     assert back.to_dict() == t.to_dict()
@@ -203,11 +206,13 @@ def _scrfd_space(latency_band=None, flops_band=True, gflops=2.5):
                       latency=latency_band, flops_band=flops_band, batch_size=1 << 14)
 
 
-@pytest.mark.parametrize("gflops", [0.5, 2.5, 10.0])
-def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops):
+@pytest.mark.parametrize("gflops,block", [(0.5, 1), (2.5, 1), (10.0, 1), (2.5, 16)])
+def test_scrfd_vectorised_latency_equals_the_per_spec_model(gflops, block):
     from search_spaces.scrfd.latency import ScrfdLatency
 
-    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4))
+    table = _table(Fit(scale=1.2, per_melem=0.03, overhead_ms=1.5, models=5, per_mweight=0.4,
+                       per_mact=0.02),
+                   block=block)
     space = _scrfd_space(gflops=gflops)
     fn = ScrfdLatency(space, table)
     specs = space.sample(6, seed=1, step=1) + space.sample(6, seed=2, step=2)
@@ -229,15 +234,17 @@ def test_scrfd_latency_band_alone_and_with_gflops():
         _scrfd_space((table, 1e-4, 2e-4), flops_band=False).check_feasible(1)
 
 
-def test_bfbox_latency_tables_equal_the_per_spec_model():
+@pytest.mark.parametrize("block", [1, 16])
+def test_bfbox_latency_tables_equal_the_per_spec_model(block):
     import dataclasses
 
     from nas.options import SearchOptions
     from nas.search_config import resolve_config
     from search_spaces.bfbox.space import BFBoxSpace
 
-    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3),
-                   hw=(256, 256))
+    table = _table(Fit(scale=0.9, per_melem=0.02, overhead_ms=2.0, models=4, per_mweight=0.3,
+                       per_mact=0.01),
+                   hw=(256, 256), block=block)
     space = BFBoxSpace.from_dict(resolve_config(SearchOptions(space="bfbox", budget="smoke"))["frame"])
     space = dataclasses.replace(space, latency=(table, 0.0, 1e9))
     genes = space.random_genes(np.random.default_rng(0), 8)
@@ -524,3 +531,85 @@ def test_asfd_latency_bad_inputs_are_one_line_exit_2(tmp_path, capsys):
         line = one_line_error(capsys)
         assert all(w in line for w in words), line
         assert not out.exists()
+
+
+def test_onnxruntime_rows_sum_every_node_but_the_layout_conversions():
+    """A format-3 onnxruntime row is the median over runs of its nodes' summed kernel times,
+    less ReorderInput/ReorderOutput (a model converts layouts once, at its edges), and less
+    the warm-up runs profiled before them."""
+    from detectors.latency.measure import _kernel_ms
+
+    def ev(name, op, ms):
+        return {"cat": "Node", "name": f"{name}_kernel_time", "dur": ms * 1e3,
+                "args": {"op_name": op}}
+
+    conv, add, reorder = [9.0, 1.0, 1.2, 0.9], [9.0, 0.1, 0.1, 0.3], [9.0, 5.0, 5.0, 5.0]
+    events = [{"cat": "Session", "name": "model_run", "dur": 1}]
+    for c, a, r in zip(conv, add, reorder):  # one warm-up run, then 3 timed runs
+        events += [ev("in", "ReorderInput", r), ev("conv", "FusedConv", c), ev("add", "Add", a),
+                   ev("out", "ReorderOutput", r)]
+    # per timed run: 1.1, 1.3, 1.2 -> median 1.2
+    assert _kernel_ms(events, 3) == pytest.approx(1.2)
+    assert _kernel_ms(events, 1) == pytest.approx(1.2)  # the last run only
+    assert _kernel_ms([], 3) == 0.0
+
+
+def test_onnxruntime_kernel_rows_time_a_real_layer():
+    from detectors.latency.measure import Timing, measure_layer
+
+    ms = measure_layer(Layer(16, 32, 3, 3, 1, 24, 32), "onnxruntime", "cpu", 1,
+                       Timing(warmup=1, min_reps=3, min_seconds=0.0, max_reps=3))
+    assert 0.0 < ms < 1e3
+
+
+def test_a_calibration_draw_spans_the_requested_regimes():
+    from nas.latency_specs import calibration_specs, sample_groups
+
+    # hand case: 7 of groups of 8, 8 and 4 -> 3, 2, 2, spread evenly over each group
+    groups = [list(range(8)), list(range(10, 18)), list(range(20, 24))]
+    assert calibration_specs(groups, 7) == [0, 2, 5, 10, 14, 20, 22]
+    assert calibration_specs(groups, 100) == groups[0] + groups[1] + groups[2]
+    assert calibration_specs([[1, 2]], 0) == [] and calibration_specs([], 3) == []
+    # scrfd at 0.5 and 34 GF: half the fit in each regime, none of the span corners
+    draw = calibration_specs(sample_groups("scrfd", [0.5, 34.0], 3, seed=0), 4)
+    gf = [cost(s, (480, 640)).macs / 1e9 for s in draw]
+    assert len(draw) == 4
+    assert all(0.4 < g < 0.6 for g in gf[:2]) and all(28 < g < 36 for g in gf[2:]), gf
+
+
+def test_layers_are_priced_at_channels_padded_to_the_runtime_block():
+    """onnxruntime on x86 computes convs in blocks of 16 (AVX-512) channels: measured here, a
+    3x3 conv of 56 channels costs what one of 64 does. A block-16 table prices 56 as 64."""
+    from detectors.latency.table import padded
+
+    assert [padded(c, 16) for c in (2, 16, 20, 56, 64, 80, 88)] == [16, 16, 32, 64, 64, 80, 96]
+    assert padded(3, 16, is_input=True) == 3 and padded(56, 1) == 56  # an image; no block
+    rows = {c.key: 1.0 + 0.01 * c.cin + 0.001 * c.cout
+            for layer in (Layer(64, 96, 3, 3, 1, 20, 20), Layer(3, 16, 3, 3, 2, 20, 20),
+                          Layer(64, 80, 3, 3, 1, 20, 20))
+            for c, _ in corners(layer)}
+    table = LatencyTable("onnxruntime", "cpu", 1, (20, 20), layers=rows, channel_block=16)
+    # 56 -> 64 and 88 -> 96: both grid rows, priced exactly
+    assert table.layer_ms(Layer(56, 88, 3, 3, 1, 20, 20)) == pytest.approx(1.0 + 0.64 + 0.096)
+    # the stem's 3 image channels stay 3; its 10 outputs pay for 16
+    assert table.layer_ms(Layer(3, 10, 3, 3, 2, 20, 20)) == pytest.approx(1.0 + 0.03 + 0.016)
+    # 80 is a multiple of 16: interpolated between the grid's 64 and 96, as without a block
+    assert table.layer_ms(Layer(64, 80, 3, 3, 1, 20, 20)) == pytest.approx(1.0 + 0.64 + 0.080)
+    dw = [(c.cin, c.groups) for c, _ in corners(Layer(40, 40, 3, 3, 1, 20, 20, groups=40), 16)]
+    assert dw == [(48, 48)]
+    table.channel_block = 1  # without the block, 56 interpolates between 48 and 64 rows: absent
+    assert table.layer_ms(Layer(56, 88, 3, 3, 1, 20, 20)) is None
+
+
+def test_activation_term_prices_conv_outputs_written():
+    """per_mact prices each conv's output elements: a 3x3 stride-2 conv of 3 -> 16 channels on
+    480x640 writes 16 x 240 x 320 = 1.2288 M elements; a 1x1 stride-1 conv keeps the size."""
+    assert Layer(3, 16, 3, 3, 2, 480, 640).out_elems == 16 * 240 * 320
+    assert Layer(64, 32, 1, 1, 1, 60, 80).out_elems == 32 * 60 * 80
+    assert Layer(8, 8, 3, 3, 2, 15, 20, groups=8).out_elems == 8 * 8 * 10  # odd size: ceil
+    spec = DetectorSpec.from_yaml(MODELS / "scrfd_0.5g.yaml")
+    acts = sum(t * layer.out_elems for c in trace(spec, (480, 640)).values()
+               for layer, t in c.layers)
+    base = latency(spec, _table(Fit(1.0, 0.0, 0.0, 9))).total_ms
+    assert latency(spec, _table(Fit(1.0, 0.0, 0.0, 9, per_mact=0.5))).total_ms == \
+        pytest.approx(base + 0.5 * acts / 1e6)

@@ -5,13 +5,16 @@ The model (say which, the issue asks): additive over layers plus fitted whole-mo
     latency = scale * sum over the spec's layers of table[layer]      (interpolated, table.py)
               + per_melem * other elements / 1e6                      (adds, pools, upsampling)
               + per_mweight * conv weights / 1e6                      (weights read from memory)
+              + per_mact * conv output elements / 1e6                 (activations written)
               + overhead_ms                                           (once per model)
 
 The layers are the convs the analytic cost model counts (trace.py), so every catalogue entry
-is priced without code of its own. scale, per_melem, per_mweight and overhead_ms are fitted by
+is priced without code of its own. scale, per_melem, per_mweight, per_mact and overhead_ms are
+fitted by
 non-negative least squares on whole models measured when the table was profiled (profile.py);
-an unfitted table uses 1, 0, 0, 0. Per component, `scale * layers + per_melem * elems +
-per_mweight * weights`: components add up to the total minus the overhead.
+an unfitted table uses 1, 0, 0, 0, 0. Per component, `scale * layers + per_melem * elems +
+per_mweight * weights + per_mact * activations`: components add up to the total minus the
+overhead.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ def missing_layers(spec: DetectorSpec, table: LatencyTable) -> list[tuple[str, s
     out: dict[str, str] = {}
     for name, comp in trace(spec, table.input_hw).items():
         for layer, _ in comp.layers:
-            for corner, _ in corners(layer):
+            for corner, _ in corners(layer, table.channel_block):
                 if corner.key not in table.layers:
                     out.setdefault(corner.key, name)
     return [(name, key) for key, name in out.items()]
@@ -50,16 +53,17 @@ def missing_layers(spec: DetectorSpec, table: LatencyTable) -> list[tuple[str, s
 
 def component_ms(comp: ComponentTrace, table: LatencyTable) -> tuple[float, float]:
     """(fitted ms, raw table ms) of one traced component; KeyError-free: None rows raise."""
-    raw, weights = 0.0, 0
+    raw, weights, acts = 0.0, 0, 0
     for layer, times in comp.layers:
         ms = table.layer_ms(layer)
         if ms is None:
             raise LookupError(layer)
         raw += times * ms
         weights += times * layer.weights
+        acts += times * layer.out_elems
     fit = table.fit
     return (fit.scale * raw + fit.per_melem * comp.other_elems / 1e6
-            + fit.per_mweight * weights / 1e6), raw
+            + fit.per_mweight * weights / 1e6 + fit.per_mact * acts / 1e6), raw
 
 
 def price(counter, table: LatencyTable) -> float:

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import io
 import inspect
+import os
 import statistics
 import time
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -86,8 +88,10 @@ def _times(run, timing: Timing, sync=None) -> float:
     return statistics.median(samples)
 
 
-def _onnx_session(module: nn.Module, example: torch.Tensor, device: str, threads: int):
+def _onnx_session(module: nn.Module, example: torch.Tensor, device: str, threads: int,
+                  profile: bool = False):
     import onnxruntime as ort
+    import tempfile
 
     buf = io.BytesIO()
     with warnings.catch_warnings():
@@ -98,6 +102,9 @@ def _onnx_session(module: nn.Module, example: torch.Tensor, device: str, threads
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    if profile:
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(tempfile.gettempdir()) / f"facenas_row_{os.getpid()}")
     providers = ["CUDAExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise UserError("onnxruntime here has no CUDA provider; install onnxruntime-gpu or "
@@ -122,14 +129,62 @@ def _bound_run(session, feed: dict[str, np.ndarray]):
     return run
 
 
+# onnxruntime's CPU layout nodes: with all graph optimisations a model's convs run in a blocked
+# layout (NCHWc), converted to and from once at the model's edges; a one-layer session pays
+# both conversions of its own (big) activations on every call, which no layer pays in a model
+_LAYOUT_NODES = ("ReorderInput", "ReorderOutput")
+
+
+def _kernel_ms(events: list[dict], runs: int) -> float:
+    """The median over the last `runs` runs of the summed kernel time of every node but the
+    layout conversions, from onnxruntime profile events (each node runs once per run)."""
+    per_node: dict[str, list[float]] = {}
+    for ev in events:
+        if ev.get("cat") == "Node" and str(ev.get("name", "")).endswith("_kernel_time") \
+                and ev.get("args", {}).get("op_name") not in _LAYOUT_NODES:
+            per_node.setdefault(ev["name"], []).append(ev["dur"] / 1e3)
+    if not per_node:
+        return 0.0
+    n = min(runs, *(len(v) for v in per_node.values()))
+    return statistics.median(sum(v[-n + i] for v in per_node.values()) for i in range(n))
+
+
+def _kernel_run(module: nn.Module, example: torch.Tensor, threads: int, timing: Timing) -> float:
+    """Median ms of the layer's kernels alone (onnxruntime profiling, CPU, outputs bound):
+    what the layer costs inside a model, without the call and layout conversions a
+    one-layer session adds (docs/latency.md, table format 3)."""
+    import json
+
+    session = _onnx_session(module, example, "cpu", threads, profile=True)
+    run = _bound_run(session, {session.get_inputs()[0].name: example.numpy()})
+    runs = [0]
+
+    def counted() -> None:
+        run()
+        runs[0] += 1
+
+    _times(counted, timing)
+    path = session.end_profiling()
+    try:
+        with open(path) as f:
+            events = json.load(f)
+    finally:
+        os.unlink(path)
+    return _kernel_ms(events, runs[0] - timing.warmup)
+
+
 def measure_module(module: nn.Module, input_shape: tuple[int, ...], runtime: str, device: str,
                    threads: int, timing: Timing = Timing(), seed: int = 0,
-                   bind_outputs: bool = False) -> float:
+                   bind_outputs: bool = False, kernels: bool = False) -> float:
     """Median ms of one forward of `module` on a random input of `input_shape`.
-    `bind_outputs` (onnxruntime on CPU): outputs into buffers allocated once (IOBinding)."""
+    `bind_outputs` (onnxruntime on CPU): outputs into buffers allocated once (IOBinding).
+    `kernels` (onnxruntime on CPU): the summed kernel time of its nodes, less layout
+    conversions, from onnxruntime's profiler (what a table row is, format 3)."""
     module = module.eval()
     example = torch.randn(input_shape, generator=torch.Generator().manual_seed(seed))
     if runtime == "onnxruntime":
+        if kernels and device == "cpu":
+            return _kernel_run(module, example, threads, timing)
         session = _onnx_session(module, example, device, threads)
         feed = {session.get_inputs()[0].name: example.numpy()}
         if bind_outputs and device == "cpu":
@@ -151,7 +206,7 @@ def measure_layer(layer: Layer, runtime: str, device: str, threads: int,
     it (onnxruntime outputs allocated on every call), for comparisons."""
     torch.manual_seed(0)
     return measure_module(layer_module(layer), (1, layer.cin, layer.h, layer.w), runtime, device,
-                          threads, timing, bind_outputs=not legacy)
+                          threads, timing, bind_outputs=not legacy, kernels=not legacy)
 
 
 def measure_call(runtime: str, device: str, threads: int, timing: Timing = Timing(),

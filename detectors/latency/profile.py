@@ -62,10 +62,10 @@ def profile_layers(table: LatencyTable, keys: Sequence[str], path: Path, timing:
 
 
 def fit_terms(rows: Sequence[dict]) -> Fit:
-    """Non-negative least squares of measured ms on (layer ms, other Melems, M weights, 1) over
-    models (3-7 models: on (layer ms, 1)); fewer than 3 models, or a fit without the layers:
-    scale 1 and the median of measured - layers as the overhead. Rows without "mweights"
-    (calibrations saved before that term) count 0 weights."""
+    """Non-negative least squares of measured ms on (layer ms, other Melems, M weights, M conv
+    output elements, 1) over models (3-7 models: on (layer ms, 1)); fewer than 3 models, or a
+    fit without the layers: scale 1 and the median of measured - layers as the overhead. Rows
+    without "mweights" or "macts" (calibrations saved before those terms) count 0."""
     from scipy.optimize import nnls
 
     if not rows:
@@ -74,19 +74,20 @@ def fit_terms(rows: Sequence[dict]) -> Fit:
     raw = np.array([r["layers_ms"] for r in rows])
     melems = np.array([r["other_melems"] for r in rows])
     mweights = np.array([r.get("mweights", 0.0) for r in rows])
+    macts = np.array([r.get("macts", 0.0) for r in rows])
     overhead_only = Fit(1.0, 0.0, float(max(0.0, np.median(measured - raw))), len(rows))
     if len(rows) < 3:
         return overhead_only
     # Fit relative errors (the goal is a % error): each model's row is scaled by 1/measured.
     # Under 8 models: scale and overhead only (four terms would chase the noise).
     full = len(rows) >= 8
-    cols = [raw, melems, mweights, np.ones_like(raw)] if full else [raw, np.ones_like(raw)]
+    cols = [raw, melems, mweights, macts, np.ones_like(raw)] if full else [raw, np.ones_like(raw)]
     coef, _ = nnls(np.stack(cols, 1) / measured[:, None], np.ones_like(measured))
     if coef[0] <= 0:  # a fit that ignores the layers is no latency model: keep the plain sum
         return overhead_only
     scale, overhead = float(coef[0]), float(coef[-1])
     return Fit(scale, float(coef[1]) if full else 0.0, overhead, len(rows),
-               float(coef[2]) if full else 0.0)
+               float(coef[2]) if full else 0.0, float(coef[3]) if full else 0.0)
 
 
 def fit_warning(fit: Fit) -> str | None:
@@ -102,13 +103,16 @@ def fit_warning(fit: Fit) -> str | None:
 
 def calibration_row(spec: DetectorSpec, table: LatencyTable, measured_ms: float) -> dict:
     """One measured model as fit_terms reads it: its raw layer sum on `table` (before any fit),
-    its other elements and conv weights read (millions), and its measured ms."""
+    its other elements, conv weights read and conv output elements (millions), and its
+    measured ms."""
     from detectors.latency.trace import trace
 
-    elems = sum(c.other_elems for c in trace(spec, table.input_hw).values())
+    comps = trace(spec, table.input_hw).values()
+    elems = sum(c.other_elems for c in comps)
+    acts = sum(t * layer.out_elems for c in comps for layer, t in c.layers)
     return {"name": spec.name, "spec_id": spec.id, "layers_ms": latency(spec, table).layers_ms,
             "other_melems": elems / 1e6, "mweights": conv_weights(spec, table.input_hw) / 1e6,
-            "measured_ms": measured_ms}
+            "macts": acts / 1e6, "measured_ms": measured_ms}
 
 
 def calibrate(table: LatencyTable, specs: Sequence[DetectorSpec], path: Path,

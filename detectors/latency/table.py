@@ -25,13 +25,30 @@ from typing import Any
 from detectors.errors import UserError
 from detectors.latency.trace import Layer
 
-__all__ = ["FORMAT", "LatencyTable", "Fit", "grid_below", "grid_above", "corners"]
+__all__ = ["FORMAT", "LatencyTable", "Fit", "grid_below", "grid_above", "corners", "padded",
+           "channel_block"]
 
 # 2: onnxruntime rows write into outputs allocated once (measure.py); format-1 rows paid a
 # fresh output allocation per call and mean something else, so format-1 tables are refused
-FORMAT = "facenas-latency/2"
+FORMAT = "facenas-latency/3"
 RUNTIMES = ("torch", "onnxruntime")
 DEVICES = ("cpu", "cuda")
+
+
+def channel_block(runtime: str, device: str) -> int:
+    """The channel block a runtime computes convs in on this machine: on an x86 CPU both
+    onnxruntime (MLAS, NCHWc) and torch (oneDNN, nChw16c/nChw8c) block channels by 16 with
+    AVX-512F and by 8 with AVX2; anything else 1. Measured here (AVX-512): onnxruntime's
+    3x3 convs cost the same at 56 and 64 channels, and at 88 and 96; torch's steps alike,
+    less cleanly, and priced with the block its published-model error fell (docs/latency.md)."""
+    if device != "cpu":
+        return 1
+    try:
+        flags = next((line for line in open("/proc/cpuinfo") if line.startswith("flags")), "")
+    except OSError:
+        return 1
+    words = set(flags.split())
+    return 16 if "avx512f" in words else 8 if "avx2" in words else 1
 
 
 def grid_below(c: int) -> int:
@@ -58,8 +75,26 @@ def _weights(c: int) -> list[tuple[int, float]]:
     return [(lo, 1.0 - t), (hi, t)]
 
 
-def corners(layer: Layer) -> list[tuple[Layer, float]]:
-    """The grid layers that price `layer`, with their interpolation weights (sum 1)."""
+def padded(c: int, block: int, is_input: bool = False) -> int:
+    """The channels a runtime that computes in blocks of `block` channels pays for: c rounded
+    up to a multiple of the block (input channels of 4 or fewer, an image's, are read as they
+    are). onnxruntime on x86 CPUs runs convs in a blocked layout (NCHWc, 16 channels with
+    AVX-512, 8 with AVX2): here a 3x3 conv of 56 channels costs what one of 64 does, and 88
+    what 96 does (docs/latency.md), which interpolating between grid rows misses."""
+    if block <= 1 or (is_input and c <= 4):
+        return c
+    return -(-c // block) * block
+
+
+def corners(layer: Layer, block: int = 1) -> list[tuple[Layer, float]]:
+    """The grid layers that price `layer`, with their interpolation weights (sum 1), its
+    channels first padded to the runtime's channel block (`padded`)."""
+    if block > 1:
+        cin, cout = padded(layer.cin, block, True), padded(layer.cout, block)
+        if layer.depthwise:
+            cout = cin
+        if (cin, cout) != (layer.cin, layer.cout) and (layer.groups == 1 or layer.depthwise):
+            layer = layer.with_channels(cin, cout)
     if layer.depthwise:
         return [(layer.with_channels(c, c), wt) for c, wt in _weights(layer.cin)]
     if layer.groups != 1:  # other grouped convs: priced only where measured exactly
@@ -71,8 +106,9 @@ def corners(layer: Layer) -> list[tuple[Layer, float]]:
 @dataclass(frozen=True)
 class Fit:
     """Whole-model terms fitted on measured models: total = scale * sum(layer ms)
-    + per_melem * (other elements / 1e6) + per_mweight * (conv weights / 1e6) + overhead_ms,
-    per model. (Tables fitted before per_mweight existed load with 0 for it.)"""
+    + per_melem * (other elements / 1e6) + per_mweight * (conv weights / 1e6)
+    + per_mact * (conv output elements / 1e6) + overhead_ms, per model. (Tables fitted before
+    per_mweight or per_mact existed load with 0 for them.)"""
 
     scale: float = 1.0
     per_melem: float = 0.0
@@ -82,6 +118,11 @@ class Fit:
     # layer's weights come from memory again (on onnxruntime here 0.6-0.7 ms per M fp32
     # weights, ~6 GB/s; on the same measurements the median error fell from 9.3% to 6.0%).
     per_mweight: float = 0.0
+    # Inside a model every layer's output is a fresh activation written to memory and read
+    # by the next; a row's loop rewrites one warm buffer. Priced per M conv output elements
+    # (detectors.latency.trace.Layer.out_elems); across the published SCRFD models the
+    # measured/rows ratio grew with activation size (docs/latency.md). 0 in older tables.
+    per_mact: float = 0.0
 
 
 @dataclass
@@ -103,6 +144,9 @@ class LatencyTable:
     # project's VM a minute-long slow spell tripled some rows of a one-pass table.
     passes: int = 1
     samples: dict[str, list[float]] = field(default_factory=dict)  # row -> ms of each pass
+    # The runtime's channel block (`padded`): layers are priced at their channels rounded up
+    # to it. Set when the table is made (channel_block()); 1 prices channels as they are.
+    channel_block: int = 1
 
     def add_sample(self, key: str, ms: float) -> None:
         """Record one pass's ms of row `key`; the row becomes the minimum of its passes."""
@@ -142,7 +186,7 @@ class LatencyTable:
     def layer_ms(self, layer: Layer) -> float | None:
         """Interpolated ms of one layer, or None when a grid corner is missing."""
         total = 0.0
-        for corner, weight in corners(layer):
+        for corner, weight in corners(layer, self.channel_block):
             ms = self.layers.get(corner.key)
             if ms is None:
                 return None
@@ -155,7 +199,8 @@ class LatencyTable:
                 "threads": self.threads, "input_hw": list(self.input_hw),
                 "versions": self.versions, "fit": asdict(self.fit),
                 "calibration": self.calibration, "call_ms": self.call_ms,
-                "passes": self.passes, "layers": dict(sorted(self.layers.items())),
+                "passes": self.passes, "channel_block": self.channel_block,
+                "layers": dict(sorted(self.layers.items())),
                 "samples": dict(sorted(self.samples.items()))}
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -194,6 +239,7 @@ class LatencyTable:
                         layers={str(k): float(v) for k, v in data["layers"].items()},
                         fit=Fit(**data.get("fit", {})), calibration=list(data.get("calibration", [])),
                         call_ms=float(data.get("call_ms", 0.0)), passes=int(data.get("passes", 1)),
+                        channel_block=int(data.get("channel_block", 1)),
                         samples={str(k): [float(x) for x in v]
                                  for k, v in data.get("samples", {}).items()})
         except (KeyError, TypeError, ValueError) as err:

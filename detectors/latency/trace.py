@@ -72,6 +72,14 @@ class Layer:
         return self.cin // self.groups * self.cout * self.kh * self.kw
 
     @property
+    def out_elems(self) -> int:
+        """Elements of its output: what it writes to memory (the latency model's per_mact)."""
+        def size(n: int, k: int) -> int:
+            return (n + 2 * self.dilation * (k // 2) - self.dilation * (k - 1) - 1) // self.stride + 1
+
+        return self.cout * size(self.h, self.kh) * size(self.w, self.kw)
+
+    @property
     def macs(self) -> int:
         """Its MACs, as the cost model counts them (Counter.conv's own arithmetic)."""
         c = Counter()

@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--samples", type=int, default=100, help="specs sampled per budget and step")
     g.add_argument("--spec", nargs="+", default=[], help="specs (or configs) to cover as well")
     g.add_argument("--calibrate", type=int, default=12,
-                   help="whole models measured to fit the overhead terms (0: no fit)")
+                   help="whole models measured to fit the whole-model terms, drawn evenly "
+                        "over the --gflops regimes (0: no fit)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--passes", type=int, default=2,
                    help="time each new row (and calibration model) this many times, in passes "
@@ -69,9 +70,9 @@ def _threads(n: int | None) -> int:
 def _profile(args: argparse.Namespace) -> int:
     from detectors.latency.measure import runtime_versions
     from detectors.latency.profile import calibrate, fit_warning, needed_rows, profile_layers
-    from detectors.latency.table import LatencyTable
+    from detectors.latency.table import LatencyTable, channel_block
     from nas.commands.cost import load_spec, parse_input_size
-    from nas.latency_specs import space_specs
+    from nas.latency_specs import calibration_specs, sample_groups, space_specs
 
     if not args.output:
         raise UserError("latency profile needs -o TABLE (the file to write)")
@@ -80,8 +81,13 @@ def _profile(args: argparse.Namespace) -> int:
     input_hw = parse_input_size(args.input)
     threads = _threads(args.threads)
     specs = [load_spec(Path(p)) for p in args.spec]
+    # the fit draws from the space's samples, evenly over the --gflops regimes (a fit on one
+    # regime extrapolated badly to others, docs/latency.md section 4); --spec files only when
+    # there is no --space (they are the models a user wants predicted, not a sample)
+    groups = [specs]
     if args.space:
         specs += space_specs(args.space, args.gflops, args.samples, args.seed, args.budget)
+        groups = sample_groups(args.space, args.gflops, args.samples, args.seed, args.budget)
     out = Path(args.output)
     if out.exists():
         table = LatencyTable.load(out)
@@ -93,6 +99,7 @@ def _profile(args: argparse.Namespace) -> int:
                             "write another file")
     else:
         table = LatencyTable(args.runtime, args.device, threads, input_hw,
+                             channel_block=channel_block(args.runtime, args.device),
                              versions=runtime_versions(args.runtime))
     if args.passes < 1:
         raise UserError(f"--passes must be at least 1, got {args.passes}")
@@ -102,10 +109,10 @@ def _profile(args: argparse.Namespace) -> int:
           f"({len(table.layers)} in the table) on {table.describe}", file=sys.stderr)
     added = profile_layers(table, keys, out, _timing(args))
     if args.calibrate and (added or not table.fit.models):
-        step = max(1, len(specs) // args.calibrate)
-        fit = calibrate(table, specs[::step][: args.calibrate], out, _timing(args))
+        fit = calibrate(table, calibration_specs(groups, args.calibrate), out, _timing(args))
         print(f"fit on {fit.models} models: scale {fit.scale:.3f}, {fit.per_melem:.4f} ms per "
-              f"M other elements, {fit.per_mweight:.4f} ms per M weights, overhead "
+              f"M other elements, {fit.per_mweight:.4f} ms per M weights, {fit.per_mact:.4f} "
+              f"ms per M activations, overhead "
               f"{fit.overhead_ms:.3f} ms", file=sys.stderr)
         warning = fit_warning(fit)
         if warning:
