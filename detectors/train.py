@@ -347,11 +347,16 @@ def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dic
 
 
 def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):
-    """SGD (fused: it takes the non-finite flag `found_inf` on the device and skips the
-    update there, without a host sync) with the recipe's LR schedule."""
+    """SGD with the recipe's LR schedule. On CUDA fused SGD: it takes the non-finite flag
+    `found_inf` on the device and skips the update there, without a host sync. On a CPU the
+    plain (foreach) SGD: torch 2.14's fused CPU kernel left NaN in some weights of an ASFD
+    DARTS search now and then, with finite losses and aligned gradients, and on a CPU there is
+    no device to wait for (see fused_step)."""
     s = recipe.schedule
-    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, fused=True)
-    if s.momentum:
+    params = list(params)
+    fused = bool(params) and params[0].is_cuda
+    opt = torch.optim.SGD(params, lr=s.lr, momentum=s.momentum, weight_decay=s.weight_decay, fused=fused)
+    if s.momentum and fused:
         # Fused SGD skipping its first step (found_inf) leaves an uninitialised momentum
         # buffer (torch 2.14); a zero buffer gives the same first step (buf = 0.9*0 + grad).
         for group in opt.param_groups:
@@ -374,7 +379,13 @@ def align_grads(opt: torch.optim.Optimizer) -> None:
 
 
 def fused_step(opt: torch.optim.Optimizer, found_inf: torch.Tensor) -> None:
-    """opt.step() skipped on the device where `found_inf` (0-d, nonzero: skip) says so."""
+    """opt.step() skipped where `found_inf` (0-d, nonzero: skip) says so: on the device by a
+    fused optimiser, else (a CPU optimiser, a CPU flag) by reading the flag through NumPy,
+    which raises on a CUDA tensor, so this can never hide a device sync."""
+    if not opt.defaults.get("fused"):
+        if not found_inf.numpy().any():
+            opt.step()
+        return
     align_grads(opt)
     opt.found_inf = found_inf
     try:

@@ -237,8 +237,12 @@ def test_fused_step_equals_plain_sgd_when_gradient_and_weight_layouts_differ(wei
     weight = torch.nn.Parameter(start.clone().contiguous(memory_format=weight_format))
     reference = torch.nn.Parameter(start.clone())
     recipe = Recipe()
-    opt, _ = _optimiser([weight], recipe, ())
+    opt, _ = _optimiser([weight], recipe, ())  # the recipe's SGD settings (plain SGD on a CPU)
     group = opt.param_groups[0]
+    # CUDA's optimiser: fused, as _optimiser makes it there, on this CPU
+    opt = torch.optim.SGD([weight], lr=group["lr"], momentum=group["momentum"],
+                          weight_decay=group["weight_decay"], fused=True)
+    opt.state[weight]["momentum_buffer"] = torch.zeros_like(weight)
     plain = torch.optim.SGD([reference], lr=group["lr"], momentum=group["momentum"],
                             weight_decay=group["weight_decay"])
     for step in range(3):
@@ -250,3 +254,18 @@ def test_fused_step_equals_plain_sgd_when_gradient_and_weight_layouts_differ(wei
         if step != 1:
             plain.step()
     torch.testing.assert_close(weight.detach(), reference.detach(), rtol=1e-6, atol=1e-6)
+
+
+def test_cpu_step_skips_a_non_finite_step_and_takes_a_finite_one():
+    """The CPU optimiser is plain SGD; fused_step skips it on the flag."""
+    from detectors.config import Recipe
+    from detectors.train import _optimiser, fused_step
+
+    weight = torch.nn.Parameter(torch.ones(3))
+    opt, _ = _optimiser([weight], Recipe(), ())
+    assert not opt.defaults["fused"]
+    weight.grad = torch.ones(3)
+    fused_step(opt, torch.tensor(1.0))
+    assert torch.equal(weight.detach(), torch.ones(3))
+    fused_step(opt, torch.tensor(0.0))
+    assert (weight.detach() < 1).all()
