@@ -627,6 +627,12 @@ def _finite_weights(model: torch.nn.Module) -> bool:
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
+def _non_finite(model: torch.nn.Module) -> list[str]:
+    """Names of the floating weights and buffers holding a NaN or inf (diagnostics only)."""
+    return [name for name, t in model.state_dict().items()
+            if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+
+
 @dataclass
 class _Pending:
     """One iteration's record whose values are still on the device."""
@@ -702,8 +708,12 @@ def _run(loop: _Loop, config: TrainConfig, batches: SeededBatches, out_dir: Path
                 log.flush()
             bar.update(done - bar.n)
             bar.set_postfix(loss=f"{values.get('total', float('nan')):.3f}", refresh=False)
-            if main and (done % every == 0 or last) and _finite_weights(loop.model):
-                _save(loop, config, batches, done, ckpt)  # else the last good one stays
+            if main and (done % every == 0 or last):
+                if _finite_weights(loop.model):
+                    _save(loop, config, batches, done, ckpt)
+                else:  # the last good one stays; say which tensors, so it can be traced
+                    print(f"train: no checkpoint at iteration {done}: non-finite values in "
+                          f"{', '.join(_non_finite(loop.model)[:5])}", file=sys.stderr)
     finally:
         bar.close()
         batches.close()
