@@ -451,17 +451,26 @@ def _family_macs(block: str, template: DetectorSpec, b: _Batch) -> dict[str, np.
     else:
         stem = r * (27 * c + 9 * c + c * c)
     out = {"stem": stem}
+    expand = 4 if block == "bottleneck" else 1
+    out.update(_stages(_block_macs, block, b, areas, stem_kind, c, r))
+    out["neck"] = _neck_macs(template, b, expand, areas[1:])
+    out["head"] = _head_macs(template, b, areas[1:])
+    return out
+
+
+def _stages(block_cost, block: str, b, areas, stem_kind: str, c, r) -> dict:
+    """c2..c5 of a batch of backbones: each stage's first (strided) block plus d - 1 more,
+    priced by `block_cost` (MACs, or mmcv's extras) in the same walk."""
+    out = {}
     cin, prev_area = c, r if stem_kind != "deep" else areas[0]
     expand = 4 if block == "bottleneck" else 1
     for i, name in enumerate(("c2", "c3", "c4", "c5")):
         w, d, a = b.w[:, i], b.d[:, i], areas[i]
         strided = not (i == 0 and stem_kind == "deep")
-        first = _block_macs(block, cin, w, strided, prev_area, a)
-        rest = _block_macs(block, w * expand, w, False, a, a)
+        first = block_cost(block, cin, w, strided, prev_area, a)
+        rest = block_cost(block, w * expand, w, False, a, a)
         out[name] = first + (d - 1) * rest
         cin, prev_area = w * expand, a
-    out["neck"] = _neck_macs(template, b, expand, areas[1:])
-    out["head"] = _head_macs(template, b, areas[1:])
     return out
 
 
@@ -517,15 +526,7 @@ def _family_extra(block: str, template: DetectorSpec, b: _Batch) -> dict[str, np
     else:  # conv + depthwise unit (dw, pw), each BN + ReLU
         stem = r * 9 * c
     out = {"stem": stem}
-    cin, prev_area = c, r if stem_kind != "deep" else areas[0]
-    expand = 4 if block == "bottleneck" else 1
-    for i, name in enumerate(("c2", "c3", "c4", "c5")):
-        w, d, a = b.w[:, i], b.d[:, i], areas[i]
-        strided = not (i == 0 and stem_kind == "deep")
-        first = _block_extra(block, cin, w, strided, prev_area, a)
-        rest = _block_extra(block, w * expand, w, False, a, a)
-        out[name] = first + (d - 1) * rest
-        cin, prev_area = w * expand, a
+    out.update(_stages(_block_extra, block, b, areas, stem_kind, c, r))
     n, a3, a4, a5 = b.n, *areas[1:]
     neck = 2 * n * (a3 + a4 + a5)  # lateral and fpn convs: a bias each
     if template.neck.type == "pafpn":  # downsample and pafpn convs on levels 4, 5: biases
