@@ -5,11 +5,15 @@ A100, H100, RTX 30xx and later), else fp16 autocast with a GradScaler (V100 7.0,
 bf16 is emulated, and `torch.cuda.is_bf16_supported()` counts emulation, so it is not asked).
 `--fp32` (fp32=True) forces fp32 NCHW on any device. The choice is `choose_mode`, a pure function
 of (device, capability, request), so every branch is tested without a GPU.
-On CPU: channels_last + bf16 autocast when the CPU computes bf16 natively (AVX512-BF16 / AMX,
-probed through oneDNN); otherwise fp32 channels_last. On the measured CPU (AVX2 only, 1
-thread, unloaded) fp32 channels_last was 1.00-1.24x the speed of NCHW in all 19 cases tried
-(published 0.5/2.5GF and sampled 2.5GF specs, 160-640 px), while emulated bf16 was 2-10x
-slower (benchmarks/train_speed.py --all-modes).
+On CPU: fp32 channels_last, never bf16 autocast. oneDNN's bf16 convolution backward (torch
+2.14) returns wrong weight gradients, often NaN, for a strided 3x3 conv on a 1-pixel-wide
+input: measured on an AVX512-BF16 CPU, 52 of 60 draws of a 3x3 stride-2 conv on a 1x1 input
+were wrong (fp32: 0 of 60). Such inputs are everyday at proxy scale (an ASFD SSD-extra stage at
+stride 128 sees 1x1 at 128 px), and the forward is unaffected, so the loss looks fine while a
+weight turns NaN. bf16 also bought nothing there: scrfd_0.5g, batch 4, 2 threads, 9.3 img/s
+either way at 320 px and 3.6 (bf16) against 4.1 img/s (fp32) at 640 px
+(benchmarks/train_speed.py --all-modes). On an AVX2 CPU fp32 channels_last was 1.00-1.24x the
+speed of NCHW in all 19 cases tried (published 0.5/2.5GF and sampled 2.5GF specs, 160-640 px).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import torch
 
 from detectors.errors import UserError
 
-__all__ = ["TrainingMode", "select_device", "choose_mode", "training_mode", "set_threads", "cpu_supports_bf16",
+__all__ = ["TrainingMode", "select_device", "choose_mode", "training_mode", "set_threads",
            "NATIVE_BF16_CAPABILITY", "tune_cuda"]
 
 NATIVE_BF16_CAPABILITY = (8, 0)  # Ampere: the first CUDA compute capability with bf16 tensor cores
@@ -63,22 +67,14 @@ def select_device(prefer: str | torch.device | None = None) -> torch.device:
     return device
 
 
-def cpu_supports_bf16() -> bool:
-    """True when this CPU has native bf16 arithmetic (oneDNN's own check)."""
-    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", None)
-    try:
-        return bool(probe()) if probe is not None else False
-    except RuntimeError:
-        return False
-
-
-def choose_mode(device: torch.device, capability: tuple[int, int] | None = None, *, fp32: bool = False,
-                cpu_bf16: bool = False) -> TrainingMode:
+def choose_mode(device: torch.device, capability: tuple[int, int] | None = None, *,
+                fp32: bool = False) -> TrainingMode:
     """The numeric mode for `device`, from facts passed in (no probing, so it is testable anywhere).
 
-    capability: the CUDA card's (major, minor) (needed for CUDA); cpu_bf16: the CPU computes
-    bf16 natively. fp32 forces plain fp32 NCHW. CUDA: bf16 autocast at capability >= 8.0,
-    otherwise fp16 autocast with a GradScaler (fp16's range needs the loss scaled)."""
+    capability: the CUDA card's (major, minor) (needed for CUDA). fp32 forces plain fp32 NCHW.
+    CUDA: bf16 autocast at capability >= 8.0, otherwise fp16 autocast with a GradScaler (fp16's
+    range needs the loss scaled). CPU: fp32 channels_last (the module docstring says why not
+    bf16)."""
     if fp32:
         return TrainingMode(device, False, None, False)
     if device.type == "cuda":
@@ -87,19 +83,16 @@ def choose_mode(device: torch.device, capability: tuple[int, int] | None = None,
         if tuple(capability) >= NATIVE_BF16_CAPABILITY:
             return TrainingMode(device, True, torch.bfloat16, False)
         return TrainingMode(device, True, torch.float16, True)
-    if device.type == "cpu" and cpu_bf16:
-        return TrainingMode(device, True, torch.bfloat16, False)
     return TrainingMode(device, device.type == "cpu", None, False)
 
 
 def training_mode(device: torch.device, *, fp32: bool = False) -> TrainingMode:
     """The fastest sound numeric mode for `device` (`fp32=True` forces plain fp32 NCHW): the
-    card's compute capability or the CPU's bf16 support, read here, decided by choose_mode."""
+    card's compute capability, read here, decided by choose_mode."""
     capability = None
     if device.type == "cuda" and not fp32:
         capability = tuple(torch.cuda.get_device_capability(device))
-    cpu_bf16 = device.type == "cpu" and not fp32 and cpu_supports_bf16()
-    return choose_mode(device, capability, fp32=fp32, cpu_bf16=cpu_bf16)
+    return choose_mode(device, capability, fp32=fp32)
 
 
 def tune_cuda(mode: TrainingMode, *, fp32: bool = False) -> None:

@@ -349,9 +349,9 @@ def batch_loss(model: torch.nn.Module, batch: dict, recipe: Recipe) -> tuple[dic
 def _optimiser(params, recipe: Recipe, milestones: tuple[int, ...]):
     """SGD with the recipe's LR schedule. On CUDA fused SGD: it takes the non-finite flag
     `found_inf` on the device and skips the update there, without a host sync. On a CPU the
-    plain (foreach) SGD: torch 2.14's fused CPU kernel left NaN in some weights of an ASFD
-    DARTS search now and then, with finite losses and aligned gradients, and on a CPU there is
-    no device to wait for (see fused_step)."""
+    plain (foreach) SGD: there is no device to wait for, so the flag is simply read (see
+    fused_step). (The NaN weights once blamed on the fused CPU kernel came from bf16 conv
+    backward on 1-pixel inputs; detectors/device.py.)"""
     s = recipe.schedule
     params = list(params)
     fused = bool(params) and params[0].is_cuda

@@ -212,10 +212,7 @@ def test_device_mode_and_threads(monkeypatch):
     assert dev.set_threads(1) == 1 and torch.get_num_threads() == 1
     assert dev.set_threads() == len(os.sched_getaffinity(0)) == torch.get_num_threads()
     cpu = torch.device("cpu")
-    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: False)
     assert dev.training_mode(cpu).describe() == "cpu fp32 channels_last"
-    monkeypatch.setattr(dev, "cpu_supports_bf16", lambda: True)
-    assert dev.training_mode(cpu).describe() == "cpu bfloat16 channels_last"
     assert dev.training_mode(cpu, fp32=True).describe() == "cpu fp32 NCHW"
     with pytest.raises(dev.UserError, match="unknown device"):
         dev.select_device("tpu")
