@@ -51,3 +51,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory) -> Path:
+    """A tiny synthetic dataset root (4 train / 2 val images, 128 px): for end-to-end CLI
+    searches and training that must run in seconds."""
+    from detectors.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
+                    image_size=128, seed=0, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ranking_truth():
+    """benchmarks/ranking_truth.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("ranking_truth", REPO / "benchmarks" / "ranking_truth.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -20,14 +20,6 @@ def _facenas(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     return facenas(*args, timeout=timeout)  # an asfd search trains: a longer default
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from detectors.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
-                    image_size=128, seed=0, progress=False)
-
-
 @pytest.mark.parametrize("args, words", [
     (["--seeds", "0"], ["--seeds must be an integer >= 1"]),
     (["--budget", "nonsense"], ["unknown budget", "smoke, quick, paper"]),

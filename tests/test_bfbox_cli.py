@@ -58,14 +58,6 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arg
     assert not out.exists()
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from detectors.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
-                    image_size=128, seed=0, progress=False)
-
-
 @pytest.mark.slow
 def test_smoke_search_end_to_end_then_reuse_the_supernet(tmp_path, tiny_data):
     out = tmp_path / "run"

@@ -155,14 +155,6 @@ def two_nodes():
             c.shutdown()
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from detectors.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
-                    image_size=128, seed=0, progress=False)
-
-
 def test_bfbox_search_on_two_nodes_trains_its_supernet_on_one(two_nodes, tiny_data, tmp_path):
     from nas.cli import main
     from nas.spaces.bfbox import SUPERNET_STEP

@@ -6,7 +6,6 @@ results table; a re-plan reuses the recorded scores."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,14 +34,6 @@ def test_bad_prescreen_options_are_one_line_exit_2_and_write_nothing(tmp_path, c
     err = one_line_error(capsys)
     assert code == 2 and all(w in err for w in words), err
     assert not out.exists()
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from detectors.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
-                    image_size=128, seed=0, progress=False)
 
 
 @pytest.mark.slow

@@ -4,25 +4,13 @@ resumable recording through the real trainer and tester on a tiny synthetic set.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def rt():
-    spec = importlib.util.spec_from_file_location("ranking_truth", REPO / "benchmarks" / "ranking_truth.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _write_tables(root: Path, rt) -> None:
+def _write_tables(root: Path, ranking_truth) -> None:
     # final hard AP: seed 0 a > b > c > d, seed 1 a > b > d > c; mean a .41 > b .31 > c .15 > d .12
     final = {0: [0.40, 0.30, 0.20, 0.10], 1: [0.42, 0.32, 0.10, 0.14]}
     # iteration 1: seed 0's AP ranks the reverse of the truth, seed 1's the truth's order;
@@ -38,13 +26,13 @@ def _write_tables(root: Path, rt) -> None:
                              "ap_medium": ap, "ap_hard": ap, "loss": 1.0 + i + 1 / it})
             truth.append({"spec_id": spec, "seed": seed, "ap_easy": final[seed][i],
                           "ap_medium": final[seed][i], "ap_hard": final[seed][i], "train_s": 9.0})
-    pd.DataFrame(rows, columns=rt.CURVE_COLUMNS).to_csv(root / rt.CURVES_CSV, index=False)
-    pd.DataFrame(truth, columns=rt.TRUTH_COLUMNS).to_csv(root / rt.TRUTH_CSV, index=False)
+    pd.DataFrame(rows, columns=ranking_truth.CURVE_COLUMNS).to_csv(root / ranking_truth.CURVES_CSV, index=False)
+    pd.DataFrame(truth, columns=ranking_truth.TRUTH_COLUMNS).to_csv(root / ranking_truth.TRUTH_CSV, index=False)
 
 
-def test_rung_proxies_and_replay_by_hand(tmp_path, rt, capsys):
-    _write_tables(tmp_path, rt)
-    rep = rt.report(tmp_path, n_boot=200, orders=40, grace=1 / 9, reduction_factor=3, workers=2)
+def test_rung_proxies_and_replay_by_hand(tmp_path, ranking_truth, capsys):
+    _write_tables(tmp_path, ranking_truth)
+    rep = ranking_truth.report(tmp_path, n_boot=200, orders=40, grace=1 / 9, reduction_factor=3, workers=2)
     got = {(p["proxy"], p["iteration"]): p for p in rep["rung_proxies"]}
     assert set(got) == {(n, i) for n in ("rung_ap_hard", "rung_loss") for i in (1, 3, 9)}
     # tau of 4 items = (concordant - discordant) / 6
@@ -81,7 +69,7 @@ def test_rung_proxies_and_replay_by_hand(tmp_path, rt, capsys):
     assert rows[("loss", "asha", 1)]["recall_p5"] == 1.0
     assert 0 < rows[("loss", "asha", 1)]["savings_median"] < 1
 
-    assert rt.main(["--report", "--results", str(tmp_path), "--bootstrap", "50",
+    assert ranking_truth.main(["--report", "--results", str(tmp_path), "--bootstrap", "50",
                     "--orders", "10"]) == 0
     out = capsys.readouterr().out
     assert "| rung_loss | 3 | 4 | 1.000 |" in out
@@ -89,28 +77,20 @@ def test_rung_proxies_and_replay_by_hand(tmp_path, rt, capsys):
     assert "| sh | 1 | 0.67 [0.67, 0.67] |" in out
 
 
-def test_default_rungs_are_the_search_asha_rungs(rt):
+def test_default_rungs_are_the_search_asha_rungs(ranking_truth):
     from detectors.errors import UserError
     from nas.fidelity import fidelity_from, rung_iterations
 
     asha = fidelity_from("asha", 1 / 9, 3, 3600)
     assert rung_iterations(asha.rungs, 3600) == [400, 1200, 3600]
-    assert rt.default_rungs(3600) == [400, 1200, 2400]
-    assert rt.curve_points(None, 3600) == [400, 1200, 2400, 3600]
-    assert rt.curve_points([5, 2, 5], 8) == [2, 5, 8]
+    assert ranking_truth.default_rungs(3600) == [400, 1200, 2400]
+    assert ranking_truth.curve_points(None, 3600) == [400, 1200, 2400, 3600]
+    assert ranking_truth.curve_points([5, 2, 5], 8) == [2, 5, 8]
     with pytest.raises(UserError, match="--rungs 9: outside 1..8"):
-        rt.curve_points([2, 9], 8)
+        ranking_truth.curve_points([2, 9], 8)
 
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from detectors.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
-                    image_size=128, seed=0, progress=False)
-
-
-def test_real_recording_resumes_without_recomputing(tmp_path, rt, tiny_data, monkeypatch,
+def test_real_recording_resumes_without_recomputing(tmp_path, ranking_truth, tiny_data, monkeypatch,
                                                     one_torch_thread):
     import detectors.test
     import detectors.train
@@ -121,9 +101,9 @@ def test_real_recording_resumes_without_recomputing(tmp_path, rt, tiny_data, mon
                  "test": {"size": 128}}
     setting = {"gflops": 0.5, "specs": 1, "seeds": [0], "sample_seed": 0, "budget": "paper",
                "overrides": overrides}
-    search, specs = rt.sample(setting)
+    search, specs = ranking_truth.sample(setting)
     out = tmp_path / "out"
-    request = rt._requests(search, specs, [0], out, str(tiny_data), 1)[0]
+    request = ranking_truth._requests(search, specs, [0], out, str(tiny_data), 1)[0]
     run_dir = Path(request["out_dir"])
     real_train, real_test = detectors.train.train, detectors.test.test
     calls = []
@@ -141,17 +121,17 @@ def test_real_recording_resumes_without_recomputing(tmp_path, rt, tiny_data, mon
     monkeypatch.setattr(detectors.train, "train", train)
     monkeypatch.setattr(detectors.test, "test", killed_test)
     with pytest.raises(KeyboardInterrupt):
-        rt._run(request, 2, [2, 4])
+        ranking_truth._run(request, 2, [2, 4])
     assert calls == [("train", 2, False), ("test",), ("train", 4, True)]
-    first = rt.read_curve(run_dir)
-    assert [p["iteration"] for p in first] == [2] and not (run_dir / rt.RESULT).is_file()
+    first = ranking_truth.read_curve(run_dir)
+    assert [p["iteration"] for p in first] == [2] and not (run_dir / ranking_truth.RESULT).is_file()
 
     # resumed: the recorded point is kept, training continues from the checkpoint at 4
     calls.clear()
     monkeypatch.setattr(detectors.test, "test", lambda *a, **kw: calls.append(("test",)) or real_test(*a, **kw))
-    row = rt._run(request, 2, [2, 4])
+    row = ranking_truth._run(request, 2, [2, 4])
     assert calls == [("train", 4, True), ("test",)]
-    curve = rt.read_curve(run_dir)
+    curve = ranking_truth.read_curve(run_dir)
     assert curve[0] == first[0] and [p["iteration"] for p in curve] == [2, 4]
     # the truth row is the end point; the rung loss is the trainer's loss over the last tenth
     # (>= 1 iteration) of the iterations so far: here that iteration's own total
@@ -165,8 +145,8 @@ def test_real_recording_resumes_without_recomputing(tmp_path, rt, tiny_data, mon
 
     # finished: nothing is trained or tested again
     calls.clear()
-    (run_dir / rt.RESULT).unlink()
-    assert rt._run(request, 2, [2, 4]) == row and calls == []
-    rt.write_curves(tmp_path, rt.collect_curves(out, specs, [0]))
-    table = pd.read_csv(tmp_path / rt.CURVES_CSV, dtype={"spec_id": str})
-    assert list(table.columns) == rt.CURVE_COLUMNS and table["iteration"].tolist() == [2, 4]
+    (run_dir / ranking_truth.RESULT).unlink()
+    assert ranking_truth._run(request, 2, [2, 4]) == row and calls == []
+    ranking_truth.write_curves(tmp_path, ranking_truth.collect_curves(out, specs, [0]))
+    table = pd.read_csv(tmp_path / ranking_truth.CURVES_CSV, dtype={"spec_id": str})
+    assert list(table.columns) == ranking_truth.CURVE_COLUMNS and table["iteration"].tolist() == [2, 4]

@@ -3,23 +3,10 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def ranking_truth():
-    spec = importlib.util.spec_from_file_location("ranking_truth", REPO / "benchmarks" / "ranking_truth.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 def test_report_by_hand(tmp_path, ranking_truth, capsys):
     # seed 0 ranks a > b > c > d; seed 1 swaps c and d: 5 concordant, 1 discordant -> 4/6

@@ -4,7 +4,6 @@ end to end and leaves the table, analysis and exported configs."""
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -46,14 +45,6 @@ def test_resume_of_a_non_run_and_reuse_of_a_run_dir_are_user_errors(tmp_path):
     again = facenas("search", "--out", str(tmp_path / "run"), "--data", str(tmp_path), timeout=120)
     assert again.returncode == 2 and "--resume" in again.stderr
     assert len(again.stderr.strip().splitlines()) == 1
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory) -> Path:
-    from detectors.data.synthetic import generate
-
-    return generate(tmp_path_factory.mktemp("synth") / "root", num_train=4, num_val=2,
-                    image_size=128, seed=0, progress=False)
 
 
 @pytest.mark.slow

@@ -83,8 +83,9 @@ class RSADetector(FaceDetector):
         if recipe.rsa.init_weights and not int(self.stage_initialised):
             self.load_stage(recipe.rsa.init_weights)
         self.stage_initialised.fill_(1)
-        # fp32 even under the trainer's bf16 autocast: in bf16 the res3a gradients of the
-        # smallest roll-out maps (1x1, 2x2) became NaN within 10 steps (CPU, channels_last)
+        # fp32 even under the trainer's bf16 autocast (CUDA): in bf16 the res3a gradients of
+        # the smallest roll-out maps (1x1, 2x2) became NaN within 10 steps (CPU, channels_last;
+        # oneDNN's bf16 conv backward on 1-pixel-wide inputs, detectors/device.py)
         with torch.autocast(images.device.type, enabled=False):
             return rsa_training_loss(self, images.float(), batch, recipe)
 
