@@ -16,8 +16,8 @@ the geometry of the test path (used e.g. to memorise a few images).
 Workers hand over uint8 images with each image's photometric numbers (drawn from the sample's
 generator, not applied); the trainer applies them and normalises on its device
 (detectors.data.device_transforms.device_images). `device_side=False` is the former path
-(photometric and normalisation in the worker, float32 batches), kept for the equivalence
-test and benchmarks/data_speed.py. Loader processes: `workers` (see resolve_workers), pinned
+(PIL's crop-resize, photometric and normalisation in the worker, float32 batches), kept for
+the equivalence test and benchmarks/data_speed.py. Loader processes: `workers` (see resolve_workers), pinned
 memory when the trainer's device is CUDA, two batches prefetched per worker.
 """
 
@@ -151,7 +151,8 @@ def _transform(recipe: Recipe, device_side: bool = True) -> Compose:
         return build_train_transform(recipe.train_size, aug.crop_choices, aug.min_face,
                                      aug.flip, aug.photometric,
                                      data_anchor_sampling=aug.data_anchor_sampling,
-                                     device_side=device_side)
+                                     device_side=device_side,
+                                     resampler="torch" if device_side else "pil")
     steps: list = [ResizeLongSide(recipe.train_size)]
     if aug.data_anchor_sampling > 0:  # no crop: the sampling, else the long-side resize
         steps = [DataAnchorSampling(recipe.train_size, aug.data_anchor_sampling, otherwise=steps[0])]
