@@ -251,6 +251,8 @@ def _resample_torch(img: np.ndarray, left: int, top: int, side: int, size: int,
         region = _filled((ye - top, xe - left, 3), fill)
         a, b = max(top, 0) - top, max(left, 0) - left
         region[a:, b:] = img[top + a:ye, left + b:xe]
+    if not region.flags.writeable:  # e.g. a PIL image's pixels; torch only reads them
+        region = region.copy()
     x = torch.from_numpy(np.ascontiguousarray(region)).unsqueeze(0).permute(0, 3, 1, 2)  # channels-last
     scale = size / side
     part = torch.ops.aten._upsample_bilinear2d_aa(x, [y1, x1], False, scale, scale)[0].permute(1, 2, 0)
