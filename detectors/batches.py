@@ -123,7 +123,7 @@ class SeededBatches:
         # The sampler is endless, so one iterator (and its workers) serves the whole run:
         # persistent_workers only matters to a loader iterated epoch by epoch, set for clarity.
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
-                            collate_fn=collate, pin_memory=self.pin_memory,
+                            collate_fn=collate, pin_memory=self.pin_memory, worker_init_fn=_worker_init,
                             persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
         self._iterator = iter(loader)
         return self._iterator
@@ -143,6 +143,12 @@ class SeededBatches:
         if shutdown is not None:
             shutdown()
         self._iterator = None
+
+
+def _worker_init(worker_id: int) -> None:
+    # The crop-resize is a torch op: N workers of T threads each would oversubscribe the CPUs
+    # the workers were sized for. torch's worker loop sets 1 as well; this does not rely on it.
+    torch.set_num_threads(1)
 
 
 def _transform(recipe: Recipe, device_side: bool = True) -> Compose:
