@@ -17,8 +17,9 @@ Workers hand over uint8 images with each image's photometric numbers (drawn from
 generator, not applied); the trainer applies them and normalises on its device
 (detectors.data.device_transforms.device_images). `device_side=False` is the former path
 (PIL's crop-resize, photometric and normalisation in the worker, float32 batches), kept for
-the equivalence test and benchmarks/data_speed.py. Loader processes: `workers` (see resolve_workers), pinned
-memory when the trainer's device is CUDA, two batches prefetched per worker.
+the equivalence test and benchmarks/data_speed.py. Loader processes: `workers` (see
+resolve_workers), one torch thread each, pinned memory when the trainer's device is CUDA, two
+batches prefetched per worker.
 """
 
 from __future__ import annotations

@@ -74,8 +74,8 @@ def _mean_colour(img: np.ndarray) -> np.ndarray:
 def _filled(shape: tuple[int, ...], colour: np.ndarray) -> np.ndarray:
     """uint8 array of `shape` (..., W, 3) with every pixel `colour` (3,)."""
     out = np.empty(shape, np.uint8)
-    flat = out.reshape(-1, shape[-2] * 3)
-    if flat.size:  # one row, then whole rows copied (broadcasting the 3 bytes was 80x slower)
+    if out.size:  # one row, then whole rows copied (broadcasting the 3 bytes was 80x slower)
+        flat = out.reshape(-1, shape[-2] * 3)
         flat[0] = np.tile(colour, shape[-2])
         flat[1:] = flat[0]
     return out
@@ -239,9 +239,9 @@ def _resample_torch(img: np.ndarray, left: int, top: int, side: int, size: int,
     torch's kernel maps output pixel i to source start + (i + 0.5) * side / size (the scale is
     passed, not derived from the sizes) but takes no fractional start, so its input starts at
     the square's own corner: where the square begins left of / above the image, that input
-    is padded with `fill` there (SCRFD's mean-filled crop; the pixels it adds are the ones
-    paste_span leaves filled anyway). Its far side stops at the image's edge, and only the
-    output pixels whose source lies wholly inside are computed."""
+    is padded with `fill` there (SCRFD's mean-filled crop; the output pixels before p0 that
+    it yields are set to `fill` again, as paste_span says). Its far side stops at the image's
+    edge, and no output pixel past p1 is computed."""
     h, w = img.shape[:2]
     x0, y0, x1, y1 = span
     xe, ye = min(left + side, w), min(top + side, h)
