@@ -3,12 +3,15 @@
     .venv/bin/python benchmarks/data_speed.py [--root DIR] [--size 640] [--batch-size 8]
         [--batches 6] [--repeats 3] [--loader] [--decoders]
 
-OLD: the worker decodes, crops (the recipe's sample-redistribution crops 0.3-2.0), resizes,
-applies the photometric distortion and flip, normalises to float32 and collates
+OLD: the worker decodes, crops (the recipe's sample-redistribution crops 0.3-2.0), resizes
+(PIL), applies the photometric distortion and flip, normalises to float32 and collates
 (SeededBatches(device_side=False), the path before the uint8 hand-over). NEW: the same draws,
-but the worker stops at uint8 with the photometric numbers; the trainer's device applies them
-and normalises (detectors.data.device_transforms), timed here on the CPU too and reported
-apart, and with the worker's time (what a CPU-only trainer pays in all).
+the crop resampled by torch's uint8 antialiased kernel, and the worker stops at uint8 with the
+photometric numbers; the trainer's device applies them and normalises
+(detectors.data.device_transforms), timed here on the CPU too and reported apart, and with
+the worker's time (what a CPU-only trainer pays in all). Both share the mean fill and mean
+colour helpers (sped up with the torch crop-resize), so OLD is a little faster than the code
+before that change; run this file from an older checkout for those figures.
 
 What one worker does is timed in this process (a 0-worker loader: dataset items + collate,
 one torch thread), old and new alternating batch by batch over the same (seed, iteration)

@@ -16,9 +16,10 @@ the geometry of the test path (used e.g. to memorise a few images).
 Workers hand over uint8 images with each image's photometric numbers (drawn from the sample's
 generator, not applied); the trainer applies them and normalises on its device
 (detectors.data.device_transforms.device_images). `device_side=False` is the former path
-(photometric and normalisation in the worker, float32 batches), kept for the equivalence
-test and benchmarks/data_speed.py. Loader processes: `workers` (see resolve_workers), pinned
-memory when the trainer's device is CUDA, two batches prefetched per worker.
+(PIL's crop-resize, photometric and normalisation in the worker, float32 batches), kept for
+the equivalence test and benchmarks/data_speed.py. Loader processes: `workers` (see
+resolve_workers), one torch thread each, pinned memory when the trainer's device is CUDA, two
+batches prefetched per worker.
 """
 
 from __future__ import annotations
@@ -123,7 +124,7 @@ class SeededBatches:
         # The sampler is endless, so one iterator (and its workers) serves the whole run:
         # persistent_workers only matters to a loader iterated epoch by epoch, set for clarity.
         loader = DataLoader(self.dataset, batch_sampler=sampler, num_workers=workers,
-                            collate_fn=collate, pin_memory=self.pin_memory,
+                            collate_fn=collate, pin_memory=self.pin_memory, worker_init_fn=_worker_init,
                             persistent_workers=workers > 0, prefetch_factor=2 if workers else None)
         self._iterator = iter(loader)
         return self._iterator
@@ -145,13 +146,20 @@ class SeededBatches:
         self._iterator = None
 
 
+def _worker_init(worker_id: int) -> None:
+    # The crop-resize is a torch op: N workers of T threads each would oversubscribe the CPUs
+    # the workers were sized for. torch's worker loop sets 1 as well; this does not rely on it.
+    torch.set_num_threads(1)
+
+
 def _transform(recipe: Recipe, device_side: bool = True) -> Compose:
     aug = recipe.augmentation
     if aug.crop_choices:
         return build_train_transform(recipe.train_size, aug.crop_choices, aug.min_face,
                                      aug.flip, aug.photometric,
                                      data_anchor_sampling=aug.data_anchor_sampling,
-                                     device_side=device_side)
+                                     device_side=device_side,
+                                     resampler="torch" if device_side else "pil")
     steps: list = [ResizeLongSide(recipe.train_size)]
     if aug.data_anchor_sampling > 0:  # no crop: the sampling, else the long-side resize
         steps = [DataAnchorSampling(recipe.train_size, aug.data_anchor_sampling, otherwise=steps[0])]

@@ -1,7 +1,7 @@
 """The data path (docs/data.md): workers hand over uint8 with the photometric numbers and the
 flip drawn from the sample's seed; the training device mirrors, distorts and normalises.
-Equal to the former worker-side float32 path; loader workers resolved flag > recipe > CPUs;
-each run records how long it waited for data."""
+The former worker-side float32 path's geometry exactly, its pixels within a stated PSNR;
+loader workers resolved flag > recipe > CPUs; each run records how long it waited for data."""
 
 from __future__ import annotations
 
@@ -69,30 +69,51 @@ def _pairs(root: Path, recipe: dict, iterations: int):
         yield next(old), next(new)
 
 
+def _psnr(levels: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR (dB) of differences in uint8 levels (B, 3, H, W)."""
+    return 10 * torch.log10(255.0**2 / (levels**2).mean((1, 2, 3)).clamp_min(1e-12))
+
+
+# The new path resamples the crop with torch's kernel, the old with PIL's (the same
+# antialiased bilinear filter at the same positions; they differ next to the square's edges
+# and by a rounding level elsewhere). Measured on these batches: per-image PSNR >= 52.7 dB,
+# mean |difference| <= 0.14 levels; the old batch shifted by one pixel scores <= 37 dB.
+MIN_PSNR_DB, MAX_MEAN_LEVELS = 45.0, 0.25
+
+
 @pytest.mark.parametrize("augmentation", [{}, {"photometric": False}, {"crop_choices": []}],
                          ids=["paper", "no-photometric", "no-crop-padded"])
-def test_device_path_equals_the_worker_float_path(widerface_mini, augmentation):
-    """Same (seed, iteration): the new path's normalised batch equals the old one's within one
-    uint8 level (1/128) where float sums round differently, on at most 1e-4 of the values;
-    boxes, keypoints and ignore flags are identical; padding stays exactly 0."""
+def test_device_path_matches_the_worker_float_path(widerface_mini, augmentation):
+    """Same (seed, iteration): boxes, keypoints and ignore flags identical (so the same crops
+    and flips were drawn). Pixels: with crops (resampled by torch in the new path, PIL in the old), every
+    image within MIN_PSNR_DB / MAX_MEAN_LEVELS of the old one, while the old one shifted by
+    a pixel is not (the bound can see a misplaced crop); without crops (the same PIL resize
+    in both) equal within one uint8 level (1/128) where float sums round differently, on at
+    most 1e-4 of the values, and padding exactly 0."""
     recipe = {"train_size": 160, "batch_size": 4, "seed": 7, "augmentation": augmentation}
+    cropped = augmentation.get("crop_choices", True)
     flips = 0
     for old, new in _pairs(widerface_mini, recipe, 3):
         assert new["image"].dtype == torch.uint8 and old["image"].dtype == torch.float32
         assert new["image"].shape == old["image"].shape == (4, 3, 160, 160)
         x = device_images(new, "cpu")
-        diff = (x - old["image"]).abs()
-        assert float(diff.max()) <= 1 / 128 + 1e-6
-        assert int((diff > 1e-6).sum()) <= 1e-4 * diff.numel()
         for key in ("boxes", "keypoints", "ignore", "keypoints_valid"):
             assert all(torch.equal(a, b) for a, b in zip(old[key], new[key])), key
-        if "flip" in new:
-            flips += int(new["flip"].sum())
-        if not augmentation.get("crop_choices", True):
+        levels = ((x - old["image"]) * 128).round().abs()
+        if cropped:
+            assert torch.all(_psnr(levels) >= MIN_PSNR_DB), _psnr(levels)
+            assert torch.all(levels.mean((1, 2, 3)) <= MAX_MEAN_LEVELS), levels.mean((1, 2, 3))
+            shifted = ((x[..., 1:] - old["image"][..., :-1]) * 128).round().abs()
+            assert torch.all(_psnr(shifted) < MIN_PSNR_DB - 5), _psnr(shifted)
+        else:
+            assert float(levels.max()) <= 1
+            assert int((levels > 0).sum()) <= 1e-4 * levels.numel()
             hw = new["image_hw"]
             assert (hw < 160).any()  # WIDER images are not square: something is padded
             for i, (h, w) in enumerate(hw.tolist()):
                 assert torch.all(x[i, :, h:] == 0) and torch.all(x[i, :, :, w:] == 0)
+        if "flip" in new:
+            flips += int(new["flip"].sum())
     if augmentation == {}:
         assert 0 < flips < 12  # mirrored on the device, some images and not others
         assert "photometric" in new and new["photometric"].shape == (4, PHOTOMETRIC_PARAMS)
