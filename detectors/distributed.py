@@ -19,9 +19,11 @@ sums) on CPU, so the CPU tests check the same arithmetic the CUDA path runs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -245,6 +247,23 @@ def failure_line(err: Any) -> str:
     return f"rank {rank} failed ({cause})"
 
 
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Spawned ranks re-run this process's __main__ module first (multiprocessing's rule),
+    e.g. a Ray worker's entry script, importing Ray in every rank for nothing; `fn` is
+    always a module-level function of ours, so hide __main__'s file and spec meanwhile."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    if "__file__" in saved:
+        del main.__file__
+    main.__spec__ = None  # multiprocessing reads it unguarded
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
 def run_local(nproc: int, fn: Callable[..., Any], *args: Any, start_method: str = "spawn") -> Any:
     """fn(*args) as one job of `nproc` local processes (launch, on a free port), returning
     rank 0's value; with nproc 1, fn(*args) in this process (no process group). What a search
@@ -258,7 +277,8 @@ def run_local(nproc: int, fn: Callable[..., Any], *args: Any, start_method: str 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
     try:
-        return launch(nproc, free_port(), fn, *args, start_method=start_method)[0]
+        with _main_not_reimported():
+            return launch(nproc, free_port(), fn, *args, start_method=start_method)[0]
     except ChildFailedError as err:
         raise RanksFailed(f"{nproc}-process training: {failure_line(err)}; the others were "
                           "stopped") from None
