@@ -154,3 +154,32 @@ def test_bad_nproc_per_trial_is_one_line(nodes, gpus, nproc, parts, message):
     with pytest.raises(UserError) as err:
         trial_resources(nodes, 1, gpus, None, whole_node=True, nproc=nproc, batch_parts=parts)
     assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_driver_request_caps_threads_and_checks_the_phase_batch(monkeypatch):
+    """nas.driver._resources: $FACENAS_THREADS caps each process's threads (not the CPUs
+    asked for); the divisibility check reads the space's own recipe (bfbox smoke: batch 2)."""
+    from nas.driver import _resources
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+
+    nodes = [Node(8, 0, "c")]
+    monkeypatch.setenv("FACENAS_THREADS", "2")
+    r = _resources(SearchOptions(cpus_per_trial=1), True, nodes)
+    assert (r.cpus, r.threads, r.processes) == (8, 2, 1)
+    monkeypatch.delenv("FACENAS_THREADS")
+    assert _resources(SearchOptions(cpus_per_trial=1), True, nodes).threads == 8
+    search = resolve_config(SearchOptions(space="bfbox", budget="smoke"))
+    assert search["recipe"]["batch_size"] == 2
+    assert _resources(SearchOptions(nproc_per_trial=2), True, nodes, search).processes == 2
+    with pytest.raises(UserError, match="global batch .* = 2\\) does not divide into 4 processes"):
+        _resources(SearchOptions(nproc_per_trial=4), True, nodes, search)
+
+
+def test_asfd_search_phase_is_whole_node():
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.asfd import phases
+
+    search, derived = phases(resolve_config(SearchOptions(space="asfd", budget="smoke")))
+    assert search.whole_node and not derived.whole_node
