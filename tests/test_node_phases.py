@@ -1,7 +1,8 @@
-"""Single-model search phases on several local processes (DDP, gloo, CPU): the BFBox supernet
-(SPOS) and ASFD's DARTS search give, with 2 processes x 2 images, the weights (and
-architecture parameters) of 1 process x 4 images, and resume exactly with another number of
-processes; hooks not made for several processes are still refused in one line."""
+"""Single-model search phases on several local processes (DDP, gloo, CPU): with 2 processes x
+2 images the BFBox supernet (SPOS) gives the weights of 1 process x 4 images over a whole run,
+and ASFD's DARTS search takes the step (weights, architecture parameters, Adam state) of 1 x 4
+from the same state; both resume exactly with another number of processes; hooks not made for
+several processes are still refused in one line; a failed rank is one line."""
 
 from __future__ import annotations
 
