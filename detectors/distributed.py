@@ -19,9 +19,11 @@ sums) on CPU, so the CPU tests check the same arithmetic the CUDA path runs.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -33,7 +35,8 @@ from detectors.errors import UserError
 
 __all__ = ["World", "init", "teardown", "shard", "reduce_mean", "reduce_max", "convert_sync_bn",
            "GlooSyncBatchNorm", "launch", "check_port_free", "free_port", "available_slots",
-           "RENDEZVOUS_TIMEOUT_S", "under_launcher", "env_world"]
+           "RENDEZVOUS_TIMEOUT_S", "under_launcher", "env_world", "run_local", "RanksFailed",
+           "failure_line"]
 
 # How long a collective waits for a missing rank before it raises (gloo and nccl): a rank that
 # died is noticed by the elastic agent within its monitor interval (0.1 s here) and the others
@@ -230,3 +233,52 @@ def launch(nproc: int, port: int, fn: Callable[..., Any], *args: Any,
                           rdzv_backend="c10d", rdzv_endpoint=f"127.0.0.1:{port}", max_restarts=0,
                           monitor_interval=0.1, start_method=start_method)
     return elastic_launch(config, fn)(*args)
+
+
+class RanksFailed(RuntimeError):
+    """A process of `run_local` died or raised; the message names the rank and the cause."""
+
+
+def failure_line(err: Any) -> str:
+    """'rank R failed (signal SIGKILL | exit code C)' for the elastic agent's ChildFailedError:
+    the killed rank first (the others then fail on the collective it broke, sometimes first)."""
+    rank, failure = min(err.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[0]))
+    cause = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
+    return f"rank {rank} failed ({cause})"
+
+
+@contextlib.contextmanager
+def _main_not_reimported():
+    """Spawned ranks re-run this process's __main__ module first (multiprocessing's rule),
+    e.g. a Ray worker's entry script, importing Ray in every rank for nothing; `fn` is
+    always a module-level function of ours, so hide __main__'s file and spec meanwhile."""
+    main = sys.modules.get("__main__")
+    saved = {k: getattr(main, k) for k in ("__file__", "__spec__") if hasattr(main, k)}
+    if "__file__" in saved:
+        del main.__file__
+    main.__spec__ = None  # multiprocessing reads it unguarded
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(main, k, v)
+
+
+def run_local(nproc: int, fn: Callable[..., Any], *args: Any, start_method: str = "spawn") -> Any:
+    """fn(*args) as one job of `nproc` local processes (launch, on a free port), returning
+    rank 0's value; with nproc 1, fn(*args) in this process (no process group). What a search
+    trial runs for a single-model phase on N GPUs (or N x C/N CPUs): the same worker code
+    `facenas train --nproc` starts. A process that dies or raises stops the others and
+    raises RanksFailed in one line (the workers' tracebacks are on their stderr)."""
+    if nproc < 1:
+        raise UserError(f"processes must be >= 1, not {nproc}")
+    if nproc == 1:
+        return fn(*args)
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    try:
+        with _main_not_reimported():
+            return launch(nproc, free_port(), fn, *args, start_method=start_method)[0]
+    except ChildFailedError as err:
+        raise RanksFailed(f"{nproc}-process training: {failure_line(err)}; the others were "
+                          "stopped") from None

@@ -81,7 +81,18 @@ class TrainHooks:
 
     The model a hook builds must have `.spec` (its anchors drive assignment) and return
     HeadOutputs; `after_step` may run extra forwards through `loop.loss(batch)`.
+
+    Distributed (several processes, DDP): hooks declare `distributed = True` only when they
+    keep every process in step (the same path / sampling draws on every rank, extra
+    gradients averaged over the ranks, files written by rank 0 alone, identical state);
+    other hooks are refused with more than one process (check_world). `dynamic_graph = True`:
+    a step runs a subgraph of the model (a sampled path), so DDP looks for the parameters
+    without gradient (find_unused_parameters; those unused on every rank keep no gradient,
+    and SGD skips them, as in one process).
     """
+
+    distributed: bool = False
+    dynamic_graph: bool = False
 
     def build_model(self, config: TrainConfig) -> torch.nn.Module:
         return build(config.spec)
@@ -474,9 +485,9 @@ def check_world(recipe: Recipe, world_size: int, hooks: TrainHooks | None = None
     if recipe.batch_size % (world_size * k):
         raise UserError(f"recipe.batch_size {recipe.batch_size} (the global batch) does not divide into "
                         f"{world_size} process(es) x recipe.grad_accumulation {k}")
-    if world_size > 1 and hooks is not None and type(hooks) is not TrainHooks:
-        raise UserError("supernet and search training (train hooks) runs in one process; "
-                        "distributed training (--nproc, torchrun) is for retraining a config")
+    if world_size > 1 and hooks is not None and type(hooks) is not TrainHooks and not hooks.distributed:
+        raise UserError(f"{type(hooks).__name__} trains in one process only (its hooks are not "
+                        "made for several); run it without --nproc / --nproc-per-trial / torchrun")
 
 
 def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp32: bool,
@@ -516,7 +527,8 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
         from torch.nn.parallel import DistributedDataParallel
 
         ids = [mode.device.index] if mode.device.type == "cuda" else None
-        net = DistributedDataParallel(model, device_ids=ids)  # broadcasts rank 0's weights
+        # broadcasts rank 0's weights; a sampled subgraph per step needs the unused-parameter search
+        net = DistributedDataParallel(model, device_ids=ids, find_unused_parameters=hooks.dynamic_graph)
     loop = _Loop(model, recipe, mode, opt, sched, scaler, hooks, world=world, net=net)
     return loop, batches, total, start
 

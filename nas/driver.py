@@ -15,8 +15,9 @@ nas/space_table.py (its phases, their plans and trial functions); a search run:
 4. finishes (nas.finish: analysis, export of the top-k configs, the summary table).
 
 Resources (nas.resources): each trial asks for what one node can hold, never the cluster's
-sum; single-model phases (whole_node) ask for the largest node's CPUs and one GPU; one GPU per
-trial by default when there are GPUs. Before anything is written, every phase's request is
+sum; single-model phases (whole_node) ask for the largest node's CPUs and, with GPUs, the GPUs
+of its `--nproc-per-trial` training processes (default: that node's GPUs); one GPU per trial
+by default elsewhere when there are GPUs. Before anything is written, every phase's request is
 checked against the alive nodes and CUDA is probed on every GPU node (one line, exit 2). In a
 trial: no GPU given -> CUDA hidden; a GPU given where CUDA cannot start -> the trial fails
 naming the node (never trains on the CPU); CUDA out of memory -> one retry with doubled
@@ -174,14 +175,14 @@ def _unfinished(store: RunStore, phase: Phase, specs: list[DetectorSpec]) -> lis
 
 
 def _request(store: RunStore, search: dict[str, Any], step: int, spec: DetectorSpec,
-             threads: int, workers: int | None = None) -> dict[str, Any]:
+             threads: int, workers: int | None = None, processes: int = 1) -> dict[str, Any]:
     return TrialRequest(
         spec_id=spec.id, spec_yaml=spec.to_yaml(), step=step, seed=search["seed"],
         budget=search["budget"], data_root=search["data"],
         out_dir=str(store.trial_dir(step, spec.id)), recipe=search["recipe"],
         recipe_overrides={**search["recipe_overrides"], "seed": search["seed"]},
         max_iterations=search["max_iterations"],
-        num_threads=threads, workers=workers, search=search,
+        num_threads=threads, workers=workers, processes=processes, search=search,
         rungs=_rungs(search)).to_dict()
 
 
@@ -553,11 +554,11 @@ def _nodes():
     return alive_nodes(ray.nodes())
 
 
-def _check_resources(opts: SearchOptions, phases: list[Phase]) -> None:
+def _check_resources(opts: SearchOptions, search: dict[str, Any], phases: list[Phase]) -> None:
     """Every phase's trial request fits one alive node, and CUDA starts on every GPU node the
     trials would use; else one line (UserError) before anything is written or trains."""
     nodes = _nodes()
-    wanted = [_resources(opts, p.whole_node, nodes) for p in phases]
+    wanted = [_resources(opts, p.whole_node, nodes, search) for p in phases]
     if any(r.gpus > 0 for r in wanted):
         _check_cuda_on_gpu_nodes()
 
@@ -660,10 +661,23 @@ def _init_ray(opts: SearchOptions) -> bool:
     return True
 
 
-def _resources(opts: SearchOptions, whole_node: bool = False, nodes=None) -> TrialResources:
-    """One trial's request in this cluster (nas.resources: one node's worth at most)."""
-    return trial_resources(_nodes() if nodes is None else nodes, float(opts.cpus_per_trial),
-                           opts.gpus_per_trial, opts.max_concurrent, whole_node, _where(opts))
+def _resources(opts: SearchOptions, whole_node: bool = False, nodes=None,
+               search: dict[str, Any] | None = None) -> TrialResources:
+    """One trial's request in this cluster (nas.resources: one node's worth at most); a
+    whole-node phase's processes must divide its recipe's global batch (the search's
+    trial_recipe). Each process's torch threads are capped by $FACENAS_THREADS when set."""
+    parts = None
+    if whole_node and search is not None:
+        recipe = space_entry(search["space"]).trial_recipe(search)
+        parts = recipe.batch_size // max(1, recipe.grad_accumulation)
+    r = trial_resources(_nodes() if nodes is None else nodes, float(opts.cpus_per_trial),
+                        opts.gpus_per_trial, opts.max_concurrent, whole_node, _where(opts),
+                        nproc=opts.nproc_per_trial, batch_parts=parts)
+    cap = os.environ.get("FACENAS_THREADS", "").strip()
+    if cap.isdigit() and int(cap) >= 1 and r.threads > int(cap):
+        # the operator's cap (an oversubscribed machine: OpenMP threads spin-wait there)
+        r = TrialResources(r.cpus, r.gpus, r.concurrent, int(cap), r.processes)
+    return r
 
 
 def _lost_with_its_node(error: BaseException | None) -> bool:
@@ -698,8 +712,9 @@ def _fit(store: RunStore, search: dict[str, Any], opts: SearchOptions, phase: Ph
     if not todo:
         progress.close()
         return []
-    resources = _resources(opts, phase.whole_node)
-    requests = {s.id: _request(store, search, phase.step, s, resources.threads, opts.workers) for s in todo}
+    resources = _resources(opts, phase.whole_node, search=search)
+    requests = {s.id: _request(store, search, phase.step, s, resources.threads, opts.workers,
+                               resources.processes) for s in todo}
     trainable = tune.with_resources(
         tune.with_parameters(_ray_trainable, requests=requests, trial_fn=trial_fn,
                              rows=phase.rows), resources.request())
@@ -766,7 +781,7 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
         store, search = _new_run(opts)
     started = _init_ray(opts)  # a wrong --address or --gpus-per-trial still writes nothing
     try:
-        _check_resources(opts, space_entry(search["space"]).phases(search))
+        _check_resources(opts, search, space_entry(search["space"]).phases(search))
         if not opts.resume:
             if not (trial_fn or resolve_trial_fn()) and any(
                     p.reads_data for p in space_entry(search["space"]).phases(search)):

@@ -23,6 +23,7 @@ class SearchOptions:
     cpus_per_trial: float = 1.0
     workers: int | None = None  # loader processes per trial (None: recipe.workers, else CPUs)
     gpus_per_trial: float | None = None
+    nproc_per_trial: int | None = None  # single-model phases' processes (None: node's GPUs, or 1)
     max_concurrent: int | None = None
     address: str | None = None
     seed: int = 0

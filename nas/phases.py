@@ -9,7 +9,7 @@ retries, resume, analysis and export.
 
     SCRFD   step 1 (backbones) -> step 2 (whole detectors), each spec trained and tested
     BFBox   a one-trial supernet phase (rows=False, whole_node=True) -> candidate phases
-    ASFD    one search trial per seed
+    ASFD    one whole-node search trial per seed (rows=False) -> the derived detectors
 
 nas/space_table.py maps `--space` names to `SpaceEntry`s; each space's glue is one module of
 nas/spaces/ with the same shape. A space adds its own CLI options in `add_arguments` (under its
@@ -44,8 +44,10 @@ class Phase:
       must be importable in Ray workers (a module-level function);
     rows: whether each trial is one row of the results table; a phase without rows (e.g. a
       supernet's training) is finished when its trials wrote result.json;
-    whole_node: one trial takes the CPUs (and a GPU) of all concurrent trial slots, for work
-      that is one big job (supernet training) rather than many small ones;
+    whole_node: each trial takes one node's CPUs (and GPUs: --nproc-per-trial training
+      processes, DDP; nas.resources), for work that is one big model (supernet training, a
+      DARTS search) rather than many small ones; its trial function trains in
+      TrialRequest.processes processes;
     reads_data: its trials train or test on search["data"], so the driver checks the dataset
       layout before the run starts (unless a test's trial function replaces them);
     prescreen: for a phase that samples the specs it trains, the search key holding how many

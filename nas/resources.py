@@ -10,8 +10,11 @@ against the cluster's sum:
   nodes of the trials each node holds (or `--max-concurrent`);
 - a whole-node phase (one model: BFBox's supernet, ASFD's search): the CPUs of the largest
   alive node (among those with a GPU when the trial uses one), capped by what the user allowed
-  (`--cpus-per-trial` x `--max-concurrent`, when that is given), and one GPU (the trial trains
-  one model on one device); as many run at once as there are nodes that hold one.
+  (`--cpus-per-trial` x `--max-concurrent`, when that is given), and `processes` GPUs: the
+  trial trains its one model in that many local processes (DDP), one GPU each
+  (`--nproc-per-trial`; default: the GPUs of that node, lowered to the largest count that
+  divides the phase's global batch; 1 without GPUs); each process runs floor(CPUs /
+  processes) torch threads; as many run at once as there are nodes that hold one.
 
 A request no node can hold is a UserError naming the flag and the largest node, before
 anything is written or trains.
@@ -41,12 +44,14 @@ class Node:
 
 @dataclass(frozen=True)
 class TrialResources:
-    """One trial's request, how many run at once, and its torch threads."""
+    """One trial's request, how many run at once, its training processes and the torch
+    threads of each."""
 
     cpus: float
     gpus: float
     concurrent: int
     threads: int
+    processes: int = 1
 
     def request(self) -> dict[str, float]:
         """The form `tune.with_resources` takes."""
@@ -106,10 +111,15 @@ def _check_flags(nodes: list[Node], cpus_per_trial: float, gpus_per_trial: float
 
 def trial_resources(nodes: list[Node], cpus_per_trial: float, gpus_per_trial: float | None,
                     max_concurrent: int | None, whole_node: bool = False,
-                    where: str = "this machine") -> TrialResources:
+                    where: str = "this machine", nproc: int | None = None,
+                    batch_parts: int | None = None) -> TrialResources:
     """The request of one trial of a phase (see the module docstring); `where` names the
-    cluster in messages. Raises UserError for a request no single node can hold."""
+    cluster in messages. `nproc` (--nproc-per-trial; None: the default) and `batch_parts`
+    (the global batch over recipe.grad_accumulation: what the processes must divide) apply
+    to whole-node phases. Raises UserError for a request no single node can hold."""
     _check_flags(nodes, cpus_per_trial, gpus_per_trial, where)
+    if nproc is not None and nproc < 1:
+        raise UserError(f"--nproc-per-trial must be >= 1, got {nproc}")
     has_gpus = any(n.gpus > 0 for n in nodes)
     if whole_node:
         use_gpu = has_gpus if gpus_per_trial is None else gpus_per_trial > 0
@@ -118,10 +128,12 @@ def trial_resources(nodes: list[Node], cpus_per_trial: float, gpus_per_trial: fl
         cpus = node.cpus
         if max_concurrent:  # the user capped the CPUs a phase may take
             cpus = min(cpus, cpus_per_trial * max_concurrent)
-        gpus = min(1.0, node.gpus) if use_gpu else 0.0
+        processes = _processes(node, use_gpu, cpus, nproc, batch_parts, where)
+        gpus = float(processes) if use_gpu else 0.0
         fit = sum(1 for n in nodes if slots(n, cpus, gpus) >= 1)
         concurrent = min(fit, max_concurrent) if max_concurrent else fit
-        return TrialResources(cpus, gpus, max(1, concurrent), max(1, math.ceil(cpus)))
+        return TrialResources(cpus, gpus, max(1, concurrent), max(1, math.floor(cpus / processes + _EPS)),
+                              processes)
     gpus = float(gpus_per_trial) if gpus_per_trial is not None else (1.0 if has_gpus else 0.0)
     fit = sum(slots(n, cpus_per_trial, gpus) for n in nodes)
     if fit == 0:  # the CPUs fit one node, the GPUs another, both none
@@ -130,6 +142,29 @@ def trial_resources(nodes: list[Node], cpus_per_trial: float, gpus_per_trial: fl
     concurrent = max_concurrent or fit
     return TrialResources(float(cpus_per_trial), gpus, int(concurrent),
                           max(1, math.ceil(cpus_per_trial)))
+
+
+def _processes(node: Node, use_gpu: bool, cpus: float, nproc: int | None,
+               batch_parts: int | None, where: str) -> int:
+    """A whole-node trial's training processes: --nproc-per-trial, checked against the node
+    (one GPU each; on CPUs at most one per CPU the trial holds); by default the node's GPUs
+    (1 without), lowered to the largest count that divides the global batch."""
+    if nproc is None:
+        if not use_gpu:
+            return 1
+        most = max(1, int(node.gpus + _EPS))
+        return max(d for d in range(1, most + 1) if not batch_parts or batch_parts % d == 0)
+    if use_gpu and nproc > node.gpus + _EPS:
+        raise UserError(f"--nproc-per-trial {nproc}: above the GPUs of any Ray node that could "
+                        f"hold the phase (most: {node.gpus:g} on {node.name}); a single-model "
+                        "phase runs on one node, one GPU per process")
+    if not use_gpu and nproc > cpus + _EPS:
+        raise UserError(f"--nproc-per-trial {nproc}: above the {cpus:g} CPUs a single-model trial "
+                        f"holds on {where} (largest node: {node.name}); at most one process per CPU")
+    if batch_parts and batch_parts % nproc:
+        raise UserError(f"--nproc-per-trial {nproc}: the phase's global batch (recipe.batch_size / "
+                        f"grad_accumulation = {batch_parts}) does not divide into {nproc} processes")
+    return nproc
 
 
 def _sizes(nodes: list[Node]) -> str:

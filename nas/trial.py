@@ -49,6 +49,8 @@ class TrialRequest:
     max_iterations: int | None = None
     num_threads: int | None = None
     workers: int | None = None  # --workers: loader processes (None: recipe.workers, else threads)
+    processes: int = 1  # training processes of a single-model trial (--nproc-per-trial; DDP);
+    # num_threads and workers are then each process's
     split: str = "val"
     rungs: list[float] = field(default_factory=list)  # fractions of the schedule to test at
     # (nas.fidelity); [] = test once, at the end

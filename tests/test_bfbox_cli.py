@@ -42,6 +42,10 @@ LO, HI = SMOKE.gflops_range()
      ["population 5 is smaller than top-k 10"]),
     (["--supernet", "OTHER"], ["another bfbox space", "fdb"]),
     (["--supernet", "MISSING"], ["no such checkpoint"]),
+    (["--nproc-per-trial", "0"], ["--nproc-per-trial must be >= 1, got 0"]),
+    # checked against the local Ray node's CPUs, before anything is written
+    (["--nproc-per-trial", "999"], ["--nproc-per-trial 999: above the", "CPUs a single-model "
+                                    "trial holds"]),
 ])
 def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, args, words):
     from nas.cli import main
@@ -61,9 +65,16 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, arg
 @pytest.mark.slow
 def test_smoke_search_end_to_end_then_reuse_the_supernet(tmp_path, tiny_data):
     out = tmp_path / "run"
+    # the supernet trains in 2 processes (DDP, gloo) inside its one Ray trial; SyncBN: one
+    # image per process, whose 1x1 stride-128 maps BatchNorm alone could not normalise
     result = facenas("search", "--space", "bfbox", "--gflops", "2.5", "--budget", "smoke",
-                      "--data", str(tiny_data), "--out", str(out), "--max-failures", "0")
+                      "--data", str(tiny_data), "--out", str(out), "--max-failures", "0",
+                      "--nproc-per-trial", "2", "--set", "recipe.sync_bn=true")
     assert result.returncode == 0, result.stderr[-3000:]
+    import yaml
+
+    trained = list((out / "trials").glob("step0-*/supernet/config.yaml"))
+    assert len(trained) == 1 and yaml.safe_load(trained[0].read_text())["run"]["processes"] == 2
     table = pd.read_parquet(out / "trials.parquet")
     assert len(table) == 3 and table["spec_id"].nunique() == 3 and set(table["step"]) == {1}
     assert (table["status"] == "ok").all(), table["error"].tolist()

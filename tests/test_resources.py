@@ -40,19 +40,20 @@ def test_whole_node_phase_asks_one_node_never_the_sum():
     # no node has; one node's 2 CPUs now, and one such trial fits on each node
     r = trial_resources([Node(2, 0), Node(2, 0)], 1, None, None, whole_node=True)
     assert (r.cpus, r.gpus, r.concurrent, r.threads) == (2, 0.0, 2, 2)
+    # with GPUs: the node's 8, one per training process, 16 / 8 threads each
     r = trial_resources(TWO_BIG, 2, None, None, whole_node=True)
-    assert (r.cpus, r.gpus, r.concurrent, r.threads) == (16, 1.0, 2, 16)
+    assert (r.cpus, r.gpus, r.concurrent, r.threads, r.processes) == (16, 8.0, 2, 2, 8)
     # capped by what the user allowed: 4 CPUs x 2 concurrent = 8 of the node's 16
     r = trial_resources(TWO_BIG, 4, None, 2, whole_node=True)
-    assert (r.cpus, r.gpus, r.concurrent) == (8, 1.0, 2)
+    assert (r.cpus, r.gpus, r.concurrent, r.threads) == (8, 8.0, 2, 1)
     r = trial_resources(TWO_BIG, 4, 0.5, 1, whole_node=True)
-    assert (r.cpus, r.gpus, r.concurrent) == (4, 1.0, 1)  # one model: a whole GPU
+    assert (r.cpus, r.gpus, r.concurrent) == (4, 8.0, 1)  # one model: whole GPUs
 
 
 def test_whole_node_picks_the_largest_node_that_has_what_the_trial_uses():
     mixed = [Node(64, 0, "cpu-only"), Node(16, 4, "gpu")]
     r = trial_resources(mixed, 1, None, None, whole_node=True)
-    assert (r.cpus, r.gpus, r.concurrent) == (16, 1.0, 1)  # the GPU node, not the 64 CPUs
+    assert (r.cpus, r.gpus, r.concurrent) == (16, 4.0, 1)  # the GPU node, not the 64 CPUs
     r = trial_resources(mixed, 1, 0, None, whole_node=True)
     assert (r.cpus, r.gpus, r.concurrent) == (64, 0.0, 1)  # CPUs only: the largest node
     # many-trial phase: one GPU each, so only the GPU node holds trials: min(16 // 2, 4)
@@ -120,3 +121,65 @@ def test_waiting_trials_that_no_node_holds_are_said_once(monkeypatch, capsys):
     quiet.check(pending)
     quiet.check(pending)
     assert capsys.readouterr().err == ""
+
+
+def test_nproc_per_trial_of_a_whole_node_phase():
+    # explicit: N GPUs, the node's CPUs split into N processes' threads (floor(16 / 3) = 5)
+    r = trial_resources(TWO_BIG, 1, None, None, whole_node=True, nproc=3)
+    assert (r.cpus, r.gpus, r.threads, r.processes, r.concurrent) == (16, 3.0, 5, 3, 2)
+    # default: the node's 8 GPUs, lowered to the largest count dividing the global batch
+    # (BFBox's 28 images: 7 processes x 4; ASFD's 48: all 8)
+    assert trial_resources(TWO_BIG, 1, None, None, True, batch_parts=28).processes == 7
+    assert trial_resources(TWO_BIG, 1, None, None, True, batch_parts=48).processes == 8
+    # CPUs only: 1 process by default (today's), N on request, each its share of the CPUs
+    cpu = [Node(8, 0, "c")]
+    assert (trial_resources(cpu, 1, None, None, True).processes,
+            trial_resources(cpu, 1, None, None, True).threads) == (1, 8)
+    r = trial_resources(cpu, 1, None, None, True, nproc=4, batch_parts=8)
+    assert (r.cpus, r.gpus, r.threads, r.processes) == (8, 0.0, 2, 4)
+    # many-trial phases ignore it
+    assert trial_resources(TWO_BIG, 2, None, None, nproc=4).processes == 1
+
+
+@pytest.mark.parametrize("nodes, gpus, nproc, parts, message", [
+    (TWO_BIG, None, 0, None, "--nproc-per-trial must be >= 1, got 0"),
+    (TWO_BIG, None, 9, None, "--nproc-per-trial 9: above the GPUs of any Ray node that could hold "
+                             "the phase (most: 8 on a)"),
+    ([Node(2, 0, "c")], None, 3, None, "--nproc-per-trial 3: above the 2 CPUs a single-model "
+                                       "trial holds"),
+    (TWO_BIG, None, 3, 28, "--nproc-per-trial 3: the phase's global batch (recipe.batch_size / "
+                           "grad_accumulation = 28) does not divide into 3 processes"),
+])
+def test_bad_nproc_per_trial_is_one_line(nodes, gpus, nproc, parts, message):
+    with pytest.raises(UserError) as err:
+        trial_resources(nodes, 1, gpus, None, whole_node=True, nproc=nproc, batch_parts=parts)
+    assert str(err.value).startswith(message) and "\n" not in str(err.value)
+
+
+def test_driver_request_caps_threads_and_checks_the_phase_batch(monkeypatch):
+    """nas.driver._resources: $FACENAS_THREADS caps each process's threads (not the CPUs
+    asked for); the divisibility check reads the space's own recipe (bfbox smoke: batch 2)."""
+    from nas.driver import _resources
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+
+    nodes = [Node(8, 0, "c")]
+    monkeypatch.setenv("FACENAS_THREADS", "2")
+    r = _resources(SearchOptions(cpus_per_trial=1), True, nodes)
+    assert (r.cpus, r.threads, r.processes) == (8, 2, 1)
+    monkeypatch.delenv("FACENAS_THREADS")
+    assert _resources(SearchOptions(cpus_per_trial=1), True, nodes).threads == 8
+    search = resolve_config(SearchOptions(space="bfbox", budget="smoke"))
+    assert search["recipe"]["batch_size"] == 2
+    assert _resources(SearchOptions(nproc_per_trial=2), True, nodes, search).processes == 2
+    with pytest.raises(UserError, match="global batch .* = 2\\) does not divide into 4 processes"):
+        _resources(SearchOptions(nproc_per_trial=4), True, nodes, search)
+
+
+def test_asfd_search_phase_is_whole_node():
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.spaces.asfd import phases
+
+    search, derived = phases(resolve_config(SearchOptions(space="asfd", budget="smoke")))
+    assert search.whole_node and not derived.whole_node

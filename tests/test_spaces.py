@@ -83,6 +83,7 @@ def test_phased_space_runs_through_the_one_driver(tmp_path, monkeypatch):
     monkeypatch.setitem(space_table.SPACES, "toy", _entry(tmp_path))
     monkeypatch.setattr("nas.driver.finish_run", _finish)  # the space's finish, as a marker
     monkeypatch.setenv("PYTHONPATH", fakes_pythonpath())
+    monkeypatch.delenv("FACENAS_THREADS", raising=False)  # it would cap the threads below
     data = tmp_path / "data"
     data.mkdir()
     out = tmp_path / "run"

@@ -3,7 +3,7 @@ computation-redistribution search by default.
 
     facenas search --space scrfd --gflops 2.5 [--budget smoke|quick|paper] [--num-samples N]
                    [--data ROOT] [--out RUN_DIR] [--cpus-per-trial C] [--workers W] [--gpus-per-trial G]
-                   [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
+                   [--nproc-per-trial N] [--max-concurrent K] [--address RAY_ADDRESS] [--seed S] [--steps 1|2|both]
                    [--max-failures F] [--top K] [--scheduler fifo|asha] [--grace G]
                    [--reduction-factor RF] [--keep-checkpoints N|all] [--preset FILE]
                    [--set KEY=VALUE ...] [--no-flops-band]
@@ -68,6 +68,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--gpus-per-trial", type=float, default=None,
                         help="GPUs per trial (default: 1 when the cluster has GPUs, else 0; "
                              "0.5 packs two trials on a GPU)")
+    parser.add_argument("--nproc-per-trial", type=int, default=None, dest="nproc_per_trial",
+                        help="training processes of a single-model phase's trial (BFBox supernet, "
+                             "ASFD search; DDP, one GPU each; default: the GPUs of the node that "
+                             "runs it, lowered to divide the global batch; 1 without GPUs)")
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="concurrent trials (default: the trials the nodes hold, node by "
                              "node)")
@@ -118,7 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _COMMON = {"space", "gflops", "budget", "num_samples", "data", "out", "cpus_per_trial", "workers",
-           "gpus_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
+           "gpus_per_trial", "nproc_per_trial", "max_concurrent", "address", "seed", "steps", "max_failures", "top",
            "resume", "verbose", "keep_checkpoints", "scheduler", "grace", "reduction_factor", "rung_metric", "latency_ms",
            "latency_table", "latency_tolerance", "latency_runtime", "latency_device",
            "preset", "overrides", "no_flops_band", "prescreen", "prescreen_keep"}
@@ -131,6 +135,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.workers is not None and args.workers < 0:
         raise UserError(f"--workers must be >= 0 (0: load in the trial's process), not {args.workers}")
+    if args.nproc_per_trial is not None and args.nproc_per_trial < 1:
+        raise UserError(f"--nproc-per-trial must be >= 1, got {args.nproc_per_trial}")
     opts = SearchOptions(
         space=args.space, gflops=args.gflops, preset=args.preset, overrides=list(args.overrides),
         gflops_band=not args.no_flops_band and (args.gflops is not None or args.latency_ms is None),
@@ -138,7 +144,8 @@ def run(args: argparse.Namespace) -> int:
         latency_tolerance=args.latency_tolerance, latency_runtime=args.latency_runtime,
         latency_device=args.latency_device, budget=args.budget, num_samples=args.num_samples,
         data=args.data, out=args.out, cpus_per_trial=args.cpus_per_trial, workers=args.workers,
-        gpus_per_trial=args.gpus_per_trial, max_concurrent=args.max_concurrent,
+        gpus_per_trial=args.gpus_per_trial, nproc_per_trial=args.nproc_per_trial,
+        max_concurrent=args.max_concurrent,
         address=args.address, seed=args.seed, steps=args.steps, max_failures=args.max_failures,
         resume=args.resume, top_k=args.top, verbose=args.verbose, scheduler=args.scheduler,
         grace=args.grace, reduction_factor=args.reduction_factor, rung_metric=args.rung_metric,

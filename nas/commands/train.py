@@ -164,9 +164,6 @@ def _launch(args: argparse.Namespace, config, root: Path, out: Path, options: di
     try:
         results = distributed.launch(args.nproc, port, worker, config, root, out, options)
     except ChildFailedError as err:
-        # a killed rank first: the others then fail on the broken collective, sometimes first
-        rank, failure = min(err.failures.items(), key=lambda kv: (kv[1].exitcode >= 0, kv[0]))
-        cause = f"signal {failure.signal_name()}" if failure.exitcode < 0 else f"exit code {failure.exitcode}"
-        return {"status": "failed", "message": f"training process of rank {rank} failed ({cause}); "
+        return {"status": "failed", "message": f"training process of {distributed.failure_line(err)}; "
                 f"the others were stopped; continue with --resume --out {out}"}
     return results[0]

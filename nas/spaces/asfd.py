@@ -1,9 +1,11 @@
 """ASFD's glue: its preset (experiments/search/asfd.yaml), the AutoFEM search as driver
 phases, its trials.
 
-    step 1  search   one trial per seed (rows=False): the bilevel search of that seed, which
-                     derives a discrete AutoFEM (`search_trial`, writing
-                     trials/step1-<id>/derived_spec.yaml); the seeds run in parallel
+    step 1  search   one whole-node trial per seed (rows=False): the bilevel search of that
+                     seed, which derives a discrete AutoFEM (`search_trial`, writing
+                     trials/step1-<id>/derived_spec.yaml); each seed takes one node's
+                     CPUs (and GPUs: `--nproc-per-trial` training processes, DDP), so the
+                     seeds run one per node at a time
     step 2  derived  one trial per seed's derived detector: trained and tested with the
                      preset's recipe (nas.trial.run_trial), one results row each (with the
                      search seed as the extra column `search_seed`)
@@ -196,9 +198,10 @@ def check(cfg: dict[str, Any]) -> None:
 def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str | Path, *,
              base: DetectorSpec | None = None, resume: bool = False,
              num_threads: int | None = None, progress: bool = False,
-             workers: int | None = None) -> DetectorSpec:
-    """One bilevel search with `seed` (recipe, Gumbel sampling, data split); returns the
-    derived spec (also written to out_dir/derived_spec.yaml)."""
+             workers: int | None = None, processes: int = 1) -> DetectorSpec:
+    """One bilevel search with `seed` (recipe, Gumbel sampling, data split), trained in
+    `processes` local processes; returns the derived spec (also written to
+    out_dir/derived_spec.yaml)."""
     from nas.strategies.darts import DartsSettings, run_search
     from nas.trial import trial_config
     from search_spaces.asfd.supernet import SupernetConfig
@@ -212,7 +215,7 @@ def run_seed(cfg: dict[str, Any], seed: int, data_root: str | Path, out_dir: str
     settings = DartsSettings(**{**(cfg.get("darts") or {}), "seed": seed})
     return run_search(config, data_root, out / "search", supernet, settings, resume=resume,
                       num_threads=num_threads, progress=progress, derived=out / DERIVED,
-                      workers=workers)
+                      workers=workers, processes=processes)
 
 
 def search_trial(request: "TrialRequest", report: Callable | None = None) -> dict[str, Any]:
@@ -226,7 +229,8 @@ def search_trial(request: "TrialRequest", report: Callable | None = None) -> dic
         out = Path(request.out_dir)
         spec = run_seed(request.search, seed_of(base), request.data_root, out, base=base,
                         resume=(out / "search" / CHECKPOINT).is_file(),
-                        num_threads=request.num_threads, workers=request.workers)
+                        num_threads=request.num_threads, workers=request.workers,
+                        processes=request.processes)
         return {"derived_spec_id": spec.id}
 
     return run_job(request, search)
@@ -259,7 +263,9 @@ def _plan_derived(store: RunStore, search: dict[str, Any]) -> list[DetectorSpec]
 
 
 def phases(search: dict[str, Any]) -> list[Phase]:
-    return [Phase(step=1, label="search", plan=_plan_search, trial_fn=search_trial, rows=False),
+    # one model per trial: a node's resources (issue 23), on its GPUs with --nproc-per-trial
+    return [Phase(step=1, label="search", plan=_plan_search, trial_fn=search_trial, rows=False,
+                  whole_node=True),
             Phase(step=2, label="derived", plan=_plan_derived, trial_fn=derived_trial)]
 
 

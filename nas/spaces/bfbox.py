@@ -5,7 +5,7 @@
                    [--fpn-attention on|off] [--budget smoke|quick|paper] ...
 
 Phases: step 0 trains the supernet (one whole-node trial, no results row; absent with
---supernet), steps 1..G evaluate the candidate generations (random search: one). A candidate
+--supernet; `--nproc-per-trial N`: N training processes, DDP), steps 1..G evaluate the candidate generations (random search: one). A candidate
 trial reads the supernet checkpoint of step 0 (or --supernet), inherits its path's weights,
 recalibrates BN and tests on the fixed subsets (nas.strategies.candidates); its row carries the
 path's analytic cost. The finish exports the top-k paths as retraining configs.
@@ -171,8 +171,9 @@ def planner(search: dict[str, Any]) -> "RandomSearch | Evolution":
 
 def run_supernet(search: dict[str, Any], out_dir: str | os.PathLike, data_root: str | os.PathLike,
                  *, num_threads: int | None = None, max_iterations: int | None = None,
-                 workers: int | None = None) -> Path:
-    """Phase 0: the supernet checkpoint (the given --supernet, or trained / resumed here)."""
+                 workers: int | None = None, processes: int = 1) -> Path:
+    """Phase 0: the supernet checkpoint (the given --supernet, or trained / resumed here, in
+    `processes` local processes: --nproc-per-trial)."""
     from detectors.config import recipe_from_dict
     from detectors.train import CHECKPOINT
     from nas.strategies.spos import train_supernet
@@ -182,7 +183,8 @@ def run_supernet(search: dict[str, Any], out_dir: str | os.PathLike, data_root: 
     out_dir = Path(out_dir)
     result = train_supernet(space_of(search), recipe_from_dict(search["recipe"]), data_root,
                             out_dir, seed=search["seed"], resume=(out_dir / CHECKPOINT).is_file(),
-                            num_threads=num_threads, max_iterations=max_iterations, workers=workers)
+                            num_threads=num_threads, max_iterations=max_iterations, workers=workers,
+                            processes=processes)
     if result.checkpoint is None:
         raise RuntimeError(f"supernet training wrote no checkpoint ({result.message})")
     return result.checkpoint
@@ -238,12 +240,13 @@ def supernet_checkpoint(search: dict[str, Any], run_dir: Path) -> Path:
 
 
 def supernet_trial(request: "TrialRequest") -> dict[str, Any]:
-    """Phase 0's one trial: train (or resume) the supernet into <trial dir>/supernet."""
+    """Phase 0's one trial: train (or resume) the supernet into <trial dir>/supernet, in
+    request.processes local processes (DDP)."""
     from nas.trial import run_job
 
     return run_job(request, lambda: {"checkpoint": str(run_supernet(
         request.search, Path(request.out_dir) / "supernet", request.data_root,
-        num_threads=request.num_threads, workers=request.workers))})
+        num_threads=request.num_threads, workers=request.workers, processes=request.processes))})
 
 
 def candidate_trial(request: "TrialRequest") -> dict[str, Any]:

@@ -15,6 +15,15 @@ Adam's state, the Gumbel sampler's generator, the held-out stream's position (it
 depends only on (seed + 1, k)), and the architecture history's length. The history,
 RUN/architecture.jsonl, gets one line per architecture step (softmax weights of every
 choice, search_spaces.asfd.supernet.architecture); `plot_history` draws it (architecture.png).
+
+Distributed (`processes` > 1: N local processes, DDP, through detectors.distributed.run_local):
+the weight step is the trainer's (each rank a shard of the global batch, DDP averages); the
+architecture step takes each rank's shard of the held-out global batch through the same DDP
+forward, so the alphas' gradient is averaged over the ranks and every rank's Adam takes the
+same step; the Gumbel draws come from a generator seeded alike on every rank (one stream,
+drawn in the same order); the ranks agree on a non-finite architecture loss (its mean over
+the ranks) and rank 0 alone writes the history. The hooks' state is thus the same on every
+rank, and rank 0's checkpoint resumes the search exactly with any N.
 """
 
 from __future__ import annotations
@@ -30,9 +39,10 @@ import torch
 
 from detectors.config import TrainConfig, schedule_in_iterations
 from detectors.data.widerface import load_split
+from detectors.distributed import env_world, run_local
 from detectors.errors import UserError
 from detectors.spec import DetectorSpec
-from detectors.train import CHECKPOINT, TrainHooks, _write_text, train
+from detectors.train import CHECKPOINT, TrainHooks, TrainingDiverged, TrainResult, _write_text, train
 from search_spaces.asfd.supernet import (SupernetConfig, architecture, arch_parameters, build_supernet,
                                 derive_from_checkpoint, supernet_identity, weight_parameters)
 
@@ -72,6 +82,9 @@ class DartsSettings:
 class DartsHooks(TrainHooks):
     """The bilevel search as trainer hooks (module docstring)."""
 
+    distributed = True  # same Gumbel draws on every rank, alpha gradients averaged (module doc)
+    dynamic_graph = True  # a hard Gumbel draw runs one input edge per node
+
     def __init__(self, base: DetectorSpec, supernet: SupernetConfig, settings: DartsSettings,
                  heldout_root: Path, out_dir: Path, total_iterations: int) -> None:
         self.base, self.supernet, self.settings = base, supernet, settings
@@ -98,28 +111,37 @@ class DartsHooks(TrainHooks):
     def before_step(self, iteration: int, model: torch.nn.Module) -> None:
         model.neck.set_temperature(self.settings.temperature(iteration, self.total))
 
-    def _heldout_batch(self, recipe) -> dict:
+    def _heldout_batch(self, loop) -> dict:
+        """This rank's shard of held-out batch `arch_steps` (the whole batch in one process)."""
         if self._stream is None:
             from detectors.batches import SeededBatches
+            from detectors.distributed import shard
 
-            held = dataclasses.replace(recipe, seed=recipe.seed + 1, workers=0)
-            self._stream = SeededBatches(self.heldout_root, held).iterate(self.arch_steps)
+            held = dataclasses.replace(loop.recipe, seed=loop.recipe.seed + 1, workers=0)
+            self._stream = SeededBatches(self.heldout_root, held, shard(held.batch_size, loop.world)
+                                         ).iterate(self.arch_steps)
         return next(self._stream)
 
     def after_step(self, iteration: int, loop) -> dict[str, float]:
+        from detectors.distributed import reduce_mean
+
         self.iteration = iteration + 1
         tau = self.settings.temperature(iteration, self.total)
         if iteration < self.warmup:
             return {"tau": tau}
-        batch = self._heldout_batch(loop.recipe)
+        batch = self._heldout_batch(loop)
         self.adam.zero_grad(set_to_none=True)
-        parts, _ = loop.loss(batch)
-        value = float(parts["total"].detach())
+        parts, _ = loop.loss(batch)  # through DDP when distributed: backward averages the grads
+        # the global batch's loss (mean over ranks), so every rank takes the same decision
+        value = float(reduce_mean(parts["total"].detach(), loop.world))
         self.arch_steps += 1
+        # backward even when non-finite: every DDP forward needs its backward on every rank;
+        # the weights' gradients are cleared before the next SGD step
+        parts["total"].backward()
         if math.isfinite(value):  # a non-finite architecture loss leaves alpha untouched
-            parts["total"].backward()
             self.adam.step()
-        self._append_history(tau, value)
+        if loop.world.main:
+            self._append_history(tau, value)
         return {"tau": tau, "arch_loss": value}
 
     def _append_history(self, tau: float, loss: float) -> None:
@@ -143,7 +165,7 @@ class DartsHooks(TrainHooks):
         self.generator.set_state(state["generator"])
         self.arch_steps, self.iteration = int(state["arch_steps"]), int(state["iteration"])
         path = self.out_dir / HISTORY
-        if path.exists():  # drop history past the checkpoint: it will be recomputed
+        if path.exists() and env_world().main:  # drop history past the checkpoint: it will be recomputed
             rows = [l for l in path.read_text().splitlines()
                     if l.strip() and json.loads(l)["arch_step"] <= self.arch_steps]
             _write_text(path, "".join(r + "\n" for r in rows))
@@ -160,21 +182,25 @@ def run_search(config: TrainConfig, data_root: str | Path, out_dir: str | Path,
                supernet: SupernetConfig, settings: DartsSettings, *, resume: bool = False,
                progress: bool = False, num_threads: int | None = None,
                max_iterations: int | None = None, derived: Path | None = None,
-               workers: int | None = None) -> DetectorSpec:
+               workers: int | None = None, processes: int = 1) -> DetectorSpec:
     """Search, derive and write the derived spec (default RUN/derived_spec.yaml) and the
     history plot; returns the spec. config.spec is the base spec (backbone, head, anchors,
-    neck channels and levels)."""
+    neck channels and levels). `processes` > 1: the search trains in that many local
+    processes (DDP; num_threads each), the split and the derivation stay here."""
     from nas.strategies.heldout import split_train
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     weights_root, heldout_root = split_train(data_root, out / "data", settings.seed)
     total = _total_iterations(config, weights_root)
-    hooks = DartsHooks(config.spec, supernet, settings, heldout_root, out, total)
     if not resume and not (out / CHECKPOINT).exists():
         (out / HISTORY).unlink(missing_ok=True)  # a fresh start keeps no earlier history
-    train(config, weights_root, out, resume=resume, progress=progress, hooks=hooks,
-          num_threads=num_threads, max_iterations=max_iterations, workers=workers)
+    options = dict(resume=resume, progress=progress, num_threads=num_threads,
+                   max_iterations=max_iterations, workers=workers)
+    result = run_local(processes, _search_rank, config, str(weights_root), str(heldout_root),
+                       str(out), supernet, settings, total, options)
+    if result.status == "diverged":
+        raise TrainingDiverged(result)
     spec = derive_from_checkpoint(out / CHECKPOINT, name=f"{config.spec.name}-autofem")
     derived = Path(derived) if derived is not None else out / DERIVED
     derived.parent.mkdir(parents=True, exist_ok=True)
@@ -182,6 +208,18 @@ def run_search(config: TrainConfig, data_root: str | Path, out_dir: str | Path,
     if (out / HISTORY).exists():
         plot_history(out / HISTORY, out / PLOT)
     return spec
+
+
+def _search_rank(config: TrainConfig, weights_root: str, heldout_root: str, out: str,
+                 supernet: SupernetConfig, settings: DartsSettings, total: int,
+                 options: dict[str, Any]) -> TrainResult | None:
+    """One process's share of the search (alone or one rank); rank 0's result, None elsewhere."""
+    hooks = DartsHooks(config.spec, supernet, settings, Path(heldout_root), Path(out), total)
+    try:
+        result = train(config, weights_root, out, hooks=hooks, **options)
+    except TrainingDiverged as err:  # every rank agrees on it; rank 0 reports it
+        result = err.result
+    return result if env_world().main else None
 
 
 def plot_history(history: Path, png: Path) -> Path:

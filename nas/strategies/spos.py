@@ -9,6 +9,11 @@ depends on nothing else, so a run resumed from any checkpoint draws exactly the 
 uninterrupted run (the hooks' state is therefore just that seed, checked on resume through
 `identity`). Only the sampled path's parameters get gradients; SGD skips the others.
 
+Distributed (DDP, `processes` > 1: N local processes through detectors.distributed.run_local),
+every rank draws the same path, since the draw depends on (seed, i) only; DDP searches for the
+parameters off the path (`dynamic_graph`), and those keep no gradient on any rank, so SGD
+skips them as in one process. N processes x B/N images give the step of 1 x B.
+
 `load_supernet(path, space)` reads a trained supernet back and refuses one trained for another
 space (UserError, one line).
 """
@@ -23,8 +28,9 @@ import numpy as np
 import torch
 
 from detectors.config import Recipe, TrainConfig
+from detectors.distributed import env_world, run_local
 from detectors.errors import UserError
-from detectors.train import TrainHooks, TrainResult, train
+from detectors.train import TrainHooks, TrainingDiverged, TrainResult, train
 from search_spaces.bfbox.space import BFBoxPath, BFBoxSpace
 from search_spaces.bfbox.supernet import BFBoxSupernet, build_supernet
 
@@ -40,6 +46,9 @@ def path_of_iteration(space: BFBoxSpace, seed: int, iteration: int) -> BFBoxPath
 
 class SPOSHooks(TrainHooks):
     """Trains a BFBoxSupernet with one uniformly sampled path per iteration (Eq. 1)."""
+
+    distributed = True  # the path of iteration i is the same on every rank
+    dynamic_graph = True  # one path of the supernet runs per step
 
     def __init__(self, space: BFBoxSpace, seed: int = 0) -> None:
         self.space, self.seed = space, int(seed)
@@ -75,11 +84,28 @@ def supernet_config(space: BFBoxSpace, recipe: Recipe) -> TrainConfig:
 def train_supernet(space: BFBoxSpace, recipe: Recipe, data_root: str | os.PathLike,
                    out_dir: str | os.PathLike, *, seed: int = 0, resume: bool = False,
                    max_iterations: int | None = None, num_threads: int | None = None,
-                   progress: bool = False, fp32: bool = False, workers: int | None = None) -> TrainResult:
-    """Train the space's supernet with the recipe (checkpointed, exactly resumable)."""
-    return train(supernet_config(space, recipe), data_root, out_dir, resume=resume,
-                 max_iterations=max_iterations, num_threads=num_threads, progress=progress,
-                 fp32=fp32, hooks=SPOSHooks(space, seed), workers=workers)
+                   progress: bool = False, fp32: bool = False, workers: int | None = None,
+                   processes: int = 1) -> TrainResult:
+    """Train the space's supernet with the recipe (checkpointed, exactly resumable), in one
+    process or in `processes` local ones (DDP; num_threads is then each one's threads)."""
+    options = dict(resume=resume, max_iterations=max_iterations, num_threads=num_threads,
+                   progress=progress, fp32=fp32, workers=workers)
+    result = run_local(processes, _train_rank, space, recipe, str(data_root), str(out_dir), seed,
+                       options)
+    if result.status == "diverged":
+        raise TrainingDiverged(result)
+    return result
+
+
+def _train_rank(space: BFBoxSpace, recipe: Recipe, data_root: str, out_dir: str, seed: int,
+                options: dict[str, Any]) -> TrainResult | None:
+    """One process's training (alone or one rank); rank 0's result, None elsewhere."""
+    try:
+        result = train(supernet_config(space, recipe), data_root, out_dir,
+                       hooks=SPOSHooks(space, seed), **options)
+    except TrainingDiverged as err:  # every rank agrees on it; rank 0 reports it
+        result = err.result
+    return result if env_world().main else None
 
 
 def load_supernet(path: str | os.PathLike, space: BFBoxSpace) -> BFBoxSupernet:
