@@ -25,6 +25,7 @@ import os
 import socket
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -264,21 +265,70 @@ def _main_not_reimported():
             setattr(main, k, v)
 
 
+def _rank_entry(report_dir: str, fn: Callable[..., Any], *args: Any) -> Any:
+    """A run_local rank: fn(*args); a UserError or a CUDA out-of-memory error is written to
+    `report_dir`/rank<R>.json (kind and one line) before the rank exits with it, so the
+    parent can raise the same kind of error with the same line (the driver retries an
+    out-of-memory trial; a bad-input line stays one line)."""
+    import json
+
+    import torch
+
+    try:
+        return fn(*args)
+    except (UserError, torch.cuda.OutOfMemoryError) as err:
+        kind = "oom" if isinstance(err, torch.cuda.OutOfMemoryError) else "user"
+        line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        rank = os.environ.get("RANK", "0")
+        (Path(report_dir) / f"rank{rank}.json").write_text(json.dumps({"kind": kind, "line": line}))
+        raise
+
+
+def _reported(report_dir: Path, nproc: int) -> Exception | None:
+    """The error a rank wrote (_rank_entry), as the parent's exception; an out-of-memory
+    first (what the others then failed on is noise), else the lowest rank's."""
+    import json
+
+    import torch
+
+    found = []
+    for path in sorted(report_dir.glob("rank*.json")):
+        try:
+            found.append(json.loads(path.read_text()))
+        except (OSError, ValueError):
+            continue
+    for item in sorted(found, key=lambda d: d.get("kind") != "oom"):
+        prefix = f"{nproc}-process training: "
+        if item.get("kind") == "oom":
+            return torch.cuda.OutOfMemoryError(prefix + "CUDA out of memory: " + item.get("line", ""))
+        return UserError(item.get("line", "a rank failed"))
+    return None
+
+
 def run_local(nproc: int, fn: Callable[..., Any], *args: Any, start_method: str = "spawn") -> Any:
     """fn(*args) as one job of `nproc` local processes (launch, on a free port), returning
     rank 0's value; with nproc 1, fn(*args) in this process (no process group). What a search
     trial runs for a single-model phase on N GPUs (or N x C/N CPUs): the same worker code
-    `facenas train --nproc` starts. A process that dies or raises stops the others and
-    raises RanksFailed in one line (the workers' tracebacks are on their stderr)."""
+    `facenas train --nproc` starts. A rank's UserError is raised here with its own line, and a
+    rank's CUDA out-of-memory error as torch.cuda.OutOfMemoryError (so a trial's out-of-memory
+    retry sees it); a process that dies or raises otherwise stops the others and raises
+    RanksFailed in one line (the workers' tracebacks are on their stderr)."""
     if nproc < 1:
         raise UserError(f"processes must be >= 1, not {nproc}")
     if nproc == 1:
         return fn(*args)
+    import tempfile
+
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    try:
-        with _main_not_reimported():
-            return launch(nproc, free_port(), fn, *args, start_method=start_method)[0]
-    except ChildFailedError as err:
-        raise RanksFailed(f"{nproc}-process training: {failure_line(err)}; the others were "
-                          "stopped") from None
+    with tempfile.TemporaryDirectory(prefix="facenas-ranks-") as report_dir:
+        try:
+            with _main_not_reimported():
+                return launch(nproc, free_port(), _rank_entry, report_dir, fn, *args,
+                              start_method=start_method)[0]
+        except ChildFailedError as err:
+            reported = _reported(Path(report_dir), nproc)
+            if reported is not None:
+                raise reported from None
+            raise RanksFailed(f"{nproc}-process training: {failure_line(err)}; the others were "
+                              "stopped") from None

@@ -167,3 +167,26 @@ def _fail_on_rank_1() -> int:
     if distributed.env_world().rank == 1:
         raise SystemExit(1)
     return 0
+
+
+def _raise_on_rank_1(kind: str) -> int:
+    if distributed.env_world().rank == 1:
+        if kind == "oom":  # what torch raises when a CUDA allocation fails
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        raise UserError("recipe.batch_size 6 (the global batch) does not divide into 2 process(es) "
+                        "x recipe.grad_accumulation 2")
+    return 0
+
+
+def test_a_rank_s_bad_input_and_out_of_memory_come_back_as_such():
+    """A rank's UserError is the job's one line (not 'rank 1 failed (exit code 1)'), and its
+    CUDA out-of-memory error an OutOfMemoryError in the trial's process, which the driver's
+    out-of-memory retry recognises (nas.trial.is_cuda_oom)."""
+    from nas.trial import is_cuda_oom
+
+    with pytest.raises(UserError, match=r"^recipe.batch_size 6 \(the global batch\) does not divide"):
+        distributed.run_local(2, _raise_on_rank_1, "user", start_method="fork")
+    with pytest.raises(torch.cuda.OutOfMemoryError, match="^2-process training: CUDA out of memory: "
+                                                          "CUDA out of memory. Tried") as caught:
+        distributed.run_local(2, _raise_on_rank_1, "oom", start_method="fork")
+    assert is_cuda_oom(caught.value)
