@@ -25,7 +25,7 @@ from nas.presets import budget_section, check_preset_kinds, default_data, load_p
 from nas.phases import SpaceEntry
 from nas.space_table import check_prescreen, check_scheduler, space_entry
 
-__all__ = ["resolve_config", "resolve_search", "target_gflops", "RECIPE_KEYS"]
+__all__ = ["resolve_config", "resolve_search", "target_gflops", "RECIPE_KEYS", "absolute_pretrained"]
 
 # partial recipe mappings of a resolved config: --set may add any recipe key under them (the
 # recipe parser then names a wrong one)
@@ -136,7 +136,28 @@ def resolve_config(opts: SearchOptions) -> dict[str, Any]:
         check_batch(prescreen["proxy"], entry.trial_recipe(search).batch_size)
     if opts.overrides:
         search["overrides"] = list(opts.overrides)
+    absolute_pretrained(search)
     return search
+
+
+def absolute_pretrained(search: dict[str, Any]) -> None:
+    """Every `pretrained.backbone` of the search's recipes made absolute, in place. A relative
+    path means the directory `facenas search` runs in, as it does for `facenas train`; trials
+    run in Ray workers whose working directory is elsewhere (Tune's trial directory, another
+    node), so the driver resolves it here, and a missing file is one line now instead of a
+    failed trial later. On a cluster the file must be at that path on every node."""
+    for key in RECIPE_KEYS:
+        recipe = search.get(key)
+        pretrained = recipe.get("pretrained") if isinstance(recipe, dict) else None
+        backbone = pretrained.get("backbone") if isinstance(pretrained, dict) else None
+        if not backbone or not isinstance(backbone, str):
+            continue
+        path = Path(backbone).expanduser()
+        path = path if path.is_absolute() else (Path.cwd() / path).resolve()
+        if not path.is_file():
+            raise UserError(f"{key}.pretrained.backbone: {backbone} does not exist (a relative path "
+                            f"is read from the directory facenas search runs in, {Path.cwd()})")
+        pretrained["backbone"] = str(path)
 
 
 @contextlib.contextmanager

@@ -196,3 +196,23 @@ def test_recipe_key_round_trips_and_is_omitted_at_default():
     assert "pretrained" not in recipe_from_dict({}).to_dict()  # older recipes/checkpoints stay equal
     with pytest.raises(UserError, match="recipe.pretrained.backbone must be a string"):
         recipe_from_dict({"pretrained": {"backbone": 3}})
+
+
+@pytest.mark.parametrize("space", ["asfd", "scrfd"])
+def test_a_search_reads_a_relative_backbone_file_from_where_it_runs(tmp_path, monkeypatch, space):
+    """Trials run in Ray workers in another directory: the driver makes a relative
+    recipe.pretrained.backbone absolute against its own working directory (as facenas train
+    reads it), and a missing file is one line before anything runs."""
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+
+    (tmp_path / "weights").mkdir()
+    (tmp_path / "weights" / "backbone.pth").write_bytes(b"")  # only its path matters here
+    monkeypatch.chdir(tmp_path)
+    search = resolve_config(SearchOptions(space=space, budget="smoke",
+                                          overrides=["recipe.pretrained.backbone=weights/backbone.pth"]))
+    assert search["recipe"]["pretrained"]["backbone"] == str(tmp_path / "weights" / "backbone.pth")
+    with pytest.raises(UserError, match=r"recipe.pretrained.backbone: weights/missing.pth does not "
+                                        r"exist \(a relative path is read from the directory"):
+        resolve_config(SearchOptions(space=space, budget="smoke",
+                                     overrides=["recipe.pretrained.backbone=weights/missing.pth"]))
