@@ -115,8 +115,11 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
             "sample_seed": int(args.sample_seed), "budget": "paper", "overrides": overrides}
 
 
-def sample(setting: dict[str, Any]) -> tuple[dict[str, Any], list]:
-    """(search config at budget paper with the overrides, the sampled step-1 specs)."""
+def sample(setting: dict[str, Any], results: Path | None = None) -> tuple[dict[str, Any], list]:
+    """(search config at budget paper with the overrides, the truth's step-1 specs): the specs
+    recorded in `results`/ranking_truth_specs.yaml once a first run wrote them (recorded_specs),
+    else sampled now. A later change to the sampler or the cost model would draw other specs
+    from the same settings, and the truth must stay one set of specs across sessions."""
     from nas.options import SearchOptions
     from nas.search_config import resolve_config
     from nas.spaces.scrfd import build_space
@@ -126,9 +129,31 @@ def sample(setting: dict[str, Any]) -> tuple[dict[str, Any], list]:
                                           num_samples=setting["specs"], seed=setting["sample_seed"],
                                           steps="1", max_failures=0))
     search["recipe_overrides"] = dict(setting["overrides"])
-    specs = build_space(search).sample(setting["specs"], seed=sample_seed(setting["sample_seed"], 1),
-                                       step=1)
+    specs = recorded_specs(results) if results is not None else None
+    if specs is None:
+        specs = build_space(search).sample(setting["specs"], seed=sample_seed(setting["sample_seed"], 1),
+                                           step=1)
     return search, specs
+
+
+def recorded_specs(results: Path) -> list | None:
+    """The specs of `results`/ranking_truth_specs.yaml (None before a first run). Each must
+    still hash to its recorded spec_id (run directories and CSV rows are keyed by it)."""
+    import yaml
+
+    from detectors.spec import DetectorSpec
+
+    path = Path(results) / SPECS_YAML
+    if not path.is_file():
+        return None
+    specs = []
+    for item in yaml.safe_load(path.read_text()) or []:
+        spec = DetectorSpec.from_dict(item["spec"])
+        if spec.id != item["spec_id"]:
+            raise SystemExit(f"{path}: spec {item['spec_id']} now hashes to {spec.id} (the spec "
+                             "format changed); its runs and rows cannot be matched")
+        specs.append(spec)
+    return specs
 
 
 def truth_recipe(search: dict[str, Any], seed: int = 0):
@@ -341,7 +366,7 @@ def _requests(search: dict[str, Any], specs: list, seeds: list[int], out: Path, 
 
 def run_truth(args: argparse.Namespace) -> int:
     setting = settings(args)
-    search, specs = sample(setting)
+    search, specs = sample(setting, Path(args.results))
     results, out = Path(args.results), Path(args.out)
     recipe = truth_recipe(search)
     if recipe.schedule.unit != "iterations":
@@ -394,7 +419,7 @@ def run_probe(args: argparse.Namespace) -> int:
     import tempfile
 
     setting = settings(args)
-    search, specs = sample(setting)
+    search, specs = sample(setting, Path(args.results))
     results = Path(args.results)
     record_setup(results, setting, search, specs, _versions())
     recipe = truth_recipe(search)
@@ -437,7 +462,7 @@ def run_proxies(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     setting = settings(args)
-    search, specs = sample(setting)  # the truth's specs (the recorded settings must match)
+    search, specs = sample(setting, Path(args.results))  # the truth's specs (the recorded settings must match)
     results = Path(args.results)
     record_setup(results, setting, search, specs, _versions())
     recipe = truth_recipe(search)

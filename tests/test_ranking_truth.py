@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -84,3 +85,27 @@ def test_committed_rows_survive_a_fresh_runs_directory(tmp_path, ranking_truth):
     assert ranking_truth.collect(tmp_path / "out", specs, [0, 1]) == [new]  # without results/
     curves = ranking_truth.collect_curves(tmp_path / "out", specs, [0, 1], tmp_path)
     assert curves == [point]
+
+
+def test_the_recorded_specs_are_the_truth_across_code_changes(tmp_path, ranking_truth):
+    """Once ranking_truth_specs.yaml is written, later runs train those specs, not a fresh
+    sample: a change to the sampler or the cost model between sessions (session 8's FLOPs
+    convention changed the sample under the same settings) must not swap the truth's specs.
+    The recorded file here holds a spec no 0.5 GF sample would draw (the published 2.5 GF
+    model); a spec that no longer hashes to its recorded id is refused."""
+    import yaml
+
+    from detectors.spec import DetectorSpec
+
+    setting = {"gflops": 0.5, "specs": 1, "seeds": [0], "sample_seed": 0, "budget": "paper",
+               "overrides": {"train_size": 128}}
+    _, fresh = ranking_truth.sample(setting, tmp_path)  # nothing recorded yet: a sample
+    recorded = DetectorSpec.from_yaml(Path(__file__).resolve().parents[1] / "experiments" / "models" / "scrfd_2.5g.yaml")
+    assert [s.id for s in fresh] != [recorded.id]
+    path = tmp_path / ranking_truth.SPECS_YAML
+    path.write_text(yaml.safe_dump([{"spec_id": recorded.id, "spec": recorded.to_dict()}]))
+    _, specs = ranking_truth.sample(setting, tmp_path)
+    assert [s.id for s in specs] == [recorded.id]
+    path.write_text(yaml.safe_dump([{"spec_id": "0123456789ab", "spec": recorded.to_dict()}]))
+    with pytest.raises(SystemExit, match="spec 0123456789ab now hashes to"):
+        ranking_truth.sample(setting, tmp_path)
