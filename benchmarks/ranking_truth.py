@@ -118,8 +118,10 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
 def sample(setting: dict[str, Any], results: Path | None = None) -> tuple[dict[str, Any], list]:
     """(search config at budget paper with the overrides, the truth's step-1 specs): the specs
     recorded in `results`/ranking_truth_specs.yaml once a first run wrote them (recorded_specs),
-    else sampled now. A later change to the sampler or the cost model would draw other specs
-    from the same settings, and the truth must stay one set of specs across sessions."""
+    else sampled now, and the recipe recorded in ranking_truth_recipe.yaml, else the preset's.
+    A later change to the sampler, the cost model or a recipe default would otherwise give
+    other specs or another recipe for the same settings, and the truth must stay one set of
+    runs across sessions."""
     from nas.options import SearchOptions
     from nas.search_config import resolve_config
     from nas.spaces.scrfd import build_space
@@ -129,11 +131,22 @@ def sample(setting: dict[str, Any], results: Path | None = None) -> tuple[dict[s
                                           num_samples=setting["specs"], seed=setting["sample_seed"],
                                           steps="1", max_failures=0))
     search["recipe_overrides"] = dict(setting["overrides"])
+    recorded = _recorded(results)
+    if recorded.get("recipe") is not None:  # train what the first run recorded, not today's defaults
+        search["recipe"] = recorded["recipe"]
     specs = recorded_specs(results) if results is not None else None
     if specs is None:
         specs = build_space(search).sample(setting["specs"], seed=sample_seed(setting["sample_seed"], 1),
                                            step=1)
     return search, specs
+
+
+def _recorded(results: Path | None) -> dict[str, Any]:
+    """ranking_truth_recipe.yaml's mapping ({} before a first run)."""
+    import yaml
+
+    path = Path(results) / RECIPE_YAML if results is not None else None
+    return (yaml.safe_load(path.read_text()) or {}) if path is not None and path.is_file() else {}
 
 
 def recorded_specs(results: Path) -> list | None:
@@ -204,6 +217,9 @@ def record_setup(results: Path, setting: dict[str, Any], search: dict[str, Any],
         if {k: before.get(k) for k in setting} != json.loads(json.dumps(setting)):
             raise SystemExit(f"{recipe_path} records other settings ({ {k: before.get(k) for k in setting} }); "
                              "use another --results/--out, or the recorded settings")
+        if before.get("recipe") is not None and before["recipe"] != json.loads(json.dumps(recipe["recipe"])):
+            raise SystemExit(f"{recipe_path}: its recorded recipe no longer resolves to itself (a recipe "
+                             "key changed meaning); the truth's runs would not be comparable")
     results.mkdir(parents=True, exist_ok=True)
     _atomic_yaml(recipe_path, recipe)
     _atomic_yaml(results / SPECS_YAML, [{"spec_id": s.id, "spec": s.to_dict()} for s in specs])

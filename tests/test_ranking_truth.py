@@ -109,3 +109,27 @@ def test_the_recorded_specs_are_the_truth_across_code_changes(tmp_path, ranking_
     path.write_text(yaml.safe_dump([{"spec_id": "0123456789ab", "spec": recorded.to_dict()}]))
     with pytest.raises(SystemExit, match="spec 0123456789ab now hashes to"):
         ranking_truth.sample(setting, tmp_path)
+
+
+def test_the_recorded_recipe_is_what_later_runs_train(tmp_path, ranking_truth):
+    """A later session trains the recipe the first run recorded, even where the preset's
+    defaults have moved since (here: the recorded lr is not the preset's); a recorded recipe
+    that no longer resolves to itself is refused rather than silently mixed."""
+    import yaml
+
+    setting = {"gflops": 0.5, "specs": 1, "seeds": [0], "sample_seed": 0, "budget": "paper",
+               "overrides": {"train_size": 128}}
+    search, specs = ranking_truth.sample(setting, tmp_path)
+    ranking_truth.record_setup(tmp_path, setting, search, specs, {"torch": "x"})
+    path = tmp_path / ranking_truth.RECIPE_YAML
+    recorded = yaml.safe_load(path.read_text())
+    assert recorded["recipe"]["schedule"]["lr"] != 0.123
+    recorded["recipe"]["schedule"]["lr"] = 0.123  # as if the preset's default moved later
+    path.write_text(yaml.safe_dump(recorded))
+    search, specs = ranking_truth.sample(setting, tmp_path)
+    assert ranking_truth.truth_recipe(search).schedule.lr == 0.123
+    ranking_truth.record_setup(tmp_path, setting, search, specs, {"torch": "x"})  # consistent: kept
+    assert yaml.safe_load(path.read_text())["recipe"]["schedule"]["lr"] == 0.123
+    search["recipe"] = {**search["recipe"], "batch_size": 3}  # resolves to another recipe
+    with pytest.raises(SystemExit, match="no longer resolves to itself"):
+        ranking_truth.record_setup(tmp_path, setting, search, specs, {"torch": "x"})
