@@ -204,16 +204,14 @@ def record_setup(results: Path, setting: dict[str, Any], search: dict[str, Any],
                  versions: dict[str, Any], points: list[int] | None = None) -> None:
     """Write the specs, recipe and versions files (first run), or refuse other settings.
     `points`: the curve iterations (recorded, not compared: a later session may add rungs)."""
-    import yaml
-
     recipe_path = results / RECIPE_YAML
     recipe = {**setting, "recipe": truth_recipe(search).to_dict()}
-    if points is None and recipe_path.is_file():
-        points = yaml.safe_load(recipe_path.read_text()).get("curve_iterations")
+    before = _recorded(results)  # one read: {} before a first run
+    if points is None:
+        points = before.get("curve_iterations")
     if points is not None:
         recipe["curve_iterations"] = list(points)
-    if recipe_path.is_file():
-        before = yaml.safe_load(recipe_path.read_text())
+    if before:
         if {k: before.get(k) for k in setting} != json.loads(json.dumps(setting)):
             raise SystemExit(f"{recipe_path} records other settings ({ {k: before.get(k) for k in setting} }); "
                              "use another --results/--out, or the recorded settings")
