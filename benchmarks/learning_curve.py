@@ -1,12 +1,24 @@
-"""Learning curve: train a retraining config with a budget preset and print val AP over time.
+"""Learning curve: train a retraining config and print val AP against training time.
 
     python benchmarks/learning_curve.py [--config experiments/scrfd_0.5g.yaml] [--budget quick]
-        [--data ../shared/data/widerface-mini] [--points 4] [--out RUN_DIR]
+        [--set KEY=VALUE ...] [--data ../shared/data/widerface-mini] [--points 4]
+        [--minutes M] [--threads T] [--out RUN_DIR] [--csv FILE] [--label NAME]
+    python benchmarks/learning_curve.py --plot FILE.csv OUT.png
 
 Trains in `points` equal chunks (each chunk resumes the previous one's checkpoint, which the
 trainer continues exactly, so the curve's last point is the plain `facenas train` result) and
 after each chunk evaluates the checkpoint on the val split with `detectors.test.test` (the
-official WIDER protocol at the recipe's test size). Prints one line per point and a JSON line.
+official WIDER protocol at the recipe's test size). `--set` overrides the budget-scaled config
+as `facenas train --set` does (e.g. a proxy-resolution recipe of the paper's: `--budget quick
+--set recipe.schedule.total=6000`). `--minutes M` stops after the first point whose summed
+training time (tests not counted) reaches M minutes: "up to an hour" is `--minutes 60`.
+
+Prints one line per point and a JSON line. `--csv FILE` also adds each point to FILE (columns
+CSV_COLUMNS; the file is rewritten through a temporary name after each point, so a killed run
+keeps the points it made); rows of other labels are kept, a label's earlier rows replaced.
+`--plot` draws every label of such a CSV: val AP (easy, medium, hard) against training minutes.
+Bad input (a missing config, a mistyped --set key, a budget counted in epochs) is one line,
+exit 2.
 """
 
 from __future__ import annotations
@@ -19,44 +31,124 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CSV_COLUMNS = ["label", "iteration", "train_minutes", "loss", "easy", "medium", "hard"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def _write_rows(path: Path, label: str, rows: list[dict]) -> None:
+    """FILE's rows of other labels, then this label's `rows`, written atomically."""
+    import pandas as pd
+
+    from nas.results import atomic_write_text
+
+    old = pd.read_csv(path) if path.is_file() else pd.DataFrame(columns=CSV_COLUMNS)
+    old = old[old["label"] != label]
+    new = pd.concat([old, pd.DataFrame(rows, columns=CSV_COLUMNS)], ignore_index=True)
+    atomic_write_text(path, new.to_csv(index=False))
+
+
+def plot(csv_path: Path, png_path: Path) -> None:
+    """Val AP (easy, medium, hard: one panel each) against training minutes, one line per label."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from detectors.errors import UserError
+
+    if not csv_path.is_file():
+        raise UserError(f"--plot {csv_path}: no such file")
+    frame = pd.read_csv(csv_path)
+    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+    if missing:
+        raise UserError(f"--plot {csv_path}: missing columns {', '.join(missing)}")
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
+    for ax, subset in zip(axes, ("easy", "medium", "hard")):
+        for label, rows in frame.groupby("label", sort=False):
+            rows = rows.sort_values("train_minutes")
+            ax.plot(rows["train_minutes"], rows[subset], marker="o", label=label)
+        ax.set_title(f"val AP, {subset}")
+        ax.set_xlabel("training minutes (tests not counted)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("AP")
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    png_path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = png_path.with_name(png_path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(png_path)
+
+
+def run(args: argparse.Namespace) -> int:
     from detectors.config import apply_budget, load_config
+    from detectors.errors import UserError
+    from detectors.overrides import override_config
     from detectors.test import test
     from detectors.train import CHECKPOINT, train
 
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default=str(REPO / "experiments" / "scrfd_0.5g.yaml"))
-    p.add_argument("--budget", default="quick")
-    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "widerface-mini"))
-    p.add_argument("--points", type=int, default=4)
-    p.add_argument("--out", help="run directory (default: a temporary one)")
-    p.add_argument("--threads", type=int)
-    args = p.parse_args(argv)
-    config = apply_budget(load_config(args.config), args.budget)
-    out = Path(args.out or tempfile.mkdtemp(prefix="learning_curve-"))
+    if args.points < 1:
+        raise UserError(f"--points {args.points}: must be at least 1")
+    config = override_config(apply_budget(load_config(args.config), args.budget), args.overrides)
     s = config.recipe.schedule
-    total = s.total if s.unit == "iterations" else None
-    if total is None:
-        raise SystemExit("learning_curve.py expects an iteration-based budget (smoke or quick)")
-    stops = [round(total * (i + 1) / args.points) for i in range(args.points)]
+    if s.unit != "iterations":
+        raise UserError(f"--budget {args.budget}: the schedule counts {s.unit}; learning_curve.py "
+                        "needs iterations (smoke, quick, or --set recipe.schedule.unit=iterations)")
+    out = Path(args.out or tempfile.mkdtemp(prefix="learning_curve-"))
+    label = args.label or config.spec.name
+    stops = [round(s.total * (i + 1) / args.points) for i in range(args.points)]
     curve, train_time = [], 0.0
-    print(f"{config.spec.name}, budget {args.budget}: {total} iterations x {config.recipe.batch_size} "
-          f"images at {config.recipe.train_size} px; val AP at test size {config.recipe.test.size}",
-          flush=True)
+    print(f"{label}, budget {args.budget}: {s.total} iterations x {config.recipe.batch_size} "
+          f"images at {config.recipe.train_size} px, lr {s.lr}; val AP at test size "
+          f"{config.recipe.test.size}", flush=True)
     for i, stop in enumerate(stops):
         start = time.perf_counter()
         result = train(config, args.data, out, resume=i > 0, max_iterations=stop,
                        num_threads=args.threads, progress=False)
         train_time += time.perf_counter() - start  # evaluation time is not counted
         ap = test(config, out / CHECKPOINT, args.data, split="val", progress=False)
-        curve.append({"iteration": result.iterations, "train_minutes": round(train_time / 60, 2),
-                      "loss": round(result.losses["total"], 4), **{k: round(v, 4) for k, v in ap.items()}})
+        curve.append({"label": label, "iteration": result.iterations,
+                      "train_minutes": round(train_time / 60, 2),
+                      "loss": round(result.losses["total"], 4),
+                      **{k: round(ap[k], 4) for k in ("easy", "medium", "hard")}})
         print(f"iter {result.iterations:5d}  {train_time / 60:6.1f} min  loss {result.losses['total']:.3f}  "
               f"AP easy {ap['easy']:.3f} medium {ap['medium']:.3f} hard {ap['hard']:.3f}", flush=True)
+        if args.csv:
+            _write_rows(Path(args.csv), label, curve)
+        if args.minutes is not None and train_time >= args.minutes * 60:
+            break
     print(json.dumps({"config": args.config, "budget": args.budget, "run": str(out), "curve": curve}))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    from detectors.errors import UserError
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default=str(REPO / "experiments" / "scrfd_0.5g.yaml"))
+    p.add_argument("--budget", default="quick")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the budget-scaled config (repeatable), as facenas train --set")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data" / "widerface-mini"))
+    p.add_argument("--points", type=int, default=4)
+    p.add_argument("--minutes", type=float, help="stop after the point where training time reaches this")
+    p.add_argument("--out", help="run directory (default: a temporary one)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--csv", help="add the points to this CSV (columns CSV_COLUMNS)")
+    p.add_argument("--label", help="the curve's name in --csv and --plot (default: the spec's name)")
+    p.add_argument("--plot", nargs=2, metavar=("CSV", "PNG"), help="draw a --csv file's curves; trains nothing")
+    args = p.parse_args(argv)
+    try:
+        if args.plot:
+            plot(Path(args.plot[0]), Path(args.plot[1]))
+            print(f"wrote {args.plot[1]}")
+            return 0
+        return run(args)
+    except UserError as err:
+        print(f"learning_curve: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
