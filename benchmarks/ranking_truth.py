@@ -7,6 +7,8 @@ against it (issue 25).
         [--rungs 200 600 1200]
     python benchmarks/ranking_truth.py --probe 50     # time the first 50 iterations, project
     python benchmarks/ranking_truth.py --proxies      # zero-cost proxies -> proxies.csv
+    python benchmarks/ranking_truth.py --short-recipes 0.5 1 2 4 [--short-budget quick]
+                                                      # short-recipe proxies -> proxies.csv
     python benchmarks/ranking_truth.py --report       # every figure, from the CSVs alone
 
 Truth: `--specs` step-1 specs of one regime, sampled as `facenas search --steps 1` samples
@@ -42,8 +44,11 @@ that gives ranking_truth.csv's row, so the two agree.
 
 `--proxies` scores the truth's specs (same settings, same sample) with every zero-cost proxy of
 nas.proxies on batch 0 of the truth recipe's training stream (model initialised from seed 0)
-into proxies.csv (spec_id, proxy, value, cost_s). Other proxies (short recipes) may append rows
-of their own names there: the report reads any. ASHA's rung proxies come from the curves.
+into proxies.csv (spec_id, proxy, value, cost_s). `--short-recipes F ...` trains every spec once
+(seed 0) with the trial recipe of `facenas search --budget quick` in the truth's regime (today's
+preset; `--short-budget` another budget), its schedule scaled by each factor F, on the truth's
+data, and adds its val hard AP as proxy recipe_quick_x<F> (cost_s: its summed iteration times),
+resumable in OUT/short/<name>/<spec_id>/. The report reads any proxy name. ASHA's rung proxies come from the curves.
 
 `--report` reads ranking_truth.csv, proxies.csv and ranking_curves.csv only: Kendall tau
 (scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per proxy, tau between
@@ -381,6 +386,30 @@ def _requests(search: dict[str, Any], specs: list, seeds: list[int], out: Path, 
             for seed in seeds for s in specs]
 
 
+def _completed(calls: list[tuple[Any, tuple]], workers: int, minutes: float | None):
+    """Yield (key, _run(*args)) for each (key, args) of `calls` as runs finish, on `workers`
+    spawned processes (in this process for 1: no start-up, and tests can watch it); no run
+    starts after `minutes` (the running ones finish)."""
+    start, deadline = time.perf_counter(), (minutes or float("inf")) * 60
+    pending = list(calls)
+    if workers <= 1:
+        while pending and time.perf_counter() - start < deadline:
+            key, call = pending.pop(0)
+            yield key, _run(*call)
+        return
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+        futures: dict = {}
+        while pending or futures:
+            while pending and len(futures) < workers and time.perf_counter() - start < deadline:
+                key, call = pending.pop(0)
+                futures[pool.submit(_run, *call)] = key
+            if not futures:
+                break
+            fut = next(as_completed(futures))
+            yield futures.pop(fut), fut.result()
+
+
 def run_truth(args: argparse.Namespace) -> int:
     setting = settings(args)
     search, specs = sample(setting, Path(args.results))
@@ -402,24 +431,13 @@ def run_truth(args: argparse.Namespace) -> int:
     print(f"{len(specs)} specs x {len(setting['seeds'])} seeds at {setting['gflops']:g} GF: {done} "
           f"finished, {len(todo)} to run in {out} ({args.workers} workers x {args.threads} threads); "
           f"tested at iterations {', '.join(map(str, points))}", flush=True)
-    start, deadline = time.perf_counter(), (args.stop_after or float("inf")) * 60
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=args.workers, mp_context=ctx) as pool:
-        pending, futures = list(todo), {}
-        while pending or futures:
-            while pending and len(futures) < args.workers and time.perf_counter() - start < deadline:
-                r = pending.pop(0)
-                futures[pool.submit(_run, r, batch, points)] = r
-            if not futures:
-                break
-            fut = next(as_completed(futures))
-            futures.pop(fut)
-            row = fut.result()
-            write_truth(results, collect(out, specs, setting["seeds"], results))
-            write_curves(results, collect_curves(out, specs, setting["seeds"], results))
-            print(f"[{time.perf_counter() - start:7.0f}s] {row['spec_id']} seed {row['seed']}: AP "
-                  f"hard {row['ap_hard']:.4f} medium {row['ap_medium']:.4f} easy "
-                  f"{row['ap_easy']:.4f}, trained in {row['train_s'] / 60:.1f} min", flush=True)
+    start = time.perf_counter()
+    for _, row in _completed([(None, (r, batch, points)) for r in todo], args.workers, args.stop_after):
+        write_truth(results, collect(out, specs, setting["seeds"], results))
+        write_curves(results, collect_curves(out, specs, setting["seeds"], results))
+        print(f"[{time.perf_counter() - start:7.0f}s] {row['spec_id']} seed {row['seed']}: AP "
+              f"hard {row['ap_hard']:.4f} medium {row['ap_medium']:.4f} easy "
+              f"{row['ap_easy']:.4f}, trained in {row['train_s'] / 60:.1f} min", flush=True)
     rows = collect(out, specs, setting["seeds"], results)
     write_truth(results, rows)
     write_curves(results, collect_curves(out, specs, setting["seeds"], results))
@@ -496,6 +514,109 @@ def run_proxies(args: argparse.Namespace) -> int:
     print(f"{len(specs)} specs scored into {path}; median cost per spec (s): "
           + ", ".join(f"{p} {cost[p]:.2f}" for p in names), flush=True)
     return 0
+
+
+def short_requests(setting: dict[str, Any], specs: list, budget: str, factors: list[float],
+                   out: Path, data: str, threads: int) -> list[tuple[str, int, int, dict[str, Any]]]:
+    """(proxy name, iterations, batch size, trial request) per short recipe and spec: the trial recipe a
+    `facenas search --budget BUDGET` of the truth's regime trains (today's preset, on the
+    truth's data, tested as that budget tests), its schedule's iterations, milestones and
+    warm-up scaled by each factor, seed 0: one run per spec, as a search trains it. The name is
+    recipe_<budget>_x<factor>."""
+    from detectors.errors import UserError
+
+    from nas.options import SearchOptions
+    from nas.search_config import resolve_config
+    from nas.trial import TrialRequest, budget_scaled_recipe
+
+    base = resolve_config(SearchOptions(space="scrfd", gflops=setting["gflops"], budget=budget,
+                                        num_samples=setting["specs"], seed=setting["sample_seed"],
+                                        steps="1", max_failures=0))
+    scaled = budget_scaled_recipe(base)
+    schedule = scaled.schedule
+    if schedule.unit != "iterations":
+        raise UserError(f"--short-budget {budget}: its schedule counts {schedule.unit}, not iterations")
+    jobs = []
+    for factor in factors:
+        if factor <= 0:
+            raise UserError(f"--short-recipes {factor:g}: a factor must be positive")
+        total = max(1, round(schedule.total * factor))
+        milestones = sorted({round(m * factor) for m in schedule.milestones} & set(range(1, total)))
+        overrides = {**base["recipe_overrides"], "seed": 0,
+                     "schedule": {**base["recipe_overrides"].get("schedule", {}), "unit": "iterations",
+                                  "total": total, "milestones": milestones,
+                                  "warmup_iters": max(1, min(total, round(schedule.warmup_iters * factor)))}}
+        name = f"recipe_{budget}_x{factor:g}"
+        for spec in specs:
+            request = TrialRequest(spec_id=spec.id, spec_yaml=spec.to_yaml(), step=1, seed=0,
+                                   budget=budget, data_root=data,
+                                   out_dir=str(out / "short" / name / spec.id), recipe=base["recipe"],
+                                   recipe_overrides=overrides, num_threads=threads)
+            jobs.append((name, total, scaled.batch_size, request.to_dict()))
+    return jobs
+
+
+def write_short_rows(results: Path, rows: list[dict[str, Any]]) -> None:
+    """Replace proxies.csv's rows of these (proxy, spec) pairs with `rows`; others are kept."""
+    import pandas as pd
+
+    from nas.results import atomic_write_text
+
+    path = results / PROXIES_CSV
+    new = pd.DataFrame(rows, columns=PROXY_COLUMNS)
+    if path.is_file():
+        old = pd.read_csv(path, dtype={"spec_id": str})
+        done = set(zip(new["proxy"], new["spec_id"]))
+        keep = [(p, s) not in done for p, s in zip(old["proxy"], old["spec_id"])]
+        new = pd.concat([old[keep], new], ignore_index=True)
+    atomic_write_text(path, new.to_csv(index=False))
+
+
+def run_short(args: argparse.Namespace) -> int:
+    """Issue 25, item 3.1: the truth's specs trained with short recipes (`--short-recipes`
+    factors of `--short-budget`'s schedule), each run's val hard AP a proxy in proxies.csv
+    (cost_s: its summed iteration times). Resumable like the truth: OUT/short/<name>/<spec_id>/
+    keeps each run; a finished one is read back, not trained again."""
+    setting = settings(args)
+    search, specs = sample(setting, Path(args.results))  # the truth's specs (recorded settings must match)
+    results, out = Path(args.results), Path(args.out)
+    record_setup(results, setting, search, specs, _versions())
+    jobs = short_requests(setting, specs, args.short_budget, args.short_recipes, out, args.data,
+                          args.threads)
+    rows: list[dict[str, Any]] = []
+
+    def row(name: str, result: dict[str, Any]) -> dict[str, Any]:
+        return {"spec_id": result["spec_id"], "proxy": name, "value": float(result["ap_hard"]),
+                "cost_s": float(result["train_s"])}
+
+    todo = []
+    for name, total, batch, request in jobs:
+        done = _read_json_file(Path(request["out_dir"]) / RESULT)
+        if done is not None:
+            rows.append(row(name, done))
+        else:
+            todo.append((name, total, batch, request))
+    print(f"short recipes {', '.join(sorted({job[0] for job in jobs}))}: {len(rows)} runs finished, "
+          f"{len(todo)} to run ({args.workers} workers x {args.threads} threads)", flush=True)
+    if rows:
+        write_short_rows(results, rows)
+    start = time.perf_counter()
+    calls = [(name, (request, batch, [total])) for name, total, batch, request in todo]
+    for name, result in _completed(calls, args.workers, args.stop_after):
+        rows.append(row(name, result))
+        write_short_rows(results, rows)
+        print(f"[{time.perf_counter() - start:7.0f}s] {name} {result['spec_id']}: hard AP "
+              f"{result['ap_hard']:.4f}, trained in {result['train_s']:.0f} s", flush=True)
+    print(f"{len(rows)} of {len(jobs)} short-recipe runs in {results / PROXIES_CSV}", flush=True)
+    return 0
+
+
+def _read_json_file(path: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # -- the report: from the CSVs alone ---------------------------------------------------------
@@ -680,8 +801,12 @@ def main(argv: list[str] | None = None) -> int:
     what = p.add_mutually_exclusive_group()
     what.add_argument("--report", action="store_true", help="figures from the CSVs alone")
     what.add_argument("--proxies", action="store_true", help="zero-cost proxies -> proxies.csv")
+    what.add_argument("--short-recipes", type=float, nargs="+", metavar="FACTOR",
+                      help="train every spec once with --short-budget's recipe, its schedule "
+                           "scaled by each FACTOR; val hard AP -> proxies.csv")
     what.add_argument("--probe", type=int, metavar="N",
                       help="time the first N iterations of one run and project the whole truth")
+    p.add_argument("--short-budget", default="quick", help="--short-recipes: the budget whose trial recipe is scaled")
     p.add_argument("--proxy-names", nargs="+", help="with --proxies: these (default: all)")
     p.add_argument("--gflops", type=float, default=2.5)
     p.add_argument("--specs", type=int, default=16)
@@ -722,6 +847,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.proxies:
         return run_proxies(args)
+    if args.short_recipes:
+        return run_short(args)
     if args.probe:
         return run_probe(args)
     return run_truth(args)

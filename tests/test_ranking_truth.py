@@ -133,3 +133,43 @@ def test_the_recorded_recipe_is_what_later_runs_train(tmp_path, ranking_truth):
     search["recipe"] = {**search["recipe"], "batch_size": 3}  # resolves to another recipe
     with pytest.raises(SystemExit, match="no longer resolves to itself"):
         ranking_truth.record_setup(tmp_path, setting, search, specs, {"torch": "x"})
+
+
+def test_short_recipes_train_each_spec_once_and_become_proxies(tmp_path, ranking_truth, tiny_data):
+    """--short-recipes: each factor scales the budget's schedule (iterations, milestones,
+    warm-up); every spec's run lands in proxies.csv as recipe_<budget>_x<factor> with its
+    val hard AP (the run's own result.json) and summed iteration time; zero-cost rows stay;
+    a rerun reads finished runs back instead of training them again."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    results, out = tmp_path / "results", tmp_path / "out"
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"train_size": 128, "batch_size": 2, "workers": 0,
+                                      "schedule": {"unit": "iterations", "total": 4, "milestones": [3],
+                                                   "warmup_iters": 1}, "test": {"size": 128}}))
+    results.mkdir()
+    pd.DataFrame([{"spec_id": "x", "proxy": "synflow", "value": 1.0, "cost_s": 0.5}]).to_csv(
+        results / ranking_truth.PROXIES_CSV, index=False)
+    argv = ["--gflops", "0.5", "--specs", "1", "--seeds", "0", "--recipe", str(recipe),
+            "--results", str(results), "--out", str(out), "--data", str(tiny_data),
+            "--workers", "1", "--short-budget", "smoke", "--short-recipes", "1", "2"]
+    assert ranking_truth.main(argv) == 0
+    frame = pd.read_csv(results / ranking_truth.PROXIES_CSV, dtype={"spec_id": str})
+    spec_id = yaml.safe_load((results / ranking_truth.SPECS_YAML).read_text())[0]["spec_id"]
+    assert sorted(frame["proxy"]) == ["recipe_smoke_x1", "recipe_smoke_x2", "synflow"]
+    for name, total in (("recipe_smoke_x1", 2), ("recipe_smoke_x2", 4)):  # smoke: 2 iterations, milestone 1
+        run = out / "short" / name / spec_id
+        trained = yaml.safe_load((run / "trial_config.yaml").read_text())["recipe"]["schedule"]
+        assert trained["total"] == total and trained["milestones"] == [total // 2]
+        result = json.loads((run / ranking_truth.RESULT).read_text())
+        mine = frame[frame["proxy"] == name].iloc[0]
+        assert mine["spec_id"] == spec_id and mine["value"] == pytest.approx(result["ap_hard"])
+        assert mine["cost_s"] == pytest.approx(result["train_s"]) and mine["cost_s"] > 0
+        assert len((run / "train" / "metrics.jsonl").read_text().splitlines()) == total
+    stamp = (out / "short" / "recipe_smoke_x2" / spec_id / "train" / "checkpoint.pt").stat().st_mtime_ns
+    assert ranking_truth.main(argv) == 0
+    assert (out / "short" / "recipe_smoke_x2" / spec_id / "train" / "checkpoint.pt").stat().st_mtime_ns == stamp
+    assert len(pd.read_csv(results / ranking_truth.PROXIES_CSV)) == 3
