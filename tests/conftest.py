@@ -63,12 +63,31 @@ def tiny_data(tmp_path_factory) -> Path:
                     image_size=128, seed=0, progress=False)
 
 
-@pytest.fixture(scope="module")
-def ranking_truth():
-    """benchmarks/ranking_truth.py as a module (benchmarks are scripts, not a package)."""
+def benchmark_module(name: str):
+    """benchmarks/<name>.py as a module (benchmarks are scripts, not a package)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("ranking_truth", REPO / "benchmarks" / "ranking_truth.py")
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def ranking_truth():
+    return benchmark_module("ranking_truth")
+
+
+@pytest.fixture(scope="module")
+def learning_curve():
+    return benchmark_module("learning_curve")
+
+
+@pytest.fixture(scope="module")
+def asha_replay():
+    return benchmark_module("asha_replay")
+
+
+@pytest.fixture(scope="module")
+def gpu_check():
+    return benchmark_module("gpu_check")

@@ -57,16 +57,12 @@ def test_cpu_run_prints_one_table(tmp_path):
     assert (tmp_path / "train" / "checkpoint.pt").is_file()
 
 
-def test_without_ray_the_searches_are_skipped_rows(monkeypatch, tmp_path):
+def test_without_ray_the_searches_are_skipped_rows(monkeypatch, tmp_path, gpu_check):
     """A borrowed GPU machine may lack Ray (its wheel is too large to bring along): the
     searches become rows that say so, without starting anything, and the rest of the check
     (training, testing) still runs; with no --spaces there are no search rows at all."""
     import argparse
-    import importlib.util
 
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     args = argparse.Namespace(device="cpu", spaces=["scrfd", "asfd"])
     rows = gpu_check._searches(args, None, tmp_path)

@@ -165,19 +165,8 @@ def test_bad_input_is_one_line():
         Schedule(grace=10, reduction_factor=3, max_t=9)
 
 
-def _bench():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "asha_replay.py"
-    spec = importlib.util.spec_from_file_location("asha_replay", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_cli_reads_the_curves_csv_contract(tmp_path, capsys):
-    bench = _bench()
+def test_cli_reads_the_curves_csv_contract(tmp_path, capsys, asha_replay):
+    bench = asha_replay
     v = _vals(A=(0.5, 0.6), B=(0.3, 0.2), C=(0.7, 0.8))
     t = _table(v).rename(columns={"metric": "ap_hard"})
     t = t.assign(ap_easy=0.0, ap_medium=0.0, loss=-t["ap_hard"])[list(bench.CURVES_COLUMNS)]
