@@ -110,6 +110,9 @@ DEFAULT_RECIPE: dict[str, Any] = {
     "test": {"size": 640},
 }
 BOOTSTRAP = 2000
+# The offline prescreen comparison: a search training 4 specs, keeping 1 in 4 sampled (the
+# default --prescreen-keep), judged by its best 3.
+PRESCREEN_N, PRESCREEN_KEEP = 4, 0.25
 
 
 # -- what is trained -------------------------------------------------------------------------
@@ -721,6 +724,36 @@ def replay_summary(curves, metric: str, grace: float = GRACE,
     return out
 
 
+def prescreen_vs_random(values, truth_mean, n: int = PRESCREEN_N, keep: float = PRESCREEN_KEEP,
+                        top: int = 3, draws: int = BOOTSTRAP, seed: int = 0) -> dict[str, Any]:
+    """Issue 25's second goal, offline: `facenas search --prescreen P --prescreen-keep keep`
+    against a plain search, both training `n` specs. Each draw samples a pool of ceil(n / keep)
+    specs from the truth's specs (with replacement: the truth's specs stand for the regime's
+    population); the prescreened search trains the pool's n best by the proxy `values`, the
+    plain one the pool's first n (a random sample of n). Each keeps its `top` best trained
+    specs by the truth (a search knows what it trained); the score is their mean truth
+    `truth_mean`. Returns the medians of both scores, the mean difference and the share of
+    draws where the prescreened top is better, equal, worse."""
+    import numpy as np
+
+    common = [s for s in truth_mean.index if s in values.index]
+    proxy = values[common].to_numpy(float)
+    truth = truth_mean[common].to_numpy(float)
+    pool_size = math.ceil(n / keep)
+    rng = np.random.default_rng(seed)
+    pre, plain = np.empty(draws), np.empty(draws)
+    for d in range(draws):
+        pool = rng.integers(0, len(common), size=pool_size)
+        picked = pool[np.argsort(-proxy[pool], kind="stable")[:n]]
+        pre[d] = np.sort(truth[picked])[::-1][:top].mean()
+        plain[d] = np.sort(truth[pool[:n]])[::-1][:top].mean()
+    diff = pre - plain
+    return {"specs": len(common), "n": n, "keep": keep, "pool": pool_size, "top": top, "draws": draws,
+            "prescreen_median": float(np.median(pre)), "random_median": float(np.median(plain)),
+            "mean_gain": float(diff.mean()), "better": float((diff > 0).mean()),
+            "equal": float((diff == 0).mean()), "worse": float((diff < 0).mean())}
+
+
 def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orders: int = 1000,
            grace: float = GRACE, reduction_factor: float = REDUCTION_FACTOR,
            workers: int = 4) -> dict[str, Any]:
@@ -754,7 +787,8 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orde
             cost = float(group["cost_s"].median())
             out["proxies"].append({"proxy": name, "specs": len(common), "tau": _tau(x, y),
                                    "ci_low": low, "ci_high": high, "cost_s": cost,
-                                   "cost_fraction": cost / truth_cost if truth_cost > 0 else float("nan")})
+                                   "cost_fraction": cost / truth_cost if truth_cost > 0 else float("nan"),
+                                   "prescreen": prescreen_vs_random(values, mean, draws=n_boot)})
     path = results / CURVES_CSV
     if path.is_file():
         curves = pd.read_csv(path, dtype={"spec_id": str})
@@ -775,6 +809,16 @@ def print_report(rep: dict[str, Any]) -> None:
         for p in rep["proxies"]:
             print(f"| {p['proxy']} | {p['specs']} | {p['tau']:.3f} | [{p['ci_low']:.3f}, "
                   f"{p['ci_high']:.3f}] | {p['cost_s']:.2f} | {p['cost_fraction']:.2e} |")
+        first = rep["proxies"][0]["prescreen"]
+        print(f"--prescreen against plain sampling, both training {first['n']} specs (pool "
+              f"{first['pool']}, {first['draws']} draws from the truth's specs), judged by the "
+              f"truth's mean {rep['metric']} of the best {first['top']} trained:")
+        print("| proxy | prescreen median | random median | mean gain | better | equal | worse |")
+        print("|---|---|---|---|---|---|---|")
+        for p in rep["proxies"]:
+            q = p["prescreen"]
+            print(f"| {p['proxy']} | {q['prescreen_median']:.4f} | {q['random_median']:.4f} | "
+                  f"{q['mean_gain']:+.4f} | {q['better']:.2f} | {q['equal']:.2f} | {q['worse']:.2f} |")
     if rep.get("rung_proxies"):
         print("rung proxies (one run per spec, each seed in turn; loss negated):")
         print("| proxy | iteration | specs | tau vs mean | 95% CI | tau vs other seeds | cost / truth |")

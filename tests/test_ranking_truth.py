@@ -39,6 +39,8 @@ def test_report_by_hand(tmp_path, ranking_truth, capsys):
     assert got["one_swap"]["ci_low"] < 4 / 6 <= got["one_swap"]["ci_high"] <= 1.0
     assert got["same"]["cost_fraction"] == pytest.approx(0.01)
     assert got["one_swap"]["cost_fraction"] == pytest.approx(0.10)  # median of 5, 5, 15, 15
+    # each proxy's offline --prescreen against random sampling (prescreen_vs_random's test)
+    assert got["same"]["prescreen"]["worse"] == 0 and got["reversed"]["prescreen"]["better"] == 0
     # the command prints the same figures (and runs from the CSVs alone)
     assert ranking_truth.main(["--report", "--results", str(tmp_path), "--bootstrap", "300"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
@@ -173,3 +175,28 @@ def test_short_recipes_train_each_spec_once_and_become_proxies(tmp_path, ranking
     assert ranking_truth.main(argv) == 0
     assert (out / "short" / "recipe_smoke_x2" / spec_id / "train" / "checkpoint.pt").stat().st_mtime_ns == stamp
     assert len(pd.read_csv(results / ranking_truth.PROXIES_CSV)) == 3
+
+
+def test_prescreen_against_random_sampling_by_hand(ranking_truth):
+    """The offline --prescreen comparison: a proxy that ranks like the truth never picks a
+    worse top than random sampling of the same pool, a reversed one never a better; with
+    keep 1 both train the same pool, so they always tie; and a hand-sized case: pool of 2
+    from specs whose truth is 1 and 0, training 1, top 1."""
+    import numpy as np
+
+    ids = [f"s{i}" for i in range(8)]
+    truth = pd.Series(np.linspace(0.8, 0.1, 8), index=ids)
+    same = ranking_truth.prescreen_vs_random(truth * 10, truth, draws=500)
+    assert same["worse"] == 0 and same["better"] > 0.5 and same["mean_gain"] > 0
+    assert same["pool"] == 16 and same["specs"] == 8
+    assert same["prescreen_median"] > same["random_median"]
+    reverse = ranking_truth.prescreen_vs_random(-truth, truth, draws=500)
+    assert reverse["better"] == 0 and reverse["worse"] > 0.5
+    tie = ranking_truth.prescreen_vs_random(-truth, truth, keep=1.0, draws=200)
+    assert tie["equal"] == 1.0 and tie["mean_gain"] == 0
+    # two specs, pool 2, train 1: the pool is (a, a), (a, b), (b, a), (b, b) with 1/4 each;
+    # the prescreen (proxy = truth) picks a whenever a is in the pool, random only if a is first
+    two = pd.Series([1.0, 0.0], index=["a", "b"])
+    hand = ranking_truth.prescreen_vs_random(two, two, n=1, keep=0.5, top=1, draws=4000)
+    assert hand["better"] == pytest.approx(0.25, abs=0.03)  # only (b, a)
+    assert hand["worse"] == 0 and hand["mean_gain"] == pytest.approx(0.25, abs=0.03)
