@@ -386,7 +386,7 @@ def _requests(search: dict[str, Any], specs: list, seeds: list[int], out: Path, 
                          recipe=search["recipe"],
                          recipe_overrides={**search["recipe_overrides"], "seed": seed},
                          num_threads=threads, max_iterations=max_iterations).to_dict()
-            for seed in seeds for s in specs]
+            for s in specs for seed in seeds]  # a spec's seeds together: seed noise shows early
 
 
 def _completed(calls: list[tuple[Any, tuple]], workers: int, minutes: float | None):
