@@ -592,9 +592,11 @@ def run_short(args: argparse.Namespace) -> int:
         return {"spec_id": result["spec_id"], "proxy": name, "value": float(result["ap_hard"]),
                 "cost_s": float(result["train_s"])}
 
+    from nas.results import _read_json
+
     todo = []
     for name, total, batch, request in jobs:
-        done = _read_json_file(Path(request["out_dir"]) / RESULT)
+        done = _read_json(Path(request["out_dir"]) / RESULT)[0]
         if done is not None:
             rows.append(row(name, done))
         else:
@@ -612,14 +614,6 @@ def run_short(args: argparse.Namespace) -> int:
               f"{result['ap_hard']:.4f}, trained in {result['train_s']:.0f} s", flush=True)
     print(f"{len(rows)} of {len(jobs)} short-recipe runs in {results / PROXIES_CSV}", flush=True)
     return 0
-
-
-def _read_json_file(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 # -- the report: from the CSVs alone ---------------------------------------------------------
