@@ -51,7 +51,9 @@ data, and adds its val hard AP as proxy recipe_quick_x<F> (cost_s: its summed it
 resumable in OUT/short/<name>/<spec_id>/. The report reads any proxy name. ASHA's rung proxies come from the curves.
 
 `--report` reads ranking_truth.csv, proxies.csv and ranking_curves.csv only: Kendall tau
-(scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per proxy, tau between
+(scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per AP subset, how
+much of its spread is seed noise (seed_reliability: the intraclass correlation, the tau it
+predicts, and how many seeds a mean would need); per proxy, tau between
 its value and the mean hard AP over seeds, with a bootstrap 95% interval (specs resampled with
 replacement), and its median cost per spec as a fraction of the truth's (median over specs of
 the mean train_s over seeds: one long training). When ranking_curves.csv exists, also (issue
@@ -650,6 +652,44 @@ def _mean_tau(xs, y) -> float:
     return float(sum(_tau(xs[:, j], y) for j in range(xs.shape[1])) / xs.shape[1])
 
 
+def seed_reliability(by_seed) -> dict[str, Any]:
+    """How much of a metric's spread across specs is architecture rather than seed: the one-way
+    random-effects intraclass correlation of a spec x seed table (complete rows only).
+
+    MSB = k * sum_i (mean_i - grand)^2 / (n - 1) and MSW = sum_ij (x_ij - mean_i)^2 / (n (k - 1))
+    over n specs and k seeds; `icc` = ICC(1) = (MSB - MSW) / (MSB + (k - 1) MSW), the expected
+    correlation of two seeds' runs; `reliability` = (MSB - MSW) / MSB, that of the k-seed mean.
+    Under bivariate normality Kendall tau = (2 / pi) asin(r), so `tau_one_seed` = (2 / pi)
+    asin(icc) is the seed-against-seed tau the table predicts, `tau_mean` = (2 / pi)
+    asin(sqrt(reliability)) that of the k-seed mean against the noise-free ranking, and
+    `seeds_for_tau` (Spearman-Brown) how many seeds a mean needs for that tau to reach 0.6.
+    """
+    import numpy as np
+
+    x = by_seed.dropna().to_numpy(float)
+    n, k = x.shape
+    out: dict[str, Any] = {"specs": int(n), "seeds": int(k)}
+    if n < 2 or k < 2:
+        return out
+    means = x.mean(axis=1)
+    msb = k * float(((means - means.mean()) ** 2).sum()) / (n - 1)
+    msw = float(((x - means[:, None]) ** 2).sum()) / (n * (k - 1))
+    icc = (msb - msw) / (msb + (k - 1) * msw) if msb + (k - 1) * msw > 0 else float("nan")
+    reliability = (msb - msw) / msb if msb > 0 else float("nan")
+    target = math.sin(0.6 * math.pi / 2) ** 2  # reliability at which tau_mean is 0.6
+    if not icc > 0:
+        seeds_for = float("inf")
+    else:  # Spearman-Brown: m icc / (1 + (m - 1) icc) >= target
+        seeds_for = float(max(1, math.ceil(target * (1 - icc) / (icc * (1 - target)) - 1e-9)))
+    out.update({
+        "between_sd": float(np.sqrt(max(msb - msw, 0.0) / k)), "seed_sd": float(np.sqrt(msw)),
+        "icc": icc, "reliability": reliability,
+        "tau_one_seed": 2 / math.pi * math.asin(max(-1.0, min(1.0, icc))),
+        "tau_mean": 2 / math.pi * math.asin(math.sqrt(max(0.0, reliability))),
+        "seeds_for_tau": seeds_for})
+    return out
+
+
 def rung_proxies(curves, by_seed, metric: str, n_boot: int = BOOTSTRAP) -> list[dict[str, Any]]:
     """Rung AP (`metric`) and rung loss at each recorded iteration, as proxies of the truth
     (module docstring). curves: ranking_curves.csv; by_seed: the truth's final `metric`,
@@ -767,9 +807,17 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orde
         pairs.append({"seeds": [int(a), int(b)], "specs": len(both),
                       "tau": _tau(both[a], both[b])})
     mean = by_seed.mean(axis=1)
+    noise = []
+    for name in ("ap_easy", "ap_medium", "ap_hard"):
+        table = truth.pivot(index="spec_id", columns="seed", values=name)
+        taus = [_tau(*(table[[a, b]].dropna()[c] for c in (a, b)))
+                for a, b in itertools.combinations(table.columns, 2)]
+        noise.append({"metric": name, "tau": float(sum(taus) / len(taus)) if taus else float("nan"),
+                      **seed_reliability(table)})
     truth_cost = float(truth.groupby("spec_id")["train_s"].mean().median())
     out: dict[str, Any] = {"metric": metric, "specs": int(by_seed.shape[0]), "seeds": [int(s) for s in seeds],
-                           "seed_pairs": pairs, "truth_cost_s": truth_cost, "proxies": []}
+                           "seed_pairs": pairs, "seed_noise": noise, "truth_cost_s": truth_cost,
+                           "proxies": []}
     path = results / PROXIES_CSV
     if path.is_file():
         proxies = pd.read_csv(path, dtype={"spec_id": str})
@@ -797,6 +845,17 @@ def print_report(rep: dict[str, Any]) -> None:
           f"{rep['truth_cost_s'] / 60:.1f} min (median over specs)")
     for p in rep["seed_pairs"]:
         print(f"seed {p['seeds'][0]} vs {p['seeds'][1]}: Kendall tau {p['tau']:.3f} ({p['specs']} specs)")
+    if any("icc" in r for r in rep.get("seed_noise", [])):
+        print("seed noise per metric (seed_reliability: tau predicted from the ICC under normality; "
+              "seeds a mean needs for tau 0.6 against the noise-free ranking):")
+        print("| metric | seed tau | spec sd | seed sd | ICC | tau predicted | reliability of mean "
+              "| tau of mean | seeds for 0.6 |")
+        print("|---|---|---|---|---|---|---|---|---|")
+        for r in rep["seed_noise"]:
+            if "icc" in r:
+                print(f"| {r['metric']} | {r['tau']:.3f} | {r['between_sd']:.4f} | {r['seed_sd']:.4f} | "
+                      f"{r['icc']:.3f} | {r['tau_one_seed']:.3f} | {r['reliability']:.3f} | "
+                      f"{r['tau_mean']:.3f} | {r['seeds_for_tau']:g} |")
     if rep["proxies"]:
         print("| proxy | specs | tau vs mean | 95% CI | cost/spec (s) | cost / truth |")
         print("|---|---|---|---|---|---|")

@@ -45,6 +45,10 @@ def test_report_by_hand(tmp_path, ranking_truth, capsys):
     assert ranking_truth.main(["--report", "--results", str(tmp_path), "--bootstrap", "300"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert printed["seed_pairs"][0]["tau"] == pytest.approx(4 / 6)
+    # per metric: easy and medium are equal for every run (no spread), hard as above
+    noise = {r["metric"]: r for r in printed["seed_noise"]}
+    assert noise["ap_hard"]["tau"] == pytest.approx(4 / 6) and noise["ap_hard"]["specs"] == 4
+    assert noise["ap_hard"]["icc"] > 0.8
     assert [p["proxy"] for p in printed["proxies"]] == ["same", "reversed", "one_swap"]
 
 
@@ -200,3 +204,27 @@ def test_prescreen_against_random_sampling_by_hand(ranking_truth):
     hand = ranking_truth.prescreen_vs_random(two, two, n=1, keep=0.5, top=1, draws=4000)
     assert hand["better"] == pytest.approx(0.25, abs=0.03)  # only (b, a)
     assert hand["worse"] == 0 and hand["mean_gain"] == pytest.approx(0.25, abs=0.03)
+
+
+def test_seed_reliability_by_hand(ranking_truth):
+    import math
+
+    # spec means 2, 5, 8 (grand 5), every run 1 off its mean: MSB = 2 * 18 / 2 = 18, MSW = 6 / 3 = 2
+    table = pd.DataFrame({0: [1.0, 4.0, 7.0], 1: [3.0, 6.0, 9.0]}, index=["a", "b", "c"])
+    got = ranking_truth.seed_reliability(table)
+    assert (got["specs"], got["seeds"]) == (3, 2)
+    assert got["icc"] == pytest.approx(16 / 20) and got["reliability"] == pytest.approx(16 / 18)
+    assert got["seed_sd"] == pytest.approx(math.sqrt(2)) and got["between_sd"] == pytest.approx(math.sqrt(8))
+    assert got["tau_one_seed"] == pytest.approx(0.59033, abs=1e-5)  # (2 / pi) asin 0.8
+    assert got["seeds_for_tau"] == 1
+    # ICC 0.2 (spec means -c, 0, c with c^2 = 1.5; runs 1 off): Spearman-Brown needs
+    # m >= 0.6545 * 0.8 / (0.2 * 0.3455) = 7.58 seeds for the mean's tau to reach 0.6
+    c = math.sqrt(1.5)
+    noisy = pd.DataFrame({0: [-c - 1, -1.0, c - 1], 1: [-c + 1, 1.0, c + 1]})
+    got = ranking_truth.seed_reliability(noisy)
+    assert got["icc"] == pytest.approx(0.2) and got["seeds_for_tau"] == 8
+    # seeds disagree completely: no spread between specs, and no number of seeds helps
+    got = ranking_truth.seed_reliability(pd.DataFrame({0: [0.0, 3.0], 1: [4.0, 1.0]}))
+    assert got["icc"] == pytest.approx(-1.0) and got["seeds_for_tau"] == math.inf
+    # one seed: nothing to compare
+    assert "icc" not in ranking_truth.seed_reliability(pd.DataFrame({0: [1.0, 2.0]}))
