@@ -9,6 +9,7 @@ against it (issue 25).
     python benchmarks/ranking_truth.py --proxies      # zero-cost proxies -> proxies.csv
     python benchmarks/ranking_truth.py --short-recipes 0.5 1 2 4 [--short-budget quick]
                                                       # short-recipe proxies -> proxies.csv
+    python benchmarks/ranking_truth.py --anchor-health  # dead-anchor check -> ranking_truth_anchors.csv
     python benchmarks/ranking_truth.py --report       # every figure, from the CSVs alone
 
 Truth: `--specs` step-1 specs of one regime, sampled as `facenas search --steps 1` samples
@@ -53,7 +54,10 @@ resumable in OUT/short/<name>/<spec_id>/. The report reads any proxy name. ASHA'
 `--report` reads ranking_truth.csv, proxies.csv and ranking_curves.csv only: Kendall tau
 (scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per AP subset, how
 much of its spread is seed noise (seed_reliability: the intraclass correlation, the tau it
-predicts, and how many seeds a mean would need); per proxy, tau between
+predicts, and how many seeds a mean would need); with ranking_truth_anchors.csv
+(`--anchor-health`: each finished run's per-anchor scores, detectors.anchor_health), the runs
+with a dead anchor (a failed training, not the architecture) and the seed tau without their
+specs; per proxy, tau between
 its value and the mean hard AP over seeds, with a bootstrap 95% interval (specs resampled with
 replacement), and its median cost per spec as a fraction of the truth's (median over specs of
 the mean train_s over seeds: one long training). When ranking_curves.csv exists, also (issue
@@ -92,6 +96,12 @@ sys.path.insert(0, str(REPO))
 TRUTH_CSV, PROXIES_CSV, CURVES_CSV = "ranking_truth.csv", "proxies.csv", "ranking_curves.csv"
 SPECS_YAML, RECIPE_YAML = "ranking_truth_specs.yaml", "ranking_truth_recipe.yaml"
 VERSIONS_YAML = "ranking_truth_versions.yaml"
+ANCHORS_CSV = "ranking_truth_anchors.csv"
+ANCHOR_COLUMNS = ["spec_id", "seed", "anchor", "score", "faces"]
+# A run is counted as failed when one anchor index scores under this share of the best one
+# (detectors.anchor_health.dead_anchors): in the first 10 truth runs a healthy second anchor
+# scored 0.83-0.94 of the first, the one dead one 0.000.
+DEAD_RATIO = 0.25
 TRUTH_COLUMNS = ["spec_id", "seed", "ap_easy", "ap_medium", "ap_hard", "train_s"]
 PROXY_COLUMNS = ["spec_id", "proxy", "value", "cost_s"]
 CURVE_COLUMNS = ["spec_id", "seed", "iteration", "ap_easy", "ap_medium", "ap_hard", "loss"]
@@ -493,6 +503,53 @@ def run_probe(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_anchor_health(args: argparse.Namespace) -> int:
+    """Every finished run's anchor scores (detectors.anchor_health, on the first
+    `--health-images` val images at the truth's test size) -> ranking_truth_anchors.csv; runs
+    already in it are kept, not measured again."""
+    import pandas as pd
+
+    from detectors.anchor_health import anchor_index_scores, anchor_scores
+    from detectors.checkpoint import load_model_weights
+    from detectors.config import load_config
+    from detectors.device import set_threads
+    from detectors.model import build
+    from nas.results import atomic_write_text
+
+    set_threads(args.threads)
+    results, out = Path(args.results), Path(args.out)
+    setting = settings(args)
+    search, specs = sample(setting, results)
+    size = truth_recipe(search).test.size
+    rows = _committed(results, ANCHORS_CSV)
+    done = {(r["spec_id"], int(r["seed"])) for r in rows}
+    for spec in specs:
+        for seed in args.seeds:
+            run = out / spec.id / f"seed{seed}"
+            checkpoint = run / "train" / "checkpoint.pt"
+            if (spec.id, seed) in done or not (run / RESULT).is_file() or not checkpoint.is_file():
+                continue
+            config = load_config(run / "train" / "config.yaml")
+            model = build(config.spec)
+            load_model_weights(model, checkpoint)
+            scores = anchor_scores(model, args.data, args.health_images, size)
+            per_index = anchor_index_scores(scores)
+            rows += [{"spec_id": spec.id, "seed": seed, "anchor": k, "score": float(v),
+                      "faces": len(scores.best)} for k, v in enumerate(per_index)]
+            atomic_write_text(results / ANCHORS_CSV, pd.DataFrame(rows, columns=ANCHOR_COLUMNS).to_csv(index=False))
+            print(f"{spec.id} seed {seed}: anchor scores " + ", ".join(f"{v:.3f}" for v in per_index), flush=True)
+    print(f"{len({(r['spec_id'], int(r['seed'])) for r in rows})} runs in {results / ANCHORS_CSV}", flush=True)
+    return 0
+
+
+def failed_runs(anchors, ratio: float = DEAD_RATIO) -> list[tuple[str, int]]:
+    """(spec_id, seed) of the runs in ranking_truth_anchors.csv with a dead anchor index."""
+    from detectors.anchor_health import dead_anchors
+
+    return [(str(spec), int(seed)) for (spec, seed), g in anchors.groupby(["spec_id", "seed"], sort=False)
+            if dead_anchors(g.sort_values("anchor")["score"].to_numpy(float), ratio)]
+
+
 def run_proxies(args: argparse.Namespace) -> int:
     import pandas as pd
     import torch
@@ -806,17 +863,33 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orde
         both = by_seed[[a, b]].dropna()
         pairs.append({"seeds": [int(a), int(b)], "specs": len(both),
                       "tau": _tau(both[a], both[b])})
+    failed: list = []
+    bad: set = set()
+    if (results / ANCHORS_CSV).is_file():
+        failed = failed_runs(pd.read_csv(results / ANCHORS_CSV, dtype={"spec_id": str}))
+        bad = {spec for spec, _ in failed}
+        kept = by_seed.drop(index=[s for s in by_seed.index if s in bad])
+        for p in pairs:
+            both = kept[p["seeds"]].dropna()
+            p["specs_without_failed"] = len(both)
+            p["tau_without_failed"] = _tau(both[p["seeds"][0]], both[p["seeds"][1]]) if len(both) > 1 else float("nan")
     mean = by_seed.mean(axis=1)
     noise = []
-    for name in ("ap_easy", "ap_medium", "ap_hard"):
+    for name, without in itertools.product(("ap_easy", "ap_medium", "ap_hard"), (False, True)):
+        if without and not bad:
+            continue
         table = truth.pivot(index="spec_id", columns="seed", values=name)
+        if without:  # the specs of failed runs (dead anchors) left out
+            table = table.drop(index=[s for s in table.index if s in bad])
         taus = [_tau(*(table[[a, b]].dropna()[c] for c in (a, b)))
                 for a, b in itertools.combinations(table.columns, 2)]
-        noise.append({"metric": name, "tau": float(sum(taus) / len(taus)) if taus else float("nan"),
+        noise.append({"metric": name, "without_failed": without,
+                      "tau": float(sum(taus) / len(taus)) if taus else float("nan"),
                       **seed_reliability(table)})
     truth_cost = float(truth.groupby("spec_id")["train_s"].mean().median())
     out: dict[str, Any] = {"metric": metric, "specs": int(by_seed.shape[0]), "seeds": [int(s) for s in seeds],
-                           "seed_pairs": pairs, "seed_noise": noise, "truth_cost_s": truth_cost,
+                           "seed_pairs": pairs, "failed_runs": [list(f) for f in failed],
+                           "seed_noise": noise, "truth_cost_s": truth_cost,
                            "proxies": []}
     path = results / PROXIES_CSV
     if path.is_file():
@@ -845,6 +918,12 @@ def print_report(rep: dict[str, Any]) -> None:
           f"{rep['truth_cost_s'] / 60:.1f} min (median over specs)")
     for p in rep["seed_pairs"]:
         print(f"seed {p['seeds'][0]} vs {p['seeds'][1]}: Kendall tau {p['tau']:.3f} ({p['specs']} specs)")
+        if "tau_without_failed" in p:
+            print(f"  without the specs of runs with a dead anchor: {p['tau_without_failed']:.3f} "
+                  f"({p['specs_without_failed']} specs)")
+    if rep.get("failed_runs"):
+        print("runs with a dead anchor (ranking_truth_anchors.csv): "
+              + ", ".join(f"{spec} seed {seed}" for spec, seed in rep["failed_runs"]))
     if any("icc" in r for r in rep.get("seed_noise", [])):
         print("seed noise per metric (seed_reliability: tau predicted from the ICC under normality; "
               "seeds a mean needs for tau 0.6 against the noise-free ranking):")
@@ -853,7 +932,8 @@ def print_report(rep: dict[str, Any]) -> None:
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rep["seed_noise"]:
             if "icc" in r:
-                print(f"| {r['metric']} | {r['tau']:.3f} | {r['between_sd']:.4f} | {r['seed_sd']:.4f} | "
+                label = r["metric"] + (" without failed" if r.get("without_failed") else "")
+                print(f"| {label} | {r['tau']:.3f} | {r['between_sd']:.4f} | {r['seed_sd']:.4f} | "
                       f"{r['icc']:.3f} | {r['tau_one_seed']:.3f} | {r['reliability']:.3f} | "
                       f"{r['tau_mean']:.3f} | {r['seeds_for_tau']:g} |")
     if rep["proxies"]:
@@ -901,8 +981,12 @@ def main(argv: list[str] | None = None) -> int:
     what.add_argument("--short-recipes", type=float, nargs="+", metavar="FACTOR",
                       help="train every spec once with --short-budget's recipe, its schedule "
                            "scaled by each FACTOR; val hard AP -> proxies.csv")
+    what.add_argument("--anchor-health", action="store_true",
+                      help="every finished run's anchor scores -> ranking_truth_anchors.csv")
     what.add_argument("--probe", type=int, metavar="N",
                       help="time the first N iterations of one run and project the whole truth")
+    p.add_argument("--health-images", type=int, default=50,
+                   help="--anchor-health: the first N val images")
     p.add_argument("--short-budget", default="quick", help="--short-recipes: the budget whose trial recipe is scaled")
     p.add_argument("--proxy-names", nargs="+", help="with --proxies: these (default: all)")
     p.add_argument("--gflops", type=float, default=2.5)
@@ -946,6 +1030,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_proxies(args)
     if args.short_recipes:
         return run_short(args)
+    if args.anchor_health:
+        return run_anchor_health(args)
     if args.probe:
         return run_probe(args)
     return run_truth(args)

@@ -228,3 +228,25 @@ def test_seed_reliability_by_hand(ranking_truth):
     assert got["icc"] == pytest.approx(-1.0) and got["seeds_for_tau"] == math.inf
     # one seed: nothing to compare
     assert "icc" not in ranking_truth.seed_reliability(pd.DataFrame({0: [1.0, 2.0]}))
+
+
+def test_report_names_runs_with_a_dead_anchor(tmp_path, ranking_truth, capsys):
+    # the 4-spec truth of test_report_by_hand: seed 1 swaps c and d (tau 4/6); c's seed 1 run
+    # has a dead second anchor, so without c the seeds agree (a, b, d in order: tau 1)
+    truth = pd.DataFrame({
+        "spec_id": ["a", "b", "c", "d"] * 2, "seed": [0] * 4 + [1] * 4,
+        "ap_easy": 0.5, "ap_medium": 0.4,
+        "ap_hard": [0.40, 0.30, 0.20, 0.10, 0.42, 0.32, 0.10, 0.14], "train_s": 100.0})
+    truth.to_csv(tmp_path / ranking_truth.TRUTH_CSV, index=False)
+    anchors = pd.DataFrame([{"spec_id": s, "seed": seed, "anchor": k, "faces": 100,
+                             "score": 0.0 if (s, seed, k) == ("c", 1, 1) else 0.15}
+                            for s in "abcd" for seed in (0, 1) for k in (0, 1)])
+    anchors.to_csv(tmp_path / ranking_truth.ANCHORS_CSV, index=False)
+    assert ranking_truth.failed_runs(anchors) == [("c", 1)]
+    rep = ranking_truth.report(tmp_path, n_boot=50)
+    assert rep["failed_runs"] == [["c", 1]]
+    pair = rep["seed_pairs"][0]
+    assert pair["tau"] == pytest.approx(4 / 6)
+    assert pair["tau_without_failed"] == pytest.approx(1.0) and pair["specs_without_failed"] == 3
+    ranking_truth.print_report(rep)
+    assert "c seed 1" in capsys.readouterr().out
