@@ -53,7 +53,8 @@ resumable in OUT/short/<name>/<spec_id>/. The report reads any proxy name. ASHA'
 
 `--report` reads ranking_truth.csv, proxies.csv and ranking_curves.csv only: Kendall tau
 (scipy.stats.kendalltau, tau-b) of hard AP between every pair of seeds; per AP subset, how
-much of its spread is seed noise (seed_reliability: the intraclass correlation, the tau it
+much of its spread is seed noise (seed_reliability: the two-way consistency intraclass
+correlation, the tau it
 predicts, and how many seeds a mean would need); with ranking_truth_anchors.csv
 (`--anchor-health`: each finished run's per-anchor scores, detectors.anchor_health), the runs
 with a dead anchor (a failed training, not the architecture) and the seed tau without their
@@ -710,16 +711,19 @@ def _mean_tau(xs, y) -> float:
 
 
 def seed_reliability(by_seed) -> dict[str, Any]:
-    """How much of a metric's spread across specs is architecture rather than seed: the one-way
-    random-effects intraclass correlation of a spec x seed table (complete rows only).
+    """How much of a metric's spread across specs is architecture rather than seed: the
+    two-way consistency intraclass correlation of a spec x seed table (complete rows only).
 
-    MSB = k * sum_i (mean_i - grand)^2 / (n - 1) and MSW = sum_ij (x_ij - mean_i)^2 / (n (k - 1))
-    over n specs and k seeds; `icc` = ICC(1) = (MSB - MSW) / (MSB + (k - 1) MSW), the expected
-    correlation of two seeds' runs; `reliability` = (MSB - MSW) / MSB, that of the k-seed mean.
-    Under bivariate normality Kendall tau = (2 / pi) asin(r), so `tau_one_seed` = (2 / pi)
-    asin(icc) is the seed-against-seed tau the table predicts, `tau_mean` = (2 / pi)
-    asin(sqrt(reliability)) that of the k-seed mean against the noise-free ranking, and
-    `seeds_for_tau` (Spearman-Brown) how many seeds a mean needs for that tau to reach 0.6.
+    A seed that shifts every spec alike (its data order suits every detector) leaves the
+    ranking alone, so the seeds' main effect is removed: over n specs and k seeds with spec
+    means m_i, seed means c_j and grand mean g, MSR = k sum_i (m_i - g)^2 / (n - 1) and MSE =
+    sum_ij (x_ij - m_i - c_j + g)^2 / ((n - 1)(k - 1)); `icc` = ICC(C,1) = (MSR - MSE) / (MSR +
+    (k - 1) MSE), the expected correlation of two seeds' runs, and `reliability` = ICC(C,k) =
+    (MSR - MSE) / MSR, that of the k-seed mean. Under bivariate normality Kendall tau =
+    (2 / pi) asin(r), so `tau_one_seed` = (2 / pi) asin(icc) is the seed-against-seed tau the
+    table predicts, `tau_mean` = (2 / pi) asin(sqrt(reliability)) that of the k-seed mean
+    against the noise-free ranking, and `seeds_for_tau` (Spearman-Brown) how many seeds a mean
+    needs for that tau to reach 0.6. `seed_shift` is the spread of the seed means (sd).
     """
     import numpy as np
 
@@ -728,9 +732,9 @@ def seed_reliability(by_seed) -> dict[str, Any]:
     out: dict[str, Any] = {"specs": int(n), "seeds": int(k)}
     if n < 2 or k < 2:
         return out
-    means = x.mean(axis=1)
-    msb = k * float(((means - means.mean()) ** 2).sum()) / (n - 1)
-    msw = float(((x - means[:, None]) ** 2).sum()) / (n * (k - 1))
+    means, seed_means, grand = x.mean(axis=1), x.mean(axis=0), x.mean()
+    msb = k * float(((means - grand) ** 2).sum()) / (n - 1)
+    msw = float(((x - means[:, None] - seed_means[None, :] + grand) ** 2).sum()) / ((n - 1) * (k - 1))
     icc = (msb - msw) / (msb + (k - 1) * msw) if msb + (k - 1) * msw > 0 else float("nan")
     reliability = (msb - msw) / msb if msb > 0 else float("nan")
     target = math.sin(0.6 * math.pi / 2) ** 2  # reliability at which tau_mean is 0.6
@@ -740,6 +744,7 @@ def seed_reliability(by_seed) -> dict[str, Any]:
         seeds_for = float(max(1, math.ceil(target * (1 - icc) / (icc * (1 - target)) - 1e-9)))
     out.update({
         "between_sd": float(np.sqrt(max(msb - msw, 0.0) / k)), "seed_sd": float(np.sqrt(msw)),
+        "seed_shift": float(seed_means.std(ddof=1)),
         "icc": icc, "reliability": reliability,
         "tau_one_seed": 2 / math.pi * math.asin(max(-1.0, min(1.0, icc))),
         "tau_mean": 2 / math.pi * math.asin(math.sqrt(max(0.0, reliability))),
@@ -927,13 +932,13 @@ def print_report(rep: dict[str, Any]) -> None:
     if any("icc" in r for r in rep.get("seed_noise", [])):
         print("seed noise per metric (seed_reliability: tau predicted from the ICC under normality; "
               "seeds a mean needs for tau 0.6 against the noise-free ranking):")
-        print("| metric | seed tau | spec sd | seed sd | ICC | tau predicted | reliability of mean "
-              "| tau of mean | seeds for 0.6 |")
-        print("|---|---|---|---|---|---|---|---|---|")
+        print("| metric | seed tau | spec sd | seed sd | seed shift | ICC | tau predicted | "
+              "reliability of mean | tau of mean | seeds for 0.6 |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in rep["seed_noise"]:
             if "icc" in r:
                 label = r["metric"] + (" without failed" if r.get("without_failed") else "")
-                print(f"| {label} | {r['tau']:.3f} | {r['between_sd']:.4f} | {r['seed_sd']:.4f} | "
+                print(f"| {label} | {r['tau']:.3f} | {r['between_sd']:.4f} | {r['seed_sd']:.4f} | {r['seed_shift']:.4f} | "
                       f"{r['icc']:.3f} | {r['tau_one_seed']:.3f} | {r['reliability']:.3f} | "
                       f"{r['tau_mean']:.3f} | {r['seeds_for_tau']:g} |")
     if rep["proxies"]:

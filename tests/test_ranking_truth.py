@@ -209,18 +209,24 @@ def test_prescreen_against_random_sampling_by_hand(ranking_truth):
 def test_seed_reliability_by_hand(ranking_truth):
     import math
 
-    # spec means 2, 5, 8 (grand 5), every run 1 off its mean: MSB = 2 * 18 / 2 = 18, MSW = 6 / 3 = 2
-    table = pd.DataFrame({0: [1.0, 4.0, 7.0], 1: [3.0, 6.0, 9.0]}, index=["a", "b", "c"])
-    got = ranking_truth.seed_reliability(table)
+    # seed 1 is 2 better for every spec: a shift that changes no ranking costs nothing
+    shifted = pd.DataFrame({0: [1.0, 4.0, 7.0], 1: [3.0, 6.0, 9.0]}, index=["a", "b", "c"])
+    got = ranking_truth.seed_reliability(shifted)
     assert (got["specs"], got["seeds"]) == (3, 2)
-    assert got["icc"] == pytest.approx(16 / 20) and got["reliability"] == pytest.approx(16 / 18)
-    assert got["seed_sd"] == pytest.approx(math.sqrt(2)) and got["between_sd"] == pytest.approx(math.sqrt(8))
-    assert got["tau_one_seed"] == pytest.approx(0.59033, abs=1e-5)  # (2 / pi) asin 0.8
-    assert got["seeds_for_tau"] == 1
-    # ICC 0.2 (spec means -c, 0, c with c^2 = 1.5; runs 1 off): Spearman-Brown needs
-    # m >= 0.6545 * 0.8 / (0.2 * 0.3455) = 7.58 seeds for the mean's tau to reach 0.6
+    assert got["icc"] == pytest.approx(1.0) and got["seed_sd"] == pytest.approx(0.0)
+    assert got["seed_shift"] == pytest.approx(math.sqrt(2)) and got["seeds_for_tau"] == 1
+    # spec means 2.5, 5, 9 (grand 5.5), seed means 4, 7; residuals 0, 0, +-0.5, -+0.5:
+    # MSR = 2 * 21.5 / 2 = 21.5, MSE = 1 / 2 = 0.5
+    table = pd.DataFrame({0: [1.0, 4.0, 7.0], 1: [4.0, 6.0, 11.0]})
+    got = ranking_truth.seed_reliability(table)
+    assert got["icc"] == pytest.approx(21 / 22) and got["reliability"] == pytest.approx(21 / 21.5)
+    assert got["seed_sd"] == pytest.approx(math.sqrt(0.5)) and got["between_sd"] == pytest.approx(math.sqrt(10.5))
+    assert got["tau_one_seed"] == pytest.approx(2 / math.pi * math.asin(21 / 22))
+    assert got["tau_mean"] == pytest.approx(2 / math.pi * math.asin(math.sqrt(21 / 21.5)))
+    # ICC 0.2 (spec means -c, 0, c with c^2 = 1.5; residuals +-1 in two specs): Spearman-Brown
+    # needs m >= 0.6545 * 0.8 / (0.2 * 0.3455) = 7.58 seeds for the mean's tau to reach 0.6
     c = math.sqrt(1.5)
-    noisy = pd.DataFrame({0: [-c - 1, -1.0, c - 1], 1: [-c + 1, 1.0, c + 1]})
+    noisy = pd.DataFrame({0: [-c + 1, -1.0, c], 1: [-c - 1, 1.0, c]})
     got = ranking_truth.seed_reliability(noisy)
     assert got["icc"] == pytest.approx(0.2) and got["seeds_for_tau"] == 8
     # seeds disagree completely: no spread between specs, and no number of seeds helps
