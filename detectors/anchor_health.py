@@ -4,10 +4,10 @@ SCRFD's head predicts, at every location of a level, one score and one box per a
 anchors per location: scales 1 and 2). Its box loss weighs each positive by its own detached
 score, normalised by the sum over the batch (GFL), so the anchors race: one whose boxes fall
 behind early gets a low score, hence almost no box gradient, hence boxes that never improve,
-and its classifier can stay at its initialisation for the whole run. On widerface-mini, one
-truth run in ten did this (docs/proxies.md, "Dead anchors"): its second anchor scored 0 on
-every face, and faces of 32-64 and 128-256 px (the sizes the second anchor owns) were found
-half as often as by the other seed of the same spec.
+and its classifier can stay at its initialisation for the whole run. On widerface-mini at
+320 px (docs/proxies.md, "Dead anchors"), one of the first 14 truth runs did this, and so did
+the published SCRFD-2.5GF in both seeds: the second anchor scored 0 on every face, and the
+faces it owns (32-64 and 128-256 px) were found half as often as by a healthy run.
 
 `anchor_scores` measures it directly: for every face counted in WIDER's hard setting on some
 val images, and for every (level, anchor), the highest score among that anchor's predictions
