@@ -710,6 +710,16 @@ def _mean_tau(xs, y) -> float:
     return float(sum(_tau(xs[:, j], y) for j in range(xs.shape[1])) / xs.shape[1])
 
 
+def _seed_pair_taus(by_seed) -> list[tuple[Any, Any, int, float]]:
+    """(seed a, seed b, specs with both, Kendall tau) for every pair of a spec x seed table's
+    columns (NaN with fewer than 2 specs)."""
+    out = []
+    for a, b in itertools.combinations(by_seed.columns, 2):
+        both = by_seed[[a, b]].dropna()
+        out.append((a, b, len(both), _tau(both[a], both[b]) if len(both) > 1 else float("nan")))
+    return out
+
+
 def seed_reliability(by_seed) -> dict[str, Any]:
     """How much of a metric's spread across specs is architecture rather than seed: the
     two-way consistency intraclass correlation of a spec x seed table (complete rows only).
@@ -863,21 +873,15 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orde
     truth = pd.read_csv(results / TRUTH_CSV, dtype={"spec_id": str})
     by_seed = truth.pivot(index="spec_id", columns="seed", values=metric)
     seeds = list(by_seed.columns)
-    pairs = []
-    for a, b in itertools.combinations(seeds, 2):
-        both = by_seed[[a, b]].dropna()
-        pairs.append({"seeds": [int(a), int(b)], "specs": len(both),
-                      "tau": _tau(both[a], both[b])})
+    pairs = [{"seeds": [int(a), int(b)], "specs": n, "tau": tau} for a, b, n, tau in _seed_pair_taus(by_seed)]
     failed: list = []
     bad: set = set()
     if (results / ANCHORS_CSV).is_file():
         failed = failed_runs(pd.read_csv(results / ANCHORS_CSV, dtype={"spec_id": str}))
         bad = {spec for spec, _ in failed}
         kept = by_seed.drop(index=[s for s in by_seed.index if s in bad])
-        for p in pairs:
-            both = kept[p["seeds"]].dropna()
-            p["specs_without_failed"] = len(both)
-            p["tau_without_failed"] = _tau(both[p["seeds"][0]], both[p["seeds"][1]]) if len(both) > 1 else float("nan")
+        for p, (_, _, n, tau) in zip(pairs, _seed_pair_taus(kept)):
+            p["specs_without_failed"], p["tau_without_failed"] = n, tau
     mean = by_seed.mean(axis=1)
     noise = []
     for name, without in itertools.product(("ap_easy", "ap_medium", "ap_hard"), (False, True)):
@@ -886,8 +890,7 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orde
         table = truth.pivot(index="spec_id", columns="seed", values=name)
         if without:  # the specs of failed runs (dead anchors) left out
             table = table.drop(index=[s for s in table.index if s in bad])
-        taus = [_tau(*(table[[a, b]].dropna()[c] for c in (a, b)))
-                for a, b in itertools.combinations(table.columns, 2)]
+        taus = [tau for _, _, _, tau in _seed_pair_taus(table)]
         noise.append({"metric": name, "without_failed": without,
                       "tau": float(sum(taus) / len(taus)) if taus else float("nan"),
                       **seed_reliability(table)})
