@@ -14,7 +14,7 @@ import torch
 if TYPE_CHECKING:  # used by catalogue leaves (RSA training): no run-time spec import
     from detectors.spec import AnchorSpec
 
-__all__ = ["anchor_points", "anchor_boxes", "anchor_strides"]
+__all__ = ["anchor_points", "anchor_boxes", "anchor_strides", "anchor_sizes"]
 
 
 def anchor_points(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
@@ -30,7 +30,7 @@ def anchor_points(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
     return out
 
 
-def _base_wh(anchor_spec: AnchorSpec, level: int, device: torch.device | str | None = None) -> torch.Tensor:
+def anchor_sizes(anchor_spec: AnchorSpec, level: int, device: torch.device | str | None = None) -> torch.Tensor:
     """(A, 2) anchor (width, height) at one level, in anchor order, on `device`."""
     base = anchor_spec.base_sizes[level]
     whs = []
@@ -47,7 +47,7 @@ def anchor_boxes(anchor_spec: AnchorSpec, sizes: list[tuple[int, int]],
     for ratio 1. Rows match `anchor_points` (the ATSS assigner's anchors)."""
     out = []
     for lvl, pts in enumerate(anchor_points(anchor_spec, sizes, device)):
-        wh = _base_wh(anchor_spec, lvl, pts.device).repeat(pts.shape[0] // anchor_spec.num_anchors, 1)
+        wh = anchor_sizes(anchor_spec, lvl, pts.device).repeat(pts.shape[0] // anchor_spec.num_anchors, 1)
         out.append(torch.cat([pts - wh / 2, pts + wh / 2], dim=1))
     return out
 

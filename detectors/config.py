@@ -12,7 +12,9 @@ SGD lr 0.01, momentum 0.9, weight decay 5e-4, linear warm-up over 1500 iteration
 lr x 0.001, step decay x0.1 at epochs 440 and 544 of 640, 8 images per GPU on 4 GPUs (32),
 640x640 training crops with sample redistribution, flip, photometric distortion, QFL (beta 2),
 DIoU (weight 2), smooth-L1 keypoints (beta 1/9, weight 0.1), ATSS top-9, test at 640 with
-score 0.02 / NMS 0.45. Budget presets (`apply_budget`) scale a recipe without editing it.
+score 0.02 / NMS 0.45. One default departs from it: `box_init: anchor` starts each anchor's box
+at its anchor box (detectors.model.init_box_bias); `box_init: point` is SCRFD's own init.
+Budget presets (`apply_budget`) scale a recipe without editing it.
 
 A config may carry its own per-budget section, merged over the global budget override (as a
 search preset's `budgets:` is merged over experiments/search/budgets.yaml):
@@ -48,12 +50,18 @@ __all__ = [
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
     "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
-    "SYNTHETIC_KEYS", "EXECUTION_KEYS",
+    "SYNTHETIC_KEYS", "EXECUTION_KEYS", "BOX_INITS",
 ]
 
 # Recipe keys that say how the global batch is executed, not what is trained: resuming with
 # other values is allowed (see Recipe.identity).
 EXECUTION_KEYS = ("grad_accumulation", "sync_bn")
+
+# How the box regression starts (detectors.model.init_box_bias): "anchor", each anchor's first
+# box is its own anchor box; "point", SCRFD's published init (bias 0: boxes start as points,
+# and about half start inverted, which leaves an anchor with no box gradient for good:
+# docs/proxies.md "Dead anchors").
+BOX_INITS = ("anchor", "point")
 
 BASELINE_CROPS = (0.3, 0.45, 0.6, 0.8, 1.0)
 # Sample redistribution (SCRFD sec. 3.1): crops up to 2x the short edge make faces smaller.
@@ -252,6 +260,9 @@ class Recipe:
     # BatchNorm statistics over the global batch across processes (SyncBatchNorm); GroupNorm
     # heads are unaffected. No effect in one process.
     sync_bn: bool = False
+    # The one departure from the published recipe (BOX_INITS): "point" reproduces SCRFD's
+    # init; "anchor" keeps every anchor trainable.
+    box_init: str = "anchor"
 
     def __post_init__(self) -> None:
         if self.train_size < 32 or self.train_size % 32:
@@ -266,11 +277,14 @@ class Recipe:
                             f"({self.batch_size}), not {self.grad_accumulation!r}")
         if not isinstance(self.sync_bn, bool):
             raise UserError(f"recipe.sync_bn must be true or false, not {self.sync_bn!r}")
+        if self.box_init not in BOX_INITS:
+            raise UserError(f"recipe.box_init must be one of {', '.join(BOX_INITS)}, not {self.box_init!r}")
 
     def to_dict(self, full: bool = False) -> dict:
         """Plain data; sections and keys added later are left out at their default (so
         recipes and checkpoints written before them stay equal) unless `full` (--set needs
-        every key)."""
+        every key). box_init is always written: its default changed meaning (it was SCRFD's
+        point init before the key existed), so a recipe must say which one trained it."""
         d = _plain(dataclasses.asdict(self))
         for name, default in (("rsa", RSARecipe()), ("pretrained", Pretrained())):
             if not full and getattr(self, name) == default:
@@ -289,10 +303,13 @@ class Recipe:
     def identity(self) -> dict:
         """What a resumed run must match: to_dict without EXECUTION_KEYS (how the global
         batch is split over processes and micro-batches may change between runs, as the
-        number of processes may)."""
+        number of processes may) and without box_init."""
         d = self.to_dict()
         for key in EXECUTION_KEYS:
             d.pop(key, None)
+        # The init only shapes iteration 0: a checkpoint resumes whatever it was (and runs
+        # from before the key existed resume), while to_dict still records it for reruns.
+        d.pop("box_init")
         return d
 
 

@@ -8,15 +8,17 @@ decode_outputs are re-exported from detectors.detector.
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
+from detectors.anchors import anchor_sizes
 from detectors.backbones import Backbone
 from detectors.catalog import head_entry, neck_entry
 from detectors.detector import Detections, FaceDetector, HeadOutputs, decode_outputs
 from detectors.spec import DetectorSpec, NeckSpec
 
 __all__ = ["HeadOutputs", "Detections", "FaceDetector", "build", "build_parts", "build_neck",
-           "decode_outputs", "init_weights"]
+           "decode_outputs", "init_weights", "init_box_bias"]
 
 
 # SCRFD's classification prior: sigmoid(-4.595) ~= 0.01 at the start of training
@@ -49,6 +51,32 @@ def init_weights(model: FaceDetector) -> None:
     for m in model.backbone.modules():
         if hasattr(m, "zero_init_residual"):
             m.zero_init_residual()
+
+
+def init_box_bias(model: nn.Module, box_init: str) -> None:
+    """How a model's box regression starts (recipe.box_init, detectors.config.BOX_INITS).
+
+    "point" keeps init_weights' N(0, 0.01) weights and zero bias (SCRFD's): every box starts
+    as a point at its anchor, and whether its width l + r is positive depends on the sign of
+    the weights' sum, fixed at initialisation. An anchor whose boxes start inverted has IoU 0
+    with every face, so the DIoU loss gives its sides no gradient and QFL's target (that IoU)
+    is 0: it never learns (docs/proxies.md, "Dead anchors"). "anchor" sets the bias of each
+    anchor's l, t, r, b channels to half its anchor box at the conv's first level, in stride
+    units (base size x scale / 2 / stride), so every anchor's first boxes are its anchor
+    boxes, as an anchor-based head's zero offsets are. Heads without `reg_preds` (RSA's LRN)
+    have no box regression and are left alone.
+    """
+    head = getattr(model, "head", None)
+    convs = getattr(head, "reg_preds", None)
+    if box_init == "point" or convs is None:
+        return
+    if box_init != "anchor":
+        raise ValueError(f"box_init must be one of anchor, point, not {box_init!r}")
+    anchors = model.spec.anchors
+    with torch.no_grad():
+        for level, conv in enumerate(convs):  # one conv per level, or one shared (level 0)
+            half = anchor_sizes(anchors, level) / (2 * anchors.strides[level])  # (A, 2) w, h
+            conv.bias.copy_(torch.cat([half, half], 1).reshape(-1).to(conv.bias))  # l, t, r, b
 
 
 def build_neck(spec: NeckSpec, backbone_channels: tuple[int, ...]) -> nn.Module:

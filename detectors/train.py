@@ -58,7 +58,7 @@ from detectors import distributed
 from detectors.distributed import World
 from detectors.errors import UserError
 from detectors.losses import LossInputs, Targets
-from detectors.model import HeadOutputs, build
+from detectors.model import HeadOutputs, build, init_box_bias
 from detectors.pretrained import maybe_load_pretrained
 
 __all__ = ["train", "total_iterations", "batch_loss", "TrainHooks", "TrainResult", "TrainingDiverged", "lr_factor",
@@ -504,6 +504,7 @@ def _setup(config: TrainConfig, data_root: Path, state: dict | None, device, fp3
                             pin_memory=mode.device.type == "cuda")
     total, milestones = schedule_in_iterations(recipe.schedule, batches.iters_per_epoch)
     model = hooks.build_model(config).to(mode.device)
+    init_box_bias(model, recipe.box_init)  # a resumed run's weights replace it below
     maybe_load_pretrained(model, config, resuming=state is not None)  # recipe.pretrained
     if recipe.sync_bn and world.active:
         model = distributed.convert_sync_bn(model, mode.device.type)

@@ -127,14 +127,16 @@ def score_model(name: str, model: nn.Module, batch: dict, recipe: "Recipe") -> f
 
 def score_spec(name: str, spec: "DetectorSpec", batch: dict, recipe: "Recipe",
                seed: int = 0) -> tuple[float, float]:
-    """(score, cost_s) of proxy `name` for `spec`, built afresh from `seed`."""
-    from detectors.model import build
+    """(score, cost_s) of proxy `name` for `spec`, built afresh from `seed` and initialised as
+    `recipe` trains it (recipe.box_init)."""
+    from detectors.model import build, init_box_bias
 
     check_proxy(name)
     t0 = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build(spec)
+    init_box_bias(model, recipe.box_init)  # the model as training would start it
     value = score_model(name, model, batch, recipe)
     return value, time.perf_counter() - t0
 
