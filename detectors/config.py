@@ -50,12 +50,17 @@ __all__ = [
     "TrainConfig", "RSARecipe", "load_config", "BUDGETS", "apply_budget", "budget_recipe",
     "BASELINE_CROPS", "SR_CROPS",
     "schedule_in_iterations", "merge", "check_budget_section", "budget_synthetic", "CONFIG_BUDGET_KEYS",
-    "SYNTHETIC_KEYS", "EXECUTION_KEYS", "BOX_INITS",
+    "SYNTHETIC_KEYS", "EXECUTION_KEYS", "NOT_IDENTITY_KEYS", "BOX_INITS",
 ]
 
 # Recipe keys that say how the global batch is executed, not what is trained: resuming with
 # other values is allowed (see Recipe.identity).
 EXECUTION_KEYS = ("grad_accumulation", "sync_bn")
+
+# Recipe keys a resumed run need not match (Recipe.identity): EXECUTION_KEYS, and box_init,
+# which only shapes iteration 0 (a checkpoint resumes whatever it was, and checkpoints from
+# before the key existed resume).
+NOT_IDENTITY_KEYS = EXECUTION_KEYS + ("box_init",)
 
 # How the box regression starts (detectors.model.init_box_bias): "anchor", each anchor's first
 # box is its own anchor box; "point", SCRFD's published init (bias 0: boxes start as points,
@@ -305,11 +310,8 @@ class Recipe:
         batch is split over processes and micro-batches may change between runs, as the
         number of processes may) and without box_init."""
         d = self.to_dict()
-        for key in EXECUTION_KEYS:
+        for key in NOT_IDENTITY_KEYS:
             d.pop(key, None)
-        # The init only shapes iteration 0: a checkpoint resumes whatever it was (and runs
-        # from before the key existed resume), while to_dict still records it for reruns.
-        d.pop("box_init")
         return d
 
 

@@ -51,7 +51,7 @@ from detectors.anchors import anchor_boxes, anchor_points, anchor_strides
 from detectors.assign import Assignment
 from detectors.batches import SeededBatches, resolve_workers
 from detectors.checkpoint import load_checkpoint, load_model_weights, save_checkpoint
-from detectors.config import EXECUTION_KEYS, Recipe, TrainConfig, schedule_in_iterations
+from detectors.config import NOT_IDENTITY_KEYS, Recipe, TrainConfig, schedule_in_iterations
 from detectors.device import TrainingMode, select_device, set_threads, training_mode, tune_cuda
 from detectors.data.device_transforms import device_images
 from detectors import distributed
@@ -290,10 +290,10 @@ def _prepare_out_dir(out_dir: Path, config: TrainConfig, resume: bool,
     if not ckpt.exists():
         raise UserError(f"nothing to resume: {ckpt} does not exist")
     state = load_checkpoint(ckpt)
-    # grad_accumulation / sync_bn (EXECUTION_KEYS) may change, as the number of processes may;
-    # loader processes (workers) change the speed, not the batches
+    # grad_accumulation / sync_bn may change, as the number of processes may, and box_init
+    # (NOT_IDENTITY_KEYS); loader processes (workers) change the speed, not the batches
     recorded = _without_workers({k: v for k, v in (state.get("recipe") or {}).items()
-                                 if k not in EXECUTION_KEYS})
+                                 if k not in NOT_IDENTITY_KEYS})
     if state.get("spec") != config.spec.to_dict() or recorded != _without_workers(config.recipe.identity()):
         raise UserError(f"cannot resume {out_dir}: its checkpoint was trained with a different "
                         f"spec or recipe than this config (see {out_dir / CONFIG})")

@@ -3,6 +3,7 @@ the LR schedule."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -163,6 +164,13 @@ def test_resume_refuses_another_recipe_and_fresh_run_refuses_old_dir(widerface_m
         train(other, widerface_mini, tmp_path / "run", progress=False, resume=True)
     with pytest.raises(UserError, match="nothing to resume"):
         train(config, widerface_mini, tmp_path / "empty", progress=False, resume=True)
+    # box_init only shapes iteration 0: a checkpoint from before the key existed resumes, under
+    # either init
+    state = load_checkpoint(tmp_path / "run" / "checkpoint.pt")
+    assert state["recipe"].pop("box_init") == "anchor"
+    save_checkpoint(tmp_path / "run" / "checkpoint.pt", state)
+    point = dataclasses.replace(config, recipe=dataclasses.replace(config.recipe, box_init="point"))
+    assert train(point, widerface_mini, tmp_path / "run", progress=False, resume=True).iterations == 2
 
 
 def test_diverging_loss_stops_with_status(widerface_mini, tmp_path):
