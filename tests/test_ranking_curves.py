@@ -132,11 +132,12 @@ def test_real_recording_resumes_without_recomputing(tmp_path, ranking_truth, tin
     row = ranking_truth._run(request, 2, [2, 4])
     assert calls == [("train", 4, True), ("test",)]
     curve = ranking_truth.read_curve(run_dir)
-    assert curve[0] == first[0] and [p["iteration"] for p in curve] == [2, 4]
+    # NaN-safe: the tiny val set has no easy face, so a model with detections gets AP NaN there
+    assert curve[0] == pytest.approx(first[0], nan_ok=True) and [p["iteration"] for p in curve] == [2, 4]
     # the truth row is the end point; the rung loss is the trainer's loss over the last tenth
     # (>= 1 iteration) of the iterations so far: here that iteration's own total
-    assert {k: row[k] for k in ("ap_easy", "ap_medium", "ap_hard")} == {
-        k: curve[1][k] for k in ("ap_easy", "ap_medium", "ap_hard")}
+    assert {k: row[k] for k in ("ap_easy", "ap_medium", "ap_hard")} == pytest.approx({
+        k: curve[1][k] for k in ("ap_easy", "ap_medium", "ap_hard")}, nan_ok=True)
     logged = {}
     for line in (run_dir / "train" / "metrics.jsonl").read_text().splitlines():
         rec = json.loads(line)
@@ -146,7 +147,7 @@ def test_real_recording_resumes_without_recomputing(tmp_path, ranking_truth, tin
     # finished: nothing is trained or tested again
     calls.clear()
     (run_dir / ranking_truth.RESULT).unlink()
-    assert ranking_truth._run(request, 2, [2, 4]) == row and calls == []
+    assert ranking_truth._run(request, 2, [2, 4]) == pytest.approx(row, nan_ok=True) and calls == []
     ranking_truth.write_curves(tmp_path, ranking_truth.collect_curves(out, specs, [0]))
     table = pd.read_csv(tmp_path / ranking_truth.CURVES_CSV, dtype={"spec_id": str})
     assert list(table.columns) == ranking_truth.CURVE_COLUMNS and table["iteration"].tolist() == [2, 4]
