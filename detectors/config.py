@@ -64,8 +64,8 @@ NOT_IDENTITY_KEYS = EXECUTION_KEYS + ("box_init",)
 
 # How the box regression starts (detectors.model.init_box_bias): "anchor", each anchor's first
 # box is its own anchor box; "point", SCRFD's published init (bias 0: boxes start as points,
-# and about half start inverted, which leaves an anchor with no box gradient for good:
-# docs/proxies.md "Dead anchors").
+# and many start inverted, 84-95 % in the published 2.5 GF spec, which can leave an anchor
+# with no box gradient for good: docs/proxies.md "Dead anchors").
 BOX_INITS = ("anchor", "point")
 
 BASELINE_CROPS = (0.3, 0.45, 0.6, 0.8, 1.0)
