@@ -14,6 +14,7 @@ from torch import nn
 from detectors.anchors import anchor_sizes
 from detectors.backbones import Backbone
 from detectors.catalog import head_entry, neck_entry
+from detectors.config import BOX_INITS
 from detectors.detector import Detections, FaceDetector, HeadOutputs, decode_outputs
 from detectors.spec import DetectorSpec, NeckSpec
 
@@ -70,8 +71,8 @@ def init_box_bias(model: nn.Module, box_init: str) -> None:
     convs = getattr(head, "reg_preds", None)
     if box_init == "point" or convs is None:
         return
-    if box_init != "anchor":
-        raise ValueError(f"box_init must be one of anchor, point, not {box_init!r}")
+    if box_init not in BOX_INITS:
+        raise ValueError(f"box_init must be one of {', '.join(BOX_INITS)}, not {box_init!r}")
     anchors = model.spec.anchors
     with torch.no_grad():
         for level, conv in enumerate(convs):  # one conv per level, or one shared (level 0)

@@ -58,7 +58,6 @@ def test_anchor_init_starts_each_anchor_at_its_anchor_box(shared):
             half = (want[:, 2:] - want[:, :2]) / 2 * ratio
             torch.testing.assert_close(got, torch.cat([centre - half, centre + half], 1))
     # every anchor's boxes start with a positive size, whatever its weights' sign
-    model.train()
     torch.manual_seed(1)
     fresh = build(_spec(shared))
     init_box_bias(fresh, "anchor")
