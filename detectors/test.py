@@ -175,12 +175,15 @@ def split_ground_truth(data_root: str | os.PathLike, split: str, image_ids: list
 def evaluate_predictions(predictions: dict[str, np.ndarray], ground_truth, progress: bool = True) -> dict[str, float]:
     """AP easy/medium/hard and AP at precision >= 98% per subset (EvalResult.metrics: keys
     easy, medium, hard, ap_at_p98_easy, ap_at_p98_medium, ap_at_p98_hard); a model that
-    predicts nothing at all scores 0 (the evaluator refuses an empty prediction set)."""
-    from detectors.data.widerface import SETTINGS
+    predicts nothing at all scores 0 (the evaluator refuses an empty prediction set). A subset
+    with no face has no AP (NaN), whatever was predicted, as the evaluator says."""
+    from detectors.data.widerface import SETTINGS, EvalGroundTruth, load_eval_ground_truth
     from detectors.evaluate import evaluate
 
     if not any(len(p) for p in predictions.values()):
-        return {**{s: 0.0 for s in SETTINGS}, **{f"ap_at_p98_{s}": 0.0 for s in SETTINGS}}
+        gt = ground_truth if isinstance(ground_truth, EvalGroundTruth) else load_eval_ground_truth(ground_truth)
+        return {**{s: 0.0 if gt.faces(s) else float("nan") for s in SETTINGS},
+                **{f"ap_at_p98_{s}": 0.0 for s in SETTINGS}}
     return evaluate(predictions, ground_truth, progress=progress).metrics()
 
 

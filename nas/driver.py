@@ -4,7 +4,8 @@ This is the only module that imports Ray. What is searched comes from the space'
 nas/space_table.py (its phases, their plans and trial functions); a search run:
 
 1. resolves and checks the whole search config (nas.search_config: preset, options, --set),
-   then writes RUN_DIR/config.yaml (resolved search config, seed, versions, git revision);
+   then writes RUN_DIR/config.yaml (resolved search config, seed, the recipe its trials
+   train with, versions, git revision);
 2. per phase, plans its specs once (RUN_DIR/plan/stepN.yaml; e.g. SCRFD's step 2 is drawn
    inside step 1's bootstrap ranges) and runs every planned spec not yet finished as one Ray
    Tune trial (`tune.Tuner`, `tune.with_resources`) of the phase's trial function;
@@ -26,7 +27,9 @@ recipe.grad_accumulation (same batch), a second one -> a failed row.
 Resume: the plan is fixed on disk, so `--resume RUN_DIR` runs exactly plan minus finished ids.
 Each trial also writes its own RUN_DIR/trials/<id>/result.json when it finishes; resume folds
 those in first, so a trial that finished just before the driver was killed is not retrained.
-ASHA's rung decisions are saved in RUN_DIR/asha/ and replayed on resume (nas.asha_state).
+ASHA's rung decisions are saved in RUN_DIR/asha/ and replayed on resume (nas.asha_state). A
+resume whose trials would train another recipe (a default changed) is refused
+(nas.trial_recipe_record).
 
 Test hook: the environment variable FACENAS_TRIAL_FN="module:function" replaces every
 phase's trial function by any importable callable taking a TrialRequest and returning
@@ -60,6 +63,7 @@ from nas.results import METRIC_COLUMNS, RunStore, atomic_write_text, cost_column
 from nas.search_config import resolve_search
 from nas.space_table import space_entry
 from nas.resources import TrialResources, alive_nodes, trial_resources, unschedulable
+from nas.trial_recipe_record import TRIAL_RECIPE_KEY, check_trial_recipe, trial_recipe_record
 from nas.trial import (TrialFn, TrialRequest, cuda_problem, grad_accumulation, is_cuda_oom,
                        run_trial, with_grad_accumulation)
 
@@ -114,7 +118,8 @@ def _new_run(opts: SearchOptions) -> tuple[RunStore, dict[str, Any]]:
 
 
 def _write_new_run(store: RunStore, search: dict[str, Any]) -> None:
-    store.write_config({"search": search, "seed": search["seed"], "versions": _versions(),
+    store.write_config({"search": search, "seed": search["seed"],
+                        TRIAL_RECIPE_KEY: trial_recipe_record(search), "versions": _versions(),
                         "git_revision": _git_revision(),
                         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                         "command": " ".join(sys.argv)})
@@ -773,10 +778,12 @@ def run_search(opts: SearchOptions, trial_fn: TrialFn | None = None,
             raise UserError("--prescreen and --prescreen-keep do not apply with --resume: a "
                             "resumed run keeps the plan and config it recorded")
         store = RunStore(opts.resume)
-        search = store.read_config()["search"]
+        config = store.read_config()
+        search = config["search"]
         from nas.asha_state import check_saved_states
 
         check_saved_states(store.run_dir, search)  # a corrupt one: refused before Ray starts
+        check_trial_recipe(store, config)  # a changed default: refused, never mixed
     else:
         store, search = _new_run(opts)
     started = _init_ray(opts)  # a wrong --address or --gpus-per-trial still writes nothing

@@ -427,3 +427,20 @@ def test_mini_matches_official_code_run_in_octave(mini_gt, tmp_path):
     # the Python port's arithmetic (float IoU, best box) is off by more than the 1e-4 asked
     port = evaluate(tmp_path, mini_gt.gt_dir, protocol="python", progress=False)
     assert max(abs(port.ap[s] - OFFICIAL_OCTAVE[s]) for s in SETTINGS) > 1e-3
+
+
+def test_predicting_nothing_scores_as_a_prediction_that_misses_every_face():
+    """0 where a subset has faces, NaN where it has none (the evaluator's answer for a miss;
+    it refuses an empty prediction set, so evaluate_predictions answers that case itself)."""
+    from detectors.test import evaluate_predictions
+
+    arrays = {"e/1": np.asarray([A, B], dtype=np.float64)}
+    keep = {"easy": {"e/1": np.zeros(0, np.int64)}, "medium": {"e/1": np.array([1])},
+            "hard": {"e/1": np.array([1, 2])}}
+    gt = EvalGroundTruth(None, ["e/1"], arrays, keep)
+    nothing = evaluate_predictions({"e/1": _pred()}, gt, progress=False)
+    miss = evaluate_predictions({"e/1": _pred(D + [0.9], C + [0.8])}, gt, progress=False)
+    assert nothing.keys() == miss.keys()
+    for key in nothing:
+        assert nothing[key] == miss[key] or (math.isnan(nothing[key]) and math.isnan(miss[key])), key
+    assert math.isnan(nothing["easy"]) and nothing["medium"] == nothing["hard"] == 0.0
