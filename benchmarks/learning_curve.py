@@ -3,7 +3,7 @@
     python benchmarks/learning_curve.py [--config experiments/scrfd_0.5g.yaml] [--budget quick]
         [--set KEY=VALUE ...] [--data ../shared/data/widerface-mini] [--points 4]
         [--minutes M] [--threads T] [--out RUN_DIR] [--csv FILE] [--label NAME]
-    python benchmarks/learning_curve.py --plot FILE.csv OUT.png
+    python benchmarks/learning_curve.py --plot FILE.csv OUT.png [--log-ap]
 
 Trains in `points` equal chunks (each chunk resumes the previous one's checkpoint, which the
 trainer continues exactly, so the curve's last point is the plain `facenas train` result) and
@@ -16,7 +16,8 @@ training time (tests not counted) reaches M minutes: "up to an hour" is `--minut
 Prints one line per point and a JSON line. `--csv FILE` also adds each point to FILE (columns
 CSV_COLUMNS; the file is rewritten through a temporary name after each point, so a killed run
 keeps the points it made); rows of other labels are kept, a label's earlier rows replaced.
-`--plot` draws every label of such a CSV: val AP (easy, medium, hard) against training minutes.
+`--plot` draws every label of such a CSV: val AP (easy, medium, hard) against training minutes
+(`--log-ap`: on a log axis).
 Bad input (a missing config, a mistyped --set key, a budget counted in epochs) is one line,
 exit 2.
 """
@@ -48,8 +49,9 @@ def _write_rows(path: Path, label: str, rows: list[dict]) -> None:
     atomic_write_text(path, new.to_csv(index=False))
 
 
-def plot(csv_path: Path, png_path: Path) -> None:
-    """Val AP (easy, medium, hard: one panel each) against training minutes, one line per label."""
+def plot(csv_path: Path, png_path: Path, log_ap: bool = False) -> None:
+    """Val AP (easy, medium, hard: one panel each) against training minutes, one line per label;
+    `log_ap`: AP on a log axis, so curves that barely start (AP 1e-4) show beside working ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -69,6 +71,8 @@ def plot(csv_path: Path, png_path: Path) -> None:
         for label, rows in frame.groupby("label", sort=False):
             rows = rows.sort_values("train_minutes")
             ax.plot(rows["train_minutes"], rows[subset], marker="o", label=label)
+        if log_ap:
+            ax.set_yscale("log")
         ax.set_title(f"val AP, {subset}")
         ax.set_xlabel("training minutes (tests not counted)")
         ax.grid(alpha=0.3)
@@ -139,10 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--csv", help="add the points to this CSV (columns CSV_COLUMNS)")
     p.add_argument("--label", help="the curve's name in --csv and --plot (default: the spec's name)")
     p.add_argument("--plot", nargs=2, metavar=("CSV", "PNG"), help="draw a --csv file's curves; trains nothing")
+    p.add_argument("--log-ap", action="store_true", help="with --plot: AP on a log axis")
     args = p.parse_args(argv)
     try:
         if args.plot:
-            plot(Path(args.plot[0]), Path(args.plot[1]))
+            plot(Path(args.plot[0]), Path(args.plot[1]), log_ap=args.log_ap)
             print(f"wrote {args.plot[1]}")
             return 0
         return run(args)

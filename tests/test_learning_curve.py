@@ -45,6 +45,9 @@ def test_points_match_the_run_and_land_in_the_csv(learning_curve, tiny_data, tmp
     assert learning_curve.main(["--plot", str(csv), str(png)]) == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(png.parent.glob("*.tmp*"))
+    logged = tmp_path / "plot" / "log.png"  # AP on a log axis: another drawing of the same rows
+    assert learning_curve.main(["--plot", str(csv), str(logged), "--log-ap"]) == 0
+    assert logged.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and logged.read_bytes() != png.read_bytes()
 
 
 @pytest.mark.parametrize("argv, says", [
