@@ -25,7 +25,7 @@ from nas.presets import budget_section, check_preset_kinds, default_data, load_p
 from nas.phases import SpaceEntry
 from nas.space_table import check_prescreen, check_scheduler, space_entry
 
-__all__ = ["resolve_config", "resolve_search", "target_gflops", "RECIPE_KEYS", "absolute_pretrained"]
+__all__ = ["resolve_config", "resolve_search", "target_gflops", "RECIPE_KEYS", "absolute_pretrained", "leaves"]
 
 # partial recipe mappings of a resolved config: --set may add any recipe key under them (the
 # recipe parser then names a wrong one)
@@ -53,10 +53,10 @@ def _preset(opts: SearchOptions) -> tuple[Path, dict[str, Any]]:
     return path, preset
 
 
-def _leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
+def leaves(value: Any, prefix: str) -> list[tuple[str, Any]]:
     """(dotted key, value) of every leaf of a mapping value, or [(prefix, value)]."""
     if isinstance(value, dict) and value:
-        return [leaf for k, v in value.items() for leaf in _leaves(v, f"{prefix}.{k}")]
+        return [leaf for k, v in value.items() for leaf in leaves(v, f"{prefix}.{k}")]
     return [(prefix, value)]
 
 
@@ -92,7 +92,7 @@ def _apply_overrides(search: dict[str, Any], items: list[str], entry: SpaceEntry
         for key, value in pairs:
             if key.split(".")[0] != "recipe":
                 continue
-            for leaf, want in _leaves(value, key):
+            for leaf, want in leaves(value, key):
                 sub = leaf.partition(".")[2]
                 if _dotted(trained, sub) != want:  # a budget layer replaces it
                     set_dotted(search, "recipe_overrides." + sub, want, open_keys=RECIPE_KEYS)

@@ -15,6 +15,7 @@ from typing import Any
 
 from detectors.errors import UserError
 from nas.results import RunStore
+from nas.search_config import leaves
 from nas.space_table import space_entry
 
 __all__ = ["TRIAL_RECIPE_KEY", "trial_recipe_record", "check_trial_recipe"]
@@ -27,19 +28,10 @@ def trial_recipe_record(search: dict[str, Any]) -> dict[str, Any]:
     return space_entry(search["space"]).trial_recipe(search).to_dict()
 
 
-def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, sub in value.items():
-            out.update(_leaves(sub, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: value}
-
-
 def _differences(recorded: dict[str, Any], now: dict[str, Any]) -> list[str]:
-    old, new = _leaves(recorded), _leaves(now)
+    old, new = dict(leaves(recorded, "recipe")), dict(leaves(now, "recipe"))
     missing = object()
-    return [f"recipe.{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
+    return [f"{k} {old.get(k, '(unset)')!r} -> {new.get(k, '(unset)')!r}"
             for k in sorted(set(old) | set(new)) if old.get(k, missing) != new.get(k, missing)]
 
 
@@ -63,7 +55,7 @@ def check_trial_recipe(store: RunStore, config: dict[str, Any]) -> None:
                 f" resume it with the facenas it began with (git revision {revision}), or "
                 f"start a new search")
         return
-    set_anywhere = any(k.split(".")[-1] == "box_init" for k in _leaves(search))
+    set_anywhere = any(k.split(".")[-1] == "box_init" for k, _ in leaves(search, "search"))
     if now.get("box_init") == "anchor" and not set_anywhere and _has_finished_trials(store):
         raise UserError(
             f"{store.config_path}: this search began before recipe.box_init existed, so its "
