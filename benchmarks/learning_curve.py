@@ -18,6 +18,12 @@ CSV_COLUMNS; the file is rewritten through a temporary name after each point, so
 keeps the points it made); rows of other labels are kept, a label's earlier rows replaced.
 `--plot` draws every label of such a CSV: val AP (easy, medium, hard) against training minutes
 (`--log-ap`: on a log axis).
+**Across sessions.** With `--out DIR`, the run records its points in DIR/curve.json after each
+one; the same command again continues it: recorded points are kept, training resumes from the
+checkpoint (the trainer continues exactly), and the minutes of the iterations trained before
+the interruption are the logged iteration times since the last point. Another `--label`,
+`--points` or schedule into the same DIR is refused (one line), as the trainer refuses another
+spec or recipe.
 Bad input (a missing config, a mistyped --set key, a budget counted in epochs) is one line,
 exit 2.
 """
@@ -35,6 +41,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 CSV_COLUMNS = ["label", "iteration", "train_minutes", "loss", "easy", "medium", "hard"]
+CURVE = "curve.json"  # in the run directory: {label, stops, points}, rewritten after each point
 
 
 def _write_rows(path: Path, label: str, rows: list[dict]) -> None:
@@ -47,6 +54,36 @@ def _write_rows(path: Path, label: str, rows: list[dict]) -> None:
     old = old[old["label"] != label]
     new = pd.concat([old, pd.DataFrame(rows, columns=CSV_COLUMNS)], ignore_index=True)
     atomic_write_text(path, new.to_csv(index=False))
+
+
+def _recorded_points(out: Path, label: str, stops: list[int]) -> list[dict]:
+    """The points an interrupted run into `out` recorded ([] for a new run); refuses a run
+    directory that draws another curve."""
+    from detectors.errors import UserError
+
+    path = out / CURVE
+    if not path.is_file():
+        return []
+    saved = json.loads(path.read_text())
+    if saved["label"] != label or saved["stops"] != stops:
+        raise UserError(f"--out {out} holds the curve {saved['label']!r} tested at iterations "
+                        f"{saved['stops']}, not {label!r} at {stops}: rerun with its --label, "
+                        "--points and --set, or choose another --out")
+    return saved["points"]
+
+
+def _logged_seconds(metrics_jsonl: Path, after: int, upto: int, batch_size: int) -> float:
+    """Training seconds the trainer logged for iterations after..upto (batch / images per s)."""
+    with metrics_jsonl.open() as f:
+        return sum(batch_size / r["images_per_s"] for r in map(json.loads, f)
+                   if after < r["iteration"] <= upto and r.get("images_per_s", 0) > 0)
+
+
+def _logged_loss(metrics_jsonl: Path, iteration: int) -> float:
+    """The total loss the trainer logged at `iteration` (a resumed run that had already
+    trained up to its stop trains nothing more, so reports no loss of its own)."""
+    with metrics_jsonl.open() as f:
+        return next(r["total"] for r in map(json.loads, f) if r["iteration"] == iteration)
 
 
 def plot(csv_path: Path, png_path: Path, log_ap: bool = False) -> None:
@@ -91,7 +128,9 @@ def run(args: argparse.Namespace) -> int:
     from detectors.errors import UserError
     from detectors.overrides import override_config
     from detectors.test import test
-    from detectors.train import CHECKPOINT, train
+    from detectors.train import CHECKPOINT, METRICS, train
+
+    from nas.results import atomic_write_text
 
     if args.points < 1:
         raise UserError(f"--points {args.points}: must be at least 1")
@@ -103,26 +142,39 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out or tempfile.mkdtemp(prefix="learning_curve-"))
     label = args.label or config.spec.name
     stops = [round(s.total * (i + 1) / args.points) for i in range(args.points)]
-    curve, train_time = [], 0.0
+    curve = _recorded_points(out, label, stops)
+    train_time = curve[-1]["train_minutes"] * 60 if curve else 0.0
     print(f"{label}, budget {args.budget}: {s.total} iterations x {config.recipe.batch_size} "
           f"images at {config.recipe.train_size} px, lr {s.lr}; val AP at test size "
-          f"{config.recipe.test.size}", flush=True)
-    for i, stop in enumerate(stops):
+          f"{config.recipe.test.size}" + (f"; resuming after iteration {curve[-1]['iteration']}"
+                                          if curve else ""), flush=True)
+    interrupted = (out / CHECKPOINT).is_file()  # an earlier session trained part of the curve
+    for stop in stops:
+        if any(p["iteration"] == stop for p in curve):
+            continue
+        if args.minutes is not None and train_time >= args.minutes * 60:
+            break  # (also when an earlier session trained the minutes asked for)
         start = time.perf_counter()
-        result = train(config, args.data, out, resume=i > 0, max_iterations=stop,
-                       num_threads=args.threads, progress=False)
-        train_time += time.perf_counter() - start  # evaluation time is not counted
+        result = train(config, args.data, out, resume=(out / CHECKPOINT).is_file(),
+                       max_iterations=stop, num_threads=args.threads, progress=False)
+        if interrupted:  # some of this chunk was trained before: count its logged times
+            last = curve[-1]["iteration"] if curve else 0
+            train_time += _logged_seconds(out / METRICS, last, result.iterations,
+                                          config.recipe.batch_size)
+            interrupted = False
+        else:
+            train_time += time.perf_counter() - start  # evaluation time is not counted
         ap = test(config, out / CHECKPOINT, args.data, split="val", progress=False)
+        loss = result.losses.get("total", _logged_loss(out / METRICS, result.iterations))
         curve.append({"label": label, "iteration": result.iterations,
-                      "train_minutes": round(train_time / 60, 2),
-                      "loss": round(result.losses["total"], 4),
+                      "train_minutes": round(train_time / 60, 2), "loss": round(loss, 4),
                       **{k: round(ap[k], 4) for k in ("easy", "medium", "hard")}})
-        print(f"iter {result.iterations:5d}  {train_time / 60:6.1f} min  loss {result.losses['total']:.3f}  "
+        print(f"iter {result.iterations:5d}  {train_time / 60:6.1f} min  loss {loss:.3f}  "
               f"AP easy {ap['easy']:.3f} medium {ap['medium']:.3f} hard {ap['hard']:.3f}", flush=True)
+        atomic_write_text(out / CURVE, json.dumps({"label": label, "stops": stops,
+                                                   "points": curve}))
         if args.csv:
             _write_rows(Path(args.csv), label, curve)
-        if args.minutes is not None and train_time >= args.minutes * 60:
-            break
     print(json.dumps({"config": args.config, "budget": args.budget, "run": str(out), "curve": curve}))
     return 0
 

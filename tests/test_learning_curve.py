@@ -69,3 +69,46 @@ def test_plot_of_a_csv_without_the_columns_is_one_line(learning_curve, tmp_path,
     bad.write_text("a,b\n1,2\n")
     assert learning_curve.main(["--plot", str(bad), str(tmp_path / "x.png")]) == 2
     assert "missing columns" in capsys.readouterr().err
+
+
+def test_an_interrupted_curve_resumes_where_it_stopped(learning_curve, tiny_data, tmp_path, capsys):
+    """A curve stopped after its first point (here by --minutes), then run again, ends at the
+    uninterrupted run's last point: the same iteration, loss and AP, and its recorded points
+    are kept, not retrained. A session killed after a checkpoint but before its test is the
+    same command again too."""
+    base = ["--config", str(REPO / "experiments" / "scrfd_0.5g.yaml"), "--budget", "smoke",
+            "--data", str(tiny_data), "--points", "2", "--threads", "1",
+            "--set", "recipe.schedule.total=4", "--label", "resumed"]
+
+    def last_curve(argv):
+        assert learning_curve.main(argv) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["curve"]
+
+    whole = last_curve(base + ["--out", str(tmp_path / "whole")])
+    run = tmp_path / "run"
+    first = last_curve(base + ["--out", str(run), "--minutes", "1e-9"])  # stops after point 1
+    assert [p["iteration"] for p in first] == [2]
+    same = lambda a, b: all(a[k] == pytest.approx(b[k], nan_ok=True)  # noqa: E731
+                            for k in ("iteration", "loss", "easy", "medium", "hard"))
+    assert same(first[0], whole[0])
+    resumed = last_curve(base + ["--out", str(run)])
+    assert [p["iteration"] for p in resumed] == [2, 4]
+    assert resumed[0] == first[0]  # the recorded point is kept as it was
+    assert same(resumed[1], whole[1])
+    assert resumed[1]["train_minutes"] >= resumed[0]["train_minutes"]
+    # killed during the last test: its checkpoint is at iteration 4, its point not recorded
+    saved = json.loads((run / learning_curve.CURVE).read_text())
+    (run / learning_curve.CURVE).write_text(json.dumps({**saved, "points": saved["points"][:1]}))
+    again = last_curve(base + ["--out", str(run)])
+    assert [p["iteration"] for p in again] == [2, 4]
+    assert same(again[1], whole[1])
+    # the logged times of iterations 3 and 4 (from metrics.jsonl), not a fresh stopwatch
+    logged = learning_curve._logged_seconds(run / "metrics.jsonl", 2, 4, batch_size=2)
+    assert logged > 0
+    assert again[1]["train_minutes"] == round(again[0]["train_minutes"] + logged / 60, 2)
+    # another curve into the same directory is one line, exit 2, and changes nothing
+    before = (run / learning_curve.CURVE).read_text()
+    assert learning_curve.main(base[:-1] + ["other", "--out", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "'resumed'" in err and "--out" in err
+    assert (run / learning_curve.CURVE).read_text() == before
