@@ -132,7 +132,8 @@ class LossWeights:
     DIoU + smooth-L1 keypoints) and its weights. `aux_weight` multiplies the loss of each
     auxiliary prediction set a model returns (HeadOutputs.aux: ASFD's first shot, FANet's
     hierarchy); `margin` is the classification margin of margin-based losses (ASFD's DRMC);
-    `neg_pos_ratio` the hard-negative mining ratio of SSD-style losses."""
+    `neg_pos_ratio` the hard-negative mining ratio of SSD-style losses (multibox, DRMC:
+    negatives trained per positive; <= 0 trains every negative)."""
 
     qfl_beta: float = 2.0
     cls_weight: float = 1.0

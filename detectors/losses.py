@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import distance_box_iou_loss
 
-__all__ = ["quality_focal_loss", "aligned_iou", "Targets", "detection_loss", "LossInputs",
-           "scrfd_loss"]
+__all__ = ["quality_focal_loss", "aligned_iou", "hard_negatives", "Targets", "detection_loss",
+           "LossInputs", "scrfd_loss"]
 
 
 def quality_focal_loss(logits: Tensor, quality: Tensor, beta: float = 2.0) -> Tensor:
@@ -123,6 +123,21 @@ def detection_loss(
     parts = {"cls": cls_weight * loss_cls, "box": box_weight * loss_box, "kps": kps_weight * loss_kps}
     parts["total"] = parts["cls"] + parts["box"] + parts["kps"]
     return parts
+
+
+def hard_negatives(neg_loss: Tensor, candidates: Tensor, positive: Tensor, ratio: float,
+                   min_positives: int = 0) -> Tensor:
+    """(B, A) bool: SSD's online hard negative mining (recipe.loss.neg_pos_ratio). Per image,
+    the floor(ratio x max(positives, min_positives)) candidates of highest `neg_loss` (all of
+    them if fewer); ratio <= 0 keeps every candidate (no mining). neg_loss (B, A) float;
+    candidates, positive (B, A) bool. SSD / S3FD / FANet count an image's own positives
+    (an image without faces trains no negative); DSFD / ASFD count at least one."""
+    if ratio <= 0:
+        return candidates
+    num_neg = torch.floor(positive.sum(1).clamp(min=min_positives).float() * ratio).long()  # (B,)
+    ranked = torch.where(candidates, neg_loss.detach(), torch.full_like(neg_loss, -float("inf")))
+    rank = ranked.argsort(1, descending=True).argsort(1)  # rank of every anchor in its image
+    return candidates & (rank < num_neg.unsqueeze(1))
 
 
 @dataclass

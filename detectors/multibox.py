@@ -6,8 +6,8 @@
 
 - classification: cross-entropy face / background of the positives and of the hardest
   negatives, at most `neg_pos_ratio` (3) per positive of the same image, ranked by their own
-  loss (anchors matched to ignore regions are never negatives); summed and divided by N (the
-  positives of the batch, at least 1). The model has one logit per anchor, so the CE is
+  loss (anchors matched to ignore regions are never negatives; `neg_pos_ratio` <= 0 trains
+  every negative); summed and divided by N (the positives of the batch, at least 1). The model has one logit per anchor, so the CE is
   BCE(sigmoid(z)): exactly SSD's 2-way softmax CE with z = z_face - z_background.
 - localisation: smooth-L1 (beta 1) of the positives' box sides, summed, divided by N. The
   model regresses l, t, r, b distances (docs/architecture.md "Model outputs"), not SSD's
@@ -27,22 +27,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from detectors.losses import LossInputs
+from detectors.losses import LossInputs, hard_negatives
 
-__all__ = ["SSD_VARIANCE", "hard_negatives", "multibox_loss"]
+__all__ = ["SSD_VARIANCE", "multibox_loss"]
 
 SSD_VARIANCE = 0.1  # SSD / S3FD prior variance of the centre coordinates
-
-
-def hard_negatives(neg_loss: Tensor, candidates: Tensor, positive: Tensor, ratio: float) -> Tensor:
-    """(B, A) bool: per image the floor(ratio * positives) candidates of highest `neg_loss`
-    (all candidates if fewer). neg_loss (B, A) float; candidates, positive (B, A) bool."""
-    num_neg = torch.floor(positive.sum(1).float() * ratio).long()  # (B,)
-    num_neg = torch.minimum(num_neg, candidates.sum(1))
-    ranked = torch.where(candidates, neg_loss.detach(), torch.full_like(neg_loss, -float("inf")))
-    order = ranked.argsort(1, descending=True)
-    rank = order.argsort(1)  # rank of every anchor within its image
-    return candidates & (rank < num_neg.unsqueeze(1))
 
 
 def _side_errors(inputs: LossInputs) -> Tensor:

@@ -9,7 +9,8 @@ import torch
 
 from detectors.catalog import loss_fn
 from detectors.config import LossWeights
-from detectors.asfd.drmc import hard_negatives, margin_classification_loss
+from detectors.asfd.drmc import margin_classification_loss
+from detectors.losses import hard_negatives
 from detectors.losses import LossInputs, Targets
 
 
@@ -67,7 +68,7 @@ def test_hard_negatives_per_image_and_all():
     positive = torch.tensor([[True, False, False, False, False], [False] * 5])
     negative = ~positive
     negative[0, 1] = False  # an ignored anchor
-    got = hard_negatives(loss, negative, positive, ratio=2.0)
+    got = hard_negatives(loss, negative, positive, ratio=2.0, min_positives=1)
     # image 0: 1 positive -> the 2 hardest of anchors 2..4 (0.7, 0.5); image 1: no positive
     # counts as 1 -> 2 hardest (0.8, 0.6)
     assert got.tolist() == [[False, False, True, True, False], [False, True, False, True, False]]

@@ -24,7 +24,7 @@ from detectors.config import TrainConfig, load_config, recipe_from_dict
 from detectors.cost import cost
 from detectors.device import TrainingMode
 from detectors.model import HeadOutputs, build
-from detectors.multibox import hard_negatives
+from detectors.losses import hard_negatives
 from detectors.spec import DetectorSpec
 from detectors.train import _step
 from nas.cli import main
@@ -187,25 +187,28 @@ class _FixedOutputs(nn.Module):
         return out
 
 
-@pytest.mark.parametrize("aux_weight", [1.0, 0.5])
-def test_hierarchical_loss_is_the_weighted_sum_over_hierarchies(aux_weight):
+@pytest.mark.parametrize("aux_weight, neg_pos_ratio, negatives", [(1.0, 3.0, 27), (0.5, 3.0, 27),
+                                                                 (1.0, 0.0, 333)])
+def test_hierarchical_loss_is_the_weighted_sum_over_hierarchies(aux_weight, neg_pos_ratio, negatives):
     """Face (0, 0, 32, 32) on a 64x64 image: 9 positives (see the matcher test) among 342
-    anchors; 3:1 mining keeps 27 negatives, all of loss softplus(z). Positive (px, py) in
+    anchors; 3:1 mining keeps 27 negatives, all of loss softplus(z); ratio 0 trains all 333. Positive (px, py) in
     {8, 16, 24}^2 predicts sides 2 x 8 = 16 px against l = px, r = 32 - px (same in y): side
     errors 8, 0, 8 px = 2.5, 0, 2.5 units of 0.1 x 32; smooth-L1(2.5) = 2. Sum over the 9:
-    x 3 rows x (4 + 0 + 4) = 24, y 24 -> L_loc = 48 / 9. L_cls = (9 sp(-z) + 27 sp(z)) / 9.
+    x 3 rows x (4 + 0 + 4) = 24, y 24 -> L_loc = 48 / 9. L_cls = (9 sp(-z) + 27 sp(z)) / 9
+    (27: the negatives trained).
     Per hierarchy L = 3 L_cls + L_loc; HL = L_3 + aux_weight (L_1 + L_2)."""
     spec, sizes, _, _ = _fanet_anchors()
     zs = [0.0, 1.0, -1.0]
     model = _FixedOutputs(spec, sizes, zs)
     recipe = load_config(FANET_CONFIG).recipe
-    recipe = dataclasses.replace(recipe, loss=dataclasses.replace(recipe.loss, aux_weight=aux_weight))
+    recipe = dataclasses.replace(recipe, loss=dataclasses.replace(
+        recipe.loss, aux_weight=aux_weight, neg_pos_ratio=neg_pos_ratio))
     batch = {"image": torch.zeros(1, 3, 64, 64), "boxes": [torch.tensor([[0.0, 0.0, 32.0, 32.0]])],
              "ignore": [torch.tensor([False])], "keypoints": [torch.zeros(1, 5, 2)],
              "keypoints_valid": [torch.tensor([False])]}
     parts, num_pos = _step(model, batch, recipe, CPU, {})
     sp = lambda v: math.log1p(math.exp(v))  # noqa: E731
-    per_set = [3 * (9 * sp(-z) + 27 * sp(z)) / 9 + 48 / 9 for z in zs]
+    per_set = [3 * (9 * sp(-z) + negatives * sp(z)) / 9 + 48 / 9 for z in zs]
     assert num_pos == 9
     assert parts["aux0_total"].item() == pytest.approx(per_set[0], rel=1e-5)
     assert parts["aux1_total"].item() == pytest.approx(per_set[1], rel=1e-5)

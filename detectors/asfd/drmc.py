@@ -25,9 +25,9 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import distance_box_iou_loss
 
-from detectors.losses import LossInputs
+from detectors.losses import LossInputs, hard_negatives
 
-__all__ = ["margin_classification_loss", "hard_negatives", "drmc_loss"]
+__all__ = ["margin_classification_loss", "drmc_loss"]
 
 
 def margin_classification_loss(logits: Tensor, positive: Tensor, margin: float) -> Tensor:
@@ -37,22 +37,12 @@ def margin_classification_loss(logits: Tensor, positive: Tensor, margin: float) 
                                               reduction="none")
 
 
-def hard_negatives(loss: Tensor, negative: Tensor, positive: Tensor, ratio: float) -> Tensor:
-    """(B, A) bool: per image the ratio x max(positives, 1) negatives of highest loss."""
-    if ratio <= 0:
-        return negative
-    k = (positive.sum(1).clamp(min=1) * ratio).floor().long()  # (B,)
-    ranked = loss.detach().masked_fill(~negative, float("-inf"))
-    rank = ranked.argsort(1, descending=True).argsort(1)
-    return negative & (rank < k[:, None])
-
-
 def drmc_loss(inputs: LossInputs, weights) -> dict[str, Tensor]:
     """{'cls', 'box', 'total'} scalars for one prediction set (see the module docstring)."""
     logits = inputs.cls_logits.float()
     pos, keep = inputs.positive, ~inputs.ignored
     per_anchor = margin_classification_loss(logits, pos, weights.margin)
-    negs = hard_negatives(per_anchor, keep & ~pos, pos, weights.neg_pos_ratio)
+    negs = hard_negatives(per_anchor, keep & ~pos, pos, weights.neg_pos_ratio, min_positives=1)
     # the normaliser stays on the device, averaged over the processes of a distributed step;
     # no `if any positives` branch: the box outputs join the graph on every process (DDP)
     local = pos.sum().float()
