@@ -61,6 +61,7 @@ __all__ = [
     "PROTOCOLS",
     "THRESHOLDS",
     "evaluate",
+    "image_bootstrap_ap",
     "overlaps_plus_one",
     "overlaps_matlab_int",
     "normalise_scores",
@@ -356,6 +357,64 @@ def _result(gt, parts, ranked, missing, extra, protocol) -> EvalResult:
     n_boxes = sum(len(p) for p in ranked.values())
     return EvalResult(ap, precision, recall, faces, len(gt.image_ids), n_boxes, missing, extra, protocol,
                       ap98)
+
+
+def image_bootstrap_ap(
+    predictions: list[dict[str, np.ndarray] | str | os.PathLike],
+    gt_dir: str | os.PathLike | EvalGroundTruth,
+    setting: str = "hard",
+    samples: int = 1000,
+    seed: int = 0,
+    protocol: str = "matlab",
+    draws: np.ndarray | None = None,
+) -> np.ndarray:
+    """Paired image bootstrap of WIDER AP: (samples, len(predictions)) float64, the AP of each
+    prediction set on `samples` resamples of the ground truth's images, drawn with replacement
+    and the same draws for every set (`draws`: (samples, images) indices into gt.image_ids to
+    use instead of random ones). Each resample is scored as evaluate() scores a dataset
+    (an image drawn twice counts its faces and its predictions twice; the score normalisation
+    runs over the resample). The spread of AP_a - AP_b over the resamples is how much of a
+    difference between two detectors comes from which images the val set happens to hold."""
+    if setting not in SETTINGS:
+        raise UserError(f"unknown setting {setting!r}; valid: {', '.join(SETTINGS)}")
+    gt = gt_dir if isinstance(gt_dir, EvalGroundTruth) else load_eval_ground_truth(gt_dir)
+    ids = gt.image_ids
+    faces = np.array([len(gt.keep[setting][i]) for i in ids], dtype=np.int64)
+    layouts = []  # per set: raw scores, proposal and TP flags concatenated in `ids` order, offsets
+    for preds in predictions:
+        ranked = _sorted_predictions(gt, _as_predictions(preds, progress=False))
+        parts = ([], [], [])
+        counts = np.zeros(len(ids), dtype=np.int64)
+        for k, image_id in enumerate(ids):
+            p = ranked.get(image_id)
+            if p is None:
+                continue
+            if len(gt.boxes[image_id]) == 0:  # as evaluate(): only its scores count (normalisation)
+                prop = tp = np.zeros(len(p), dtype=bool)
+            else:
+                best, hit = _match(p, gt.boxes[image_id], protocol == "matlab" and gt.integer_boxes)
+                prop, tp = _flags(best, hit, gt.keep[setting][image_id], len(gt.boxes[image_id]))
+            for acc, v in zip(parts, (p[:, 4], prop, tp)):
+                acc.append(v)
+            counts[k] = len(p)
+        flat = [np.concatenate(v) if v else np.zeros(0) for v in parts]
+        layouts.append((*flat, np.concatenate(([0], np.cumsum(counts))), counts))
+    if draws is None:
+        draws = np.random.default_rng(seed).integers(0, len(ids), (samples, len(ids)))
+    out = np.empty((len(draws), len(layouts)))
+    for b, draw in enumerate(np.asarray(draws, dtype=np.int64)):
+        for m, (scores, prop, tp, start, counts) in enumerate(layouts):
+            n = counts[draw]
+            # the predictions of the drawn images, repeats included: start[i] + 0..counts[i]-1
+            rows = np.repeat(start[draw] - np.concatenate(([0], np.cumsum(n)[:-1])), n) + np.arange(n.sum())
+            if len(rows) == 0:
+                out[b, m] = 0.0
+                continue
+            norm = normalise_scores(scores[rows], protocol)[2]
+            precision, recall = _pr(norm(scores[rows]), prop[rows].astype(bool), tp[rows].astype(bool),
+                                    int(faces[draw].sum()))
+            out[b, m] = voc_ap(recall, precision)
+    return out
 
 
 def plot_pr(result: EvalResult, out_png: str | os.PathLike) -> Path:

@@ -444,3 +444,35 @@ def test_predicting_nothing_scores_as_a_prediction_that_misses_every_face():
     for key in nothing:
         assert nothing[key] == miss[key] or (math.isnan(nothing[key]) and math.isnan(miss[key])), key
     assert math.isnan(nothing["easy"]) and nothing["medium"] == nothing["hard"] == 0.0
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_image_bootstrap_scores_each_resample_as_its_own_dataset(seed):
+    """Every resample's AP equals evaluate() on a ground truth that holds the drawn images
+    (repeats as copies under new names) and their predictions; the identity draw gives the
+    plain AP; the draws are shared by both prediction sets (paired)."""
+    from detectors.evaluate import image_bootstrap_ap
+
+    rng = np.random.default_rng(seed)
+    preds, gt = _random_case(rng, integer=seed % 2 == 0)
+    other = {k: v.copy() for k, v in preds.items()}
+    for v in other.values():  # a second detector: same boxes, other scores
+        v[:, 4] = rng.random(len(v))
+    n = len(gt.image_ids)
+    draws = np.stack([np.arange(n), *(rng.integers(0, n, n) for _ in range(3))])
+    got = image_bootstrap_ap([preds, other], gt, "hard", draws=draws)
+    assert got.shape == (4, 2)
+    for b, draw in enumerate(draws):
+        names = [f"{gt.image_ids[i]}#{j}" for j, i in enumerate(draw)]
+        copy = EvalGroundTruth(None, names, {m: gt.boxes[gt.image_ids[i]] for m, i in zip(names, draw)},
+                               {s: {m: gt.keep[s][gt.image_ids[i]] for m, i in zip(names, draw)}
+                                for s in SETTINGS}, integer_boxes=gt.integer_boxes)
+        for k, p in enumerate((preds, other)):
+            moved = {m: p[gt.image_ids[i]] for m, i in zip(names, draw) if gt.image_ids[i] in p}
+            want = evaluate(moved, copy, progress=False).ap["hard"] if any(len(v) for v in moved.values()) else 0.0
+            assert got[b, k] == pytest.approx(want, abs=1e-12), (b, k)
+    assert got[0, 0] == pytest.approx(evaluate(preds, gt, progress=False).ap["hard"], abs=1e-12)
+    # random draws: reproducible by seed, and they move the AP
+    again = image_bootstrap_ap([preds, other], gt, "hard", samples=20, seed=1)
+    assert np.array_equal(again, image_bootstrap_ap([preds, other], gt, "hard", samples=20, seed=1))
+    assert again[:, 0].std() > 0
