@@ -10,6 +10,8 @@ against it (issue 25).
     python benchmarks/ranking_truth.py --short-recipes 0.5 1 2 4 [--short-budget quick]
                                                       # short-recipe proxies -> proxies.csv
     python benchmarks/ranking_truth.py --anchor-health  # dead-anchor check -> ranking_truth_anchors.csv
+    python benchmarks/ranking_truth.py --val-noise    # the val set's part of the seed noise
+                                                      # -> ranking_truth_val_noise.csv
     python benchmarks/ranking_truth.py --report       # every figure, from the CSVs alone
 
 Truth: `--specs` step-1 specs of one regime, sampled as `facenas search --steps 1` samples
@@ -77,6 +79,9 @@ the mean train_s over seeds: one long training). When ranking_curves.csv exists,
   reduction factor 3 (`--grace`, `--reduction-factor`), `--replay-workers` slots, each order
   training every spec once with one of its seeds: on the rung AP, and on the rung loss scored
   against the final AP; savings against top-k recall (median and 5-95 % over orders).
+With ranking_truth_val_noise.csv (`--val-noise`, benchmarks/truth_val_noise.py: each finished
+spec's seeds scored on `--bootstrap` shared resamples of the val images), how much of the seed
+noise is the val set's draw rather than the training's.
 """
 
 from __future__ import annotations
@@ -133,6 +138,16 @@ BOOTSTRAP = 2000
 # The offline prescreen comparison: a search training 4 specs, keeping 1 in 4 sampled (the
 # default --prescreen-keep), judged by its best 3.
 PRESCREEN_N, PRESCREEN_KEEP = 4, 0.25
+
+
+def _sibling(name: str):
+    """benchmarks/<name>.py as a module (benchmarks are scripts, not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 # -- what is trained -------------------------------------------------------------------------
@@ -550,6 +565,40 @@ def run_anchor_health(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_val_noise(args: argparse.Namespace) -> int:
+    """Every spec whose seeds have all finished: each run's val predictions (predicted once from
+    its final checkpoint, kept in its run directory) scored on the same --bootstrap resamples of
+    the val images (benchmarks/truth_val_noise.py) -> ranking_truth_val_noise.csv, rewritten
+    whole: the resamples are shared by every run, so it is measured afresh each time."""
+    import pandas as pd
+
+    from detectors.data.widerface import load_eval_ground_truth
+    from detectors.device import set_threads
+    from nas.results import atomic_write_text
+
+    truth_val_noise = _sibling("truth_val_noise")
+    set_threads(args.threads)
+    results, out = Path(args.results), Path(args.out)
+    _, specs = sample(settings(args), results)
+    predictions = {}
+    for spec in specs:
+        runs = [out / spec.id / f"seed{seed}" for seed in args.seeds]
+        if not all((r / RESULT).is_file() and (r / "train" / "checkpoint.pt").is_file() for r in runs):
+            continue
+        for seed, run in zip(args.seeds, runs):
+            predictions[(spec.id, int(seed))] = truth_val_noise.run_predictions(run, args.data)
+            print(f"{spec.id} seed {seed}: val predictions in {run / truth_val_noise.PREDICTIONS}", flush=True)
+    if not predictions:
+        print("no spec has all its seeds finished (with checkpoints) in " + str(out))
+        return 0
+    metric = args.metric.removeprefix("ap_")
+    rows = truth_val_noise.rows(predictions, load_eval_ground_truth(args.data), metric, args.bootstrap)
+    atomic_write_text(results / truth_val_noise.VAL_NOISE_CSV,
+                      pd.DataFrame(rows, columns=truth_val_noise.VAL_NOISE_COLUMNS).to_csv(index=False))
+    print(f"{len(rows)} seed pairs in {results / truth_val_noise.VAL_NOISE_CSV}")
+    return 0
+
+
 def failed_runs(anchors, ratio: float = DEAD_RATIO) -> list[tuple[str, int]]:
     """(spec_id, seed) of the runs in ranking_truth_anchors.csv with a dead anchor index."""
     from detectors.anchor_health import dead_anchors
@@ -808,12 +857,7 @@ def replay_summary(curves, metric: str, grace: float = GRACE,
     """ASHA and synchronous SH replayed on the complete runs' curves (asha_replay.replay), on
     the rung `metric` and on the rung loss (scored against the final `metric`): per replayed
     metric, the schedule and one row per (method, k) of savings and recall@k."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("asha_replay",
-                                                  REPO / "benchmarks" / "asha_replay.py")
-    asha_replay = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(asha_replay)
+    asha_replay = _sibling("asha_replay")
     from analysis.errors import AnalysisError
 
     final = int(curves["iteration"].max())
@@ -919,6 +963,12 @@ def report(results: Path, metric: str = "ap_hard", n_boot: int = BOOTSTRAP, orde
                                    "ci_low": low, "ci_high": high, "cost_s": cost,
                                    "cost_fraction": cost / truth_cost if truth_cost > 0 else float("nan"),
                                    "prescreen": prescreen_vs_random(values, mean, draws=n_boot)})
+    truth_val_noise = _sibling("truth_val_noise")
+    path = results / truth_val_noise.VAL_NOISE_CSV
+    if path.is_file():
+        table = pd.read_csv(path, dtype={"spec_id": str})
+        if not table.empty:
+            out["val_noise"] = {**truth_val_noise.summary(table), "rows": table.to_dict("records")}
     path = results / CURVES_CSV
     if path.is_file():
         curves = pd.read_csv(path, dtype={"spec_id": str})
@@ -951,6 +1001,16 @@ def print_report(rep: dict[str, Any]) -> None:
                 print(f"| {label} | {r['tau']:.3f} | {r['between_sd']:.4f} | {r['seed_sd']:.4f} | {r['seed_shift']:.4f} | "
                       f"{r['icc']:.3f} | {r['tau_one_seed']:.3f} | {r['reliability']:.3f} | "
                       f"{r['tau_mean']:.3f} | {r['seeds_for_tau']:g} |")
+    if rep.get("val_noise"):
+        v = rep["val_noise"]
+        print(f"seed differences against the val set's draw ({v['setting']} AP; paired image "
+              f"bootstrap, ranking_truth_val_noise.csv): seed sd {v['seed_sd']:.4f}, of it the val "
+              f"set's {v['val_set_sd']:.4f}: {v['val_set_share']:.0%} of the seed variance")
+        print("| spec | seeds | AP | difference | its bootstrap sd |")
+        print("|---|---|---|---|---|")
+        for r in v["rows"]:
+            print(f"| {r['spec_id']} | {r['seed_a']} / {r['seed_b']} | {r['ap_a']:.4f} / {r['ap_b']:.4f} | "
+                  f"{r['diff']:+.4f} | {r['boot_sd']:.4f} |")
     if rep["proxies"]:
         print("| proxy | specs | tau vs mean | 95% CI | cost/spec (s) | cost / truth |")
         print("|---|---|---|---|---|---|")
@@ -998,6 +1058,9 @@ def main(argv: list[str] | None = None) -> int:
                            "scaled by each FACTOR; val hard AP -> proxies.csv")
     what.add_argument("--anchor-health", action="store_true",
                       help="every finished run's anchor scores -> ranking_truth_anchors.csv")
+    what.add_argument("--val-noise", action="store_true",
+                      help="how much of the seed noise is the val set's draw (paired image "
+                           "bootstrap of every finished spec's seeds) -> ranking_truth_val_noise.csv")
     what.add_argument("--probe", type=int, metavar="N",
                       help="time the first N iterations of one run and project the whole truth")
     p.add_argument("--health-images", type=int, default=50,
@@ -1047,6 +1110,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_short(args)
     if args.anchor_health:
         return run_anchor_health(args)
+    if args.val_noise:
+        return run_val_noise(args)
     if args.probe:
         return run_probe(args)
     return run_truth(args)

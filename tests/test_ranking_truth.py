@@ -256,3 +256,107 @@ def test_report_names_runs_with_a_dead_anchor(tmp_path, ranking_truth, capsys):
     assert pair["tau_without_failed"] == pytest.approx(1.0) and pair["specs_without_failed"] == 3
     ranking_truth.print_report(rep)
     assert "c seed 1" in capsys.readouterr().out
+
+
+def _perturbed(gt, rng, miss: float, jitter: float) -> dict:
+    """Predictions on every ground-truth face: a share `miss` left out, boxes jittered, random
+    scores, one false positive per image."""
+    import numpy as np
+
+    out = {}
+    for image_id in gt.image_ids:
+        boxes = gt.boxes[image_id]
+        kept = boxes[rng.random(len(boxes)) >= miss]
+        moved = kept + rng.normal(0, jitter, kept.shape) * kept[:, 2:].repeat(2).reshape(-1, 4)
+        rows = np.r_[np.c_[moved, rng.random(len(moved)) + 0.5], [[1.0, 1.0, 5.0, 5.0, rng.random()]]]
+        out[image_id] = rows
+    return out
+
+
+@pytest.fixture(scope="module")
+def val_data(tmp_path_factory) -> Path:
+    from detectors.data.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("val_noise") / "root", num_train=1, num_val=12,
+                    image_size=128, seed=3, progress=False)
+
+
+def test_val_noise_pairs_each_specs_seeds_on_shared_resamples(val_data, ranking_truth):
+    """Rows: both runs' AP on the full val set (evaluate's), their difference, and the sd of
+    the difference over resamples shared by all runs (image_bootstrap_ap's columns)."""
+    import numpy as np
+
+    from detectors.data.widerface import load_eval_ground_truth
+    from detectors.evaluate import evaluate, image_bootstrap_ap
+
+    truth_val_noise = ranking_truth._sibling("truth_val_noise")
+    gt = load_eval_ground_truth(val_data)
+    rng = np.random.default_rng(0)
+    preds = {("b", 0): _perturbed(gt, rng, 0.2, 0.05), ("b", 1): _perturbed(gt, rng, 0.4, 0.05),
+             ("a", 1): _perturbed(gt, rng, 0.1, 0.3), ("a", 0): _perturbed(gt, rng, 0.1, 0.02)}
+    rows = truth_val_noise.rows(preds, gt, "hard", samples=200, seed=5)
+    assert [(r["spec_id"], r["seed_a"], r["seed_b"]) for r in rows] == [("a", 0, 1), ("b", 0, 1)]
+    order = sorted(preds)  # the columns of the shared resamples
+    boot = image_bootstrap_ap([preds[k] for k in order], gt, "hard", 200, 5)
+    for r in rows:
+        a, b = (r["spec_id"], r["seed_a"]), (r["spec_id"], r["seed_b"])
+        assert r["ap_a"] == pytest.approx(evaluate(preds[a], gt, progress=False).ap["hard"])
+        assert r["diff"] == pytest.approx(r["ap_a"] - r["ap_b"])
+        d = boot[:, order.index(a)] - boot[:, order.index(b)]
+        assert r["boot_sd"] == pytest.approx(d.std(ddof=1)) and r["boot_sd"] > 0
+    # a run against itself differs on no resample
+    same = truth_val_noise.rows({("c", 0): preds[("a", 0)], ("c", 1): preds[("a", 0)]}, gt, "hard", 50)
+    assert same[0]["diff"] == 0 and same[0]["boot_sd"] == 0
+
+
+def test_val_noise_summary_by_hand(ranking_truth):
+    truth_val_noise = ranking_truth._sibling("truth_val_noise")
+    table = pd.DataFrame({"spec_id": ["a", "b"], "seed_a": 0, "seed_b": 1, "setting": "hard",
+                          "ap_a": [0.3, 0.3], "ap_b": [0.28, 0.34], "diff": [0.02, -0.04],
+                          "boot_sd": [0.01, 0.01], "samples": 100})
+    got = truth_val_noise.summary(table)
+    # seed variance (0.02^2 + 0.04^2) / 2 / 2 = 5e-4; val-set part 0.01^2 / 2 = 5e-5
+    assert got["seed_sd"] == pytest.approx(5e-4 ** 0.5) and got["val_set_sd"] == pytest.approx(5e-5 ** 0.5)
+    assert got["val_set_share"] == pytest.approx(0.1) and got["pairs"] == 2
+
+
+def test_val_noise_command_uses_each_runs_predictions_and_the_report_prints_it(
+        tmp_path, val_data, ranking_truth, capsys):
+    """--val-noise scores every spec whose seeds all finished (a spec with a seed missing is
+    left out), from the predictions in its run directories; --report then prints the rows."""
+    import numpy as np
+    import yaml
+
+    from detectors.data.widerface import load_eval_ground_truth
+    from detectors.evaluate import write_predictions
+    from detectors.spec import DetectorSpec
+
+    models = Path(__file__).resolve().parents[1] / "experiments" / "models"
+    specs = [DetectorSpec.from_yaml(models / name) for name in ("scrfd_2.5g.yaml", "scrfd_0.5g.yaml")]
+    results, out = tmp_path / "results", tmp_path / "runs"
+    results.mkdir()
+    (results / ranking_truth.SPECS_YAML).write_text(
+        yaml.safe_dump([{"spec_id": s.id, "spec": s.to_dict()} for s in specs]))
+    gt = load_eval_ground_truth(val_data)
+    rng = np.random.default_rng(1)
+    for spec, seeds in ((specs[0], (0, 1)), (specs[1], (0,))):  # the second spec: seed 1 unfinished
+        for seed in seeds:
+            run = out / spec.id / f"seed{seed}"
+            (run / "train").mkdir(parents=True)
+            (run / "train" / "checkpoint.pt").write_bytes(b"")  # not read: predictions exist
+            (run / ranking_truth.RESULT).write_text("{}")
+            for image_id, p in _perturbed(gt, rng, 0.3, 0.05).items():
+                write_predictions(run / "val_predictions", image_id, p[:, :4], p[:, 4])
+    truth = pd.DataFrame({"spec_id": [specs[0].id] * 2, "seed": [0, 1], "ap_easy": 0.1,
+                          "ap_medium": 0.1, "ap_hard": [0.1, 0.2], "train_s": 1.0})
+    truth.to_csv(results / ranking_truth.TRUTH_CSV, index=False)
+    argv = ["--results", str(results), "--out", str(out), "--data", str(val_data), "--bootstrap", "100"]
+    assert ranking_truth.main(["--val-noise", *argv]) == 0
+    table = pd.read_csv(results / "ranking_truth_val_noise.csv", dtype={"spec_id": str})
+    assert table["spec_id"].tolist() == [specs[0].id] and table["samples"].tolist() == [100]
+    capsys.readouterr()
+    assert ranking_truth.main(["--report", "--results", str(results), "--bootstrap", "100"]) == 0
+    printed = capsys.readouterr().out
+    assert "of the seed variance" in printed
+    rep = json.loads(printed.strip().splitlines()[-1])
+    assert rep["val_noise"]["rows"][0]["diff"] == pytest.approx(table["diff"].iloc[0])
