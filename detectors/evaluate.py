@@ -380,11 +380,14 @@ def image_bootstrap_ap(
     gt = gt_dir if isinstance(gt_dir, EvalGroundTruth) else load_eval_ground_truth(gt_dir)
     ids = gt.image_ids
     faces = np.array([len(gt.keep[setting][i]) for i in ids], dtype=np.int64)
-    layouts = []  # per set: raw scores, proposal and TP flags concatenated in `ids` order, offsets
+    # Per set, its predictions sorted once by raw score with their image and flags. A resample
+    # only reweights them (an image drawn k times counts k times), and the min-max
+    # normalisation is monotone, so each resample's PR curve is weighted cumulative sums over
+    # that one order: no re-sorting.
+    layouts = []
     for preds in predictions:
         ranked = _sorted_predictions(gt, _as_predictions(preds, progress=False))
-        parts = ([], [], [])
-        counts = np.zeros(len(ids), dtype=np.int64)
+        parts: tuple[list, list, list, list] = ([], [], [], [])
         for k, image_id in enumerate(ids):
             p = ranked.get(image_id)
             if p is None:
@@ -394,26 +397,35 @@ def image_bootstrap_ap(
             else:
                 best, hit = _match(p, gt.boxes[image_id], protocol == "matlab" and gt.integer_boxes)
                 prop, tp = _flags(best, hit, gt.keep[setting][image_id], len(gt.boxes[image_id]))
-            for acc, v in zip(parts, (p[:, 4], prop, tp)):
+            for acc, v in zip(parts, (p[:, 4], np.full(len(p), k), prop, tp)):
                 acc.append(v)
-            counts[k] = len(p)
-        flat = [np.concatenate(v) if v else np.zeros(0) for v in parts]
-        layouts.append((*flat, np.concatenate(([0], np.cumsum(counts))), counts))
+        scores, image, prop, tp = (np.concatenate(v) if v else np.zeros(0) for v in parts)
+        order = np.argsort(scores, kind="stable")
+        layouts.append((scores[order], image[order].astype(np.int64), prop[order].astype(np.float64),
+                        tp[order].astype(np.float64)))
     if draws is None:
         draws = np.random.default_rng(seed).integers(0, len(ids), (samples, len(ids)))
     out = np.empty((len(draws), len(layouts)))
     for b, draw in enumerate(np.asarray(draws, dtype=np.int64)):
-        for m, (scores, prop, tp, start, counts) in enumerate(layouts):
-            n = counts[draw]
-            # the predictions of the drawn images, repeats included: start[i] + 0..counts[i]-1
-            rows = np.repeat(start[draw] - np.concatenate(([0], np.cumsum(n)[:-1])), n) + np.arange(n.sum())
-            if len(rows) == 0:
+        times = np.bincount(draw, minlength=len(ids))
+        n_faces = int(times @ faces)
+        for m, (scores, image, prop, tp) in enumerate(layouts):
+            weight = times[image]
+            present = np.flatnonzero(weight)
+            if len(present) == 0:
                 out[b, m] = 0.0
                 continue
-            norm = normalise_scores(scores[rows], protocol)[2]
-            precision, recall = _pr(norm(scores[rows]), prop[rows].astype(bool), tp[rows].astype(bool),
-                                    int(faces[draw].sum()))
-            out[b, m] = voc_ap(recall, precision)
+            norm = normalise_scores(scores[present[[0, -1]]], protocol)[2]
+            normed = norm(scores)
+            if not np.all(np.isfinite(normed[present])):  # one score value: nothing passes
+                out[b, m] = voc_ap(np.zeros(len(THRESHOLDS)), np.full(len(THRESHOLDS), np.nan))
+                continue
+            cum_p = np.concatenate(([0.0], np.cumsum(weight * prop)))
+            cum_t = np.concatenate(([0.0], np.cumsum(weight * tp)))
+            below = np.searchsorted(normed, THRESHOLDS, side="left")  # weighted count below t
+            with np.errstate(divide="ignore", invalid="ignore"):
+                props, tps = cum_p[-1] - cum_p[below], cum_t[-1] - cum_t[below]
+                out[b, m] = voc_ap(tps / n_faces, tps / props)
     return out
 
 
