@@ -3,7 +3,7 @@
     python benchmarks/learning_curve.py [--config experiments/scrfd_0.5g.yaml] [--budget quick]
         [--set KEY=VALUE ...] [--data ../shared/data/widerface-mini] [--points 4]
         [--minutes M] [--threads T] [--out RUN_DIR] [--csv FILE] [--label NAME]
-    python benchmarks/learning_curve.py --plot FILE.csv OUT.png [--log-ap]
+    python benchmarks/learning_curve.py --plot FILE.csv OUT.png [--log-ap] [--labels NAME ...]
 
 Trains in `points` equal chunks (each chunk resumes the previous one's checkpoint, which the
 trainer continues exactly, so the curve's last point is the plain `facenas train` result) and
@@ -86,9 +86,10 @@ def _logged_loss(metrics_jsonl: Path, iteration: int) -> float:
         return next(r["total"] for r in map(json.loads, f) if r["iteration"] == iteration)
 
 
-def plot(csv_path: Path, png_path: Path, log_ap: bool = False) -> None:
-    """Val AP (easy, medium, hard: one panel each) against training minutes, one line per label;
-    `log_ap`: AP on a log axis, so curves that barely start (AP 1e-4) show beside working ones."""
+def plot(csv_path: Path, png_path: Path, log_ap: bool = False, labels: list[str] | None = None) -> None:
+    """Val AP (easy, medium, hard: one panel each) against training minutes, one line per label
+    (`labels`: only these, in this order); `log_ap`: AP on a log axis, so curves that barely
+    start (AP 1e-4) show beside working ones."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -103,6 +104,12 @@ def plot(csv_path: Path, png_path: Path, log_ap: bool = False) -> None:
     missing = [c for c in CSV_COLUMNS if c not in frame.columns]
     if missing:
         raise UserError(f"--plot {csv_path}: missing columns {', '.join(missing)}")
+    if labels:
+        unknown = [l for l in labels if l not in set(frame["label"])]
+        if unknown:
+            raise UserError(f"--labels {' '.join(unknown)}: not in {csv_path} (it has "
+                            f"{', '.join(dict.fromkeys(frame['label']))})")
+        frame = pd.concat([frame[frame["label"] == l] for l in labels])
     fig, axes = plt.subplots(1, 3, figsize=(13, 4), sharey=True)
     for ax, subset in zip(axes, ("easy", "medium", "hard")):
         for label, rows in frame.groupby("label", sort=False):
@@ -196,10 +203,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label", help="the curve's name in --csv and --plot (default: the spec's name)")
     p.add_argument("--plot", nargs=2, metavar=("CSV", "PNG"), help="draw a --csv file's curves; trains nothing")
     p.add_argument("--log-ap", action="store_true", help="with --plot: AP on a log axis")
+    p.add_argument("--labels", nargs="+", help="with --plot: only these curves, in this order")
     args = p.parse_args(argv)
     try:
         if args.plot:
-            plot(Path(args.plot[0]), Path(args.plot[1]), log_ap=args.log_ap)
+            plot(Path(args.plot[0]), Path(args.plot[1]), log_ap=args.log_ap, labels=args.labels)
             print(f"wrote {args.plot[1]}")
             return 0
         return run(args)

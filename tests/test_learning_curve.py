@@ -48,6 +48,11 @@ def test_points_match_the_run_and_land_in_the_csv(learning_curve, tiny_data, tmp
     logged = tmp_path / "plot" / "log.png"  # AP on a log axis: another drawing of the same rows
     assert learning_curve.main(["--plot", str(csv), str(logged), "--log-ap"]) == 0
     assert logged.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and logged.read_bytes() != png.read_bytes()
+    some = tmp_path / "plot" / "some.png"  # --labels: one curve of the two
+    assert learning_curve.main(["--plot", str(csv), str(some), "--labels", "other"]) == 0
+    assert some.read_bytes() != png.read_bytes()
+    assert learning_curve.main(["--plot", str(csv), str(some), "--labels", "nope"]) == 2
+    assert "nope" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("argv, says", [
