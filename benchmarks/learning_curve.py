@@ -72,11 +72,10 @@ def _recorded_points(out: Path, label: str, stops: list[int]) -> list[dict]:
     return saved["points"]
 
 
-def _logged_seconds(metrics_jsonl: Path, after: int, upto: int, batch_size: int) -> float:
-    """Training seconds the trainer logged for iterations after..upto (batch / images per s)."""
+def _logged_seconds(metrics_jsonl: Path, after: int, upto: int) -> float:
+    """Training seconds the trainer logged (step_s) for iterations after..upto."""
     with metrics_jsonl.open() as f:
-        return sum(batch_size / r["images_per_s"] for r in map(json.loads, f)
-                   if after < r["iteration"] <= upto and r.get("images_per_s", 0) > 0)
+        return sum(r.get("step_s", 0.0) for r in map(json.loads, f) if after < r["iteration"] <= upto)
 
 
 def _logged_loss(metrics_jsonl: Path, iteration: int) -> float:
@@ -166,13 +165,12 @@ def run(args: argparse.Namespace) -> int:
                        max_iterations=stop, num_threads=args.threads, progress=False)
         if interrupted:  # some of this chunk was trained before: count its logged times
             last = curve[-1]["iteration"] if curve else 0
-            train_time += _logged_seconds(out / METRICS, last, result.iterations,
-                                          config.recipe.batch_size)
+            train_time += _logged_seconds(out / METRICS, last, result.iterations)
             interrupted = False
         else:
             train_time += time.perf_counter() - start  # evaluation time is not counted
         ap = test(config, out / CHECKPOINT, args.data, split="val", progress=False)
-        loss = result.losses.get("total", _logged_loss(out / METRICS, result.iterations))
+        loss = result.losses["total"] if result.losses else _logged_loss(out / METRICS, result.iterations)
         curve.append({"label": label, "iteration": result.iterations,
                       "train_minutes": round(train_time / 60, 2), "loss": round(loss, 4),
                       **{k: round(ap[k], 4) for k in ("easy", "medium", "hard")}})

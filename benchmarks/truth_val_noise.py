@@ -52,9 +52,11 @@ def rows(predictions: dict[tuple[str, int], Any], ground_truth, setting: str = "
     """One row per spec and pair of its seeds (VAL_NOISE_COLUMNS). `predictions`: (spec_id,
     seed) -> a prediction directory or {image_id: (N, 5)}; every run is scored on the same
     `samples` resamples of the val images (seeded by `seed`)."""
-    from detectors.evaluate import evaluate, image_bootstrap_ap
+    from detectors.evaluate import evaluate, image_bootstrap_ap, read_predictions
 
     keys = sorted(predictions)
+    predictions = {k: v if isinstance(v, dict) else read_predictions(v, progress=False)
+                   for k, v in predictions.items()}  # a directory is read once, not per use
     boot = image_bootstrap_ap([predictions[k] for k in keys], ground_truth, setting, samples, seed)
     full = {k: evaluate(predictions[k], ground_truth, progress=False).ap[setting] for k in keys}
     column = {k: i for i, k in enumerate(keys)}

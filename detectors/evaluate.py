@@ -412,13 +412,13 @@ def image_bootstrap_ap(
         for m, (scores, image, prop, tp) in enumerate(layouts):
             weight = times[image]
             present = np.flatnonzero(weight)
-            if len(present) == 0:
+            normed = None
+            if len(present):
+                normed = normalise_scores(scores[present[[0, -1]]], protocol)[2](scores)
+            # no prediction drawn, or one score value (the normalisation is undefined): nothing
+            # passes a threshold, AP 0 as evaluate() gives
+            if normed is None or not np.all(np.isfinite(normed[present])):
                 out[b, m] = 0.0
-                continue
-            norm = normalise_scores(scores[present[[0, -1]]], protocol)[2]
-            normed = norm(scores)
-            if not np.all(np.isfinite(normed[present])):  # one score value: nothing passes
-                out[b, m] = voc_ap(np.zeros(len(THRESHOLDS)), np.full(len(THRESHOLDS), np.nan))
                 continue
             cum_p = np.concatenate(([0.0], np.cumsum(weight * prop)))
             cum_t = np.concatenate(([0.0], np.cumsum(weight * tp)))

@@ -7,8 +7,9 @@
 - classification: cross-entropy face / background of the positives and of the hardest
   negatives, at most `neg_pos_ratio` (3) per positive of the same image, ranked by their own
   loss (anchors matched to ignore regions are never negatives; `neg_pos_ratio` <= 0 trains
-  every negative); summed and divided by N (the positives of the batch, at least 1). The model has one logit per anchor, so the CE is
-  BCE(sigmoid(z)): exactly SSD's 2-way softmax CE with z = z_face - z_background.
+  every negative); summed and divided by N (the positives of the batch, at least 1). The
+  model has one logit per anchor, so the CE is BCE(sigmoid(z)): exactly SSD's 2-way softmax
+  CE with z = z_face - z_background.
 - localisation: smooth-L1 (beta 1) of the positives' box sides, summed, divided by N. The
   model regresses l, t, r, b distances (docs/architecture.md "Model outputs"), not SSD's
   (centre, log size) offsets; the error of each side is expressed, as SSD's centre target, in

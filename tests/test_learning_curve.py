@@ -108,7 +108,7 @@ def test_an_interrupted_curve_resumes_where_it_stopped(learning_curve, tiny_data
     assert [p["iteration"] for p in again] == [2, 4]
     assert same(again[1], whole[1])
     # the logged times of iterations 3 and 4 (from metrics.jsonl), not a fresh stopwatch
-    logged = learning_curve._logged_seconds(run / "metrics.jsonl", 2, 4, batch_size=2)
+    logged = learning_curve._logged_seconds(run / "metrics.jsonl", 2, 4)
     assert logged > 0
     assert again[1]["train_minutes"] == round(again[0]["train_minutes"] + logged / 60, 2)
     # another curve into the same directory is one line, exit 2, and changes nothing
